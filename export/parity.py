@@ -1,0 +1,24 @@
+"""Agreement between a reference and a candidate response matrix (numpy only)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """Max abs error, the reference's scale (max |response|), their ratio, and the minimum
+    per-output Pearson correlation across images (outputs constant in the reference are
+    skipped; there is none with synthetic or trained weights)."""
+    reference = np.asarray(reference, np.float64).reshape(len(reference), -1)
+    candidate = np.asarray(candidate, np.float64).reshape(len(candidate), -1)
+    if reference.shape != candidate.shape:
+        raise ValueError(f"shapes differ: {reference.shape} vs {candidate.shape}")
+    error = float(np.max(np.abs(reference - candidate)))
+    scale = float(np.max(np.abs(reference)))
+    ref_c = reference - reference.mean(axis=0)
+    cand_c = candidate - candidate.mean(axis=0)
+    denominator = np.sqrt((ref_c ** 2).sum(axis=0) * (cand_c ** 2).sum(axis=0))
+    varying = denominator > 0
+    correlation = (ref_c * cand_c).sum(axis=0)[varying] / denominator[varying]
+    return {"max_abs_error": error, "response_scale": scale, "relative_error": error / scale,
+            "min_correlation": float(correlation.min()) if correlation.size else float("nan"),
+            "images": int(reference.shape[0])}

@@ -1,0 +1,115 @@
+"""Read NEST toolkit files (both layouts) without running arbitrary pickled code.
+
+Upstream reads ``.pt`` checkpoints with ``torch.load(weights_only=False)`` and ``.npy`` dicts
+with ``np.load(allow_pickle=True)``; both execute whatever callables a file names. Here the
+``.pt`` files go through torch's ``weights_only`` unpickler with an allow-list of the few
+globals NEST checkpoints contain, and the ``.npy`` dicts through a restricted unpickler.
+This is the only place in nest_rt that unpickles anything; the runtime never does.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nest_rt import catalog
+
+LAYOUT_CURRENT = "current"
+LAYOUT_LEGACY = "legacy"
+
+
+class ToolkitError(FileNotFoundError):
+    """A toolkit file is missing or unreadable."""
+
+
+# -- .npy dicts ----------------------------------------------------------------------------
+_ALLOWED_NPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("builtins", "slice"), ("builtins", "complex"), ("builtins", "set"), ("builtins", "frozenset"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED_NPY_GLOBALS or (
+                module in ("numpy.dtypes",) and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: not a NEST data type")
+
+
+def load_npy_dict(path: Path) -> dict[str, Any]:
+    """A NEST ``.npy`` file (0-d object array holding a dict), unpickled with an allow-list."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"toolkit file missing: {path}")
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(handle)
+        if dtype != np.dtype(object):
+            return {"array": np.lib.format.read_array(handle)}
+        payload = handle.read()
+    array = _RestrictedUnpickler(io.BytesIO(payload)).load()
+    return array.item() if shape == () else array
+
+
+# -- .pt checkpoints ------------------------------------------------------------------------
+def _torch_safe_globals() -> list:
+    """Globals that NEST fwRF checkpoints need beyond plain tensors (see NEST_REFERENCE §1.3)."""
+    from numpy._core import multiarray
+    dtype_classes = [type(np.dtype(t)) for t in (np.float32, np.float64, np.int64, np.int32,
+                                                  np.int16, np.uint8, np.bool_)]
+    return [argparse.Namespace, np.ndarray, np.dtype, *dtype_classes,
+            multiarray._reconstruct, (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+            multiarray.scalar, (multiarray.scalar, "numpy.core.multiarray.scalar")]
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    import torch
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"toolkit file missing: {path}")
+    with torch.serialization.safe_globals(_torch_safe_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# -- layout and paths ------------------------------------------------------------------------
+def detect_layout(nest_dir: Path) -> str:
+    """'legacy' when the legacy-only EEG files or pregenerated responses exist, else 'current'."""
+    entry = catalog.model_entry("eeg-things_eeg_2-vit_b_32")
+    if (nest_dir / entry["toolkit_files"]["legacy_scaler"]).exists() or (
+            nest_dir / "pregenerated_insilico_neural_responses").exists():
+        return LAYOUT_LEGACY
+    return LAYOUT_CURRENT
+
+
+def fwrf_files(nest_dir: Path, subject: int, roi: str) -> dict[str, Any]:
+    """Toolkit paths of one fwRF ROI: its checkpoint(s) (split-1 first) and metadata file."""
+    entry = catalog.model_entry("fmri-nsd-fwrf")
+    patterns = entry["toolkit_files"]
+    if roi in entry["split_rois"]:
+        weights = [nest_dir / patterns["weights_split"].format(subject=subject, roi=roi, split=k)
+                   for k in (1, 2)]
+    else:
+        weights = [nest_dir / patterns["weights"].format(subject=subject, roi=roi)]
+    return {"weights": weights,
+            "metadata": nest_dir / patterns["metadata"].format(subject=subject, roi=roi)}
+
+
+def available_fwrf(nest_dir: Path) -> dict[int, list[str]]:
+    """Subjects and ROIs whose fwRF weights and metadata are all present."""
+    found: dict[int, list[str]] = {}
+    for subject in catalog.subjects("fmri-nsd-fwrf"):
+        for roi in catalog.rois("fmri-nsd-fwrf"):
+            files = fwrf_files(nest_dir, subject, roi)
+            if all(p.is_file() for p in files["weights"]) and files["metadata"].is_file():
+                found.setdefault(subject, []).append(roi)
+    return found

@@ -1,0 +1,11 @@
+"""nest_rt: a torch-free onnxruntime runtime for NEST encoding models."""
+from .api import NEST
+from .errors import (BundleFileNotFoundError, BundleIntegrityError, InvalidParameterError,
+                     ModelLoadError, ModelNotFoundError, NESTError, NonFiniteOutputError,
+                     NotExportedError, ParameterTypeError, StimulusError, StimulusTypeError)
+
+__version__ = "0.1.0"
+
+__all__ = ["NEST", "NESTError", "InvalidParameterError", "ParameterTypeError", "ModelNotFoundError",
+           "NotExportedError", "StimulusError", "StimulusTypeError", "ModelLoadError",
+           "BundleFileNotFoundError", "BundleIntegrityError", "NonFiniteOutputError", "__version__"]

@@ -1,0 +1,91 @@
+"""The ``NEST`` class: upstream's legacy API over an exported bundle."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import catalog
+from .bundle import Bundle
+from .errors import ModelNotFoundError, NotExportedError, ParameterTypeError
+from .models import FwrfEncodingModel
+from .sessions import resolve_device
+
+_LOADERS = {"fmri-nsd-fwrf": FwrfEncodingModel}
+
+
+class NEST:
+    """Encode images with NEST models exported by ``nest-rt export``.
+
+    ``NEST(bundle_dir)`` takes the exported bundle directory where upstream took the toolkit
+    directory; every other method keeps upstream's names, arguments, defaults and shapes.
+    ``num_threads`` sets onnxruntime's intra-op threads (default: onnxruntime's choice).
+    """
+
+    def __init__(self, bundle_dir: str | Path, num_threads: int | None = None):
+        if not isinstance(bundle_dir, (str, Path)):
+            raise ParameterTypeError(f"bundle_dir must be a str or Path, got {type(bundle_dir).__name__}")
+        self.bundle = Bundle(bundle_dir)
+        self.num_threads = num_threads
+
+    # -- catalog queries (upstream's which_* methods) --------------------------------------
+    def which_modalities(self) -> list[str]:
+        return catalog.legacy_modalities()
+
+    def which_train_datasets(self, modality: str) -> list[str]:
+        return catalog.legacy_train_datasets(modality)
+
+    def which_models(self, modality: str, train_dataset: str) -> list[str]:
+        return catalog.legacy_models(modality, train_dataset)
+
+    def which_subjects(self, modality: str, train_dataset: str) -> list[int]:
+        model_id = catalog.model_id_for_legacy(
+            modality, train_dataset, self.which_models(modality, train_dataset)[0])
+        return catalog.subjects(model_id)
+
+    def which_rois(self, train_dataset: str) -> list[str]:
+        catalog.require_str("train_dataset", train_dataset)
+        catalog.require_choice("train_dataset", train_dataset, catalog.legacy_train_datasets("fmri"))
+        model_id = catalog.model_id_for_legacy(
+            "fmri", train_dataset, catalog.legacy_models("fmri", train_dataset)[0])
+        return catalog.rois(model_id)
+
+    # -- models ------------------------------------------------------------------------------
+    def get_encoding_model(self, modality: str, train_dataset: str, model: str, subject: int,
+                           roi: str | None = None, device: str = "auto"):
+        model_id, subject, roi = self._resolve(modality, train_dataset, model, subject, roi)
+        resolve_device(device)
+        loader = _LOADERS.get(model_id)
+        if loader is None:
+            raise NotExportedError(f"{model_id} is not supported by this nest_rt version yet")
+        return loader(self.bundle, subject, roi, device, self.num_threads)
+
+    def encode(self, encoding_model, images: Any, return_metadata: bool = True,
+               device: str = "auto", show_progress: bool = True):
+        """In silico responses ``[N, voxels]`` (fMRI), optionally with the model's metadata."""
+        if not isinstance(return_metadata, bool):
+            raise ParameterTypeError(
+                f"return_metadata must be a bool, got {type(return_metadata).__name__}")
+        if not isinstance(encoding_model, tuple(_LOADERS.values())):
+            raise ParameterTypeError("encoding_model must be the object returned by "
+                                     f"get_encoding_model, got {type(encoding_model).__name__}")
+        responses = encoding_model.encode(images, device=device, show_progress=show_progress)
+        if return_metadata:
+            return responses, encoding_model.metadata()
+        return responses
+
+    def get_metadata(self, modality: str, train_dataset: str, model: str, subject: int,
+                     roi: str | None = None) -> dict[str, Any]:
+        model_id, subject, roi = self._resolve(modality, train_dataset, model, subject, roi)
+        entry = self.bundle.entry(model_id, subject, roi,
+                                  export_hint=f"--subjects {subject} --rois {roi}")
+        return self.bundle.read_nested_npz(entry["metadata"])
+
+    def _resolve(self, modality, train_dataset, model, subject, roi):
+        catalog.require_str("modality", modality)
+        model_id = catalog.model_id_for_legacy(modality, train_dataset, model)
+        subject = catalog.validate_subject(model_id, subject)
+        if catalog.rois(model_id):
+            roi = catalog.validate_roi(model_id, roi)
+        elif roi is not None:
+            raise ModelNotFoundError(f"roi must be None for {model_id}, got {roi!r}")
+        return model_id, subject, roi

@@ -1,0 +1,85 @@
+"""Read an exported bundle: its manifest, and artifacts checked against their sha256."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import (BundleFileNotFoundError, BundleIntegrityError, NotExportedError)
+
+BUNDLE_MANIFEST = "bundle.json"
+BUNDLE_FORMAT = "nest_rt.bundle/1"
+
+
+def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Bundle:
+    """An exported bundle directory. Every artifact is verified before it is used."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        manifest_path = self.root / BUNDLE_MANIFEST
+        if not manifest_path.is_file():
+            raise BundleFileNotFoundError(
+                f"bundle_dir {str(self.root)!r} has no {BUNDLE_MANIFEST}: it is not an exported bundle. "
+                "Create one with: nest-rt export --nest-dir TOOLKIT --out BUNDLE")
+        try:
+            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleIntegrityError(f"{manifest_path} is not valid JSON ({exc})") from exc
+        if self.manifest.get("format") != BUNDLE_FORMAT:
+            raise BundleIntegrityError(f"{manifest_path} has format {self.manifest.get('format')!r}; "
+                                       f"this nest_rt reads {BUNDLE_FORMAT!r}")
+        self._verified: set[str] = set()
+
+    def entry(self, model_id: str, subject: int, key: str, export_hint: str) -> dict[str, Any]:
+        """The manifest entry of one exported graph, or NotExportedError saying how to export it."""
+        graphs = self.manifest.get("models", {}).get(model_id, {}).get("graphs", {})
+        found = graphs.get(str(subject), {}).get(key)
+        if found is None:
+            source = self.manifest.get("source", {}).get("nest_dir", "TOOLKIT")
+            raise NotExportedError(
+                f"bundle {str(self.root)!r} does not contain {model_id} subject {subject} {key}; "
+                f"export it with: nest-rt export --nest-dir {source} --out NEW_BUNDLE {export_hint}")
+        return found
+
+    def path(self, relative: str) -> Path:
+        """Absolute path of an artifact after checking that it exists and matches its sha256."""
+        recorded = self.manifest.get("files", {}).get(relative)
+        full = self.root / relative
+        if recorded is None:
+            raise BundleIntegrityError(f"{relative} is not listed in {self.root / BUNDLE_MANIFEST}")
+        if relative not in self._verified:
+            if not full.is_file():
+                raise BundleFileNotFoundError(f"bundle file missing: {full}")
+            actual = sha256_file(full)
+            if actual != recorded["sha256"]:
+                raise BundleIntegrityError(
+                    f"bundle file {full} is corrupted or was modified: sha256 {actual} does not match "
+                    f"the recorded {recorded['sha256']}; re-export or re-copy the bundle")
+            self._verified.add(relative)
+        return full
+
+    def read_json(self, relative: str) -> dict[str, Any]:
+        return json.loads(self.path(relative).read_text(encoding="utf-8"))
+
+    def read_nested_npz(self, relative: str) -> dict[str, Any]:
+        """Rebuild a nested metadata dict from an npz whose keys are 'outer/inner' paths."""
+        nested: dict[str, Any] = {}
+        with np.load(self.path(relative), allow_pickle=False) as arrays:
+            for key in arrays.files:
+                *parents, leaf = key.split("/")
+                node = nested
+                for part in parents:
+                    node = node.setdefault(part, {})
+                node[leaf] = arrays[key]
+        return nested

@@ -1,0 +1,55 @@
+"""Exception classes of nest_rt.
+
+Each class keeps upstream's name where upstream had one and also subclasses the built-in
+exception that upstream's legacy API raised for the same mistake, so both
+``except NESTError`` and existing ``except ValueError`` / ``except TypeError`` /
+``except FileNotFoundError`` clauses keep working.
+"""
+
+
+class NESTError(Exception):
+    """Base class of every error raised on purpose by nest_rt."""
+
+
+class InvalidParameterError(NESTError, ValueError):
+    """An argument has an allowed type but a value outside what is accepted."""
+
+
+class ParameterTypeError(NESTError, TypeError):
+    """An argument has the wrong type (upstream raised TypeError)."""
+
+
+class ModelNotFoundError(InvalidParameterError):
+    """Unknown model id, modality, dataset, model, subject or ROI."""
+
+
+class NotExportedError(ModelNotFoundError):
+    """The model exists in NEST but the bundle does not contain it."""
+
+
+class StimulusError(NESTError, ValueError):
+    """The images have the wrong shape, size or value range."""
+
+
+class StimulusTypeError(StimulusError, TypeError):
+    """The images have the wrong type or dtype."""
+
+
+class ModelLoadError(NESTError, RuntimeError):
+    """A bundle artifact could not be loaded."""
+
+
+class BundleFileNotFoundError(ModelLoadError, FileNotFoundError):
+    """A file that the bundle lists (or the bundle itself) is missing."""
+
+
+class BundleIntegrityError(ModelLoadError, ValueError):
+    """A bundle file does not match its recorded sha256, or cannot be parsed."""
+
+
+class NonFiniteOutputError(NESTError, FloatingPointError):
+    """The model produced NaN or infinite responses (never returned silently)."""
+
+
+class StimulusFileNotFoundError(StimulusError, FileNotFoundError):
+    """An image path does not exist or cannot be read as an image."""

@@ -1,0 +1,40 @@
+"""onnxruntime sessions: map NEST's ``device`` argument to execution providers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import InvalidParameterError, ModelLoadError, ParameterTypeError
+
+DEVICES = ("auto", "cpu", "cuda")
+_PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def resolve_device(device: str) -> str:
+    """Return 'cpu' or 'cuda'. 'auto' means CUDA when onnxruntime offers it, else CPU."""
+    import onnxruntime as ort
+    if not isinstance(device, str):
+        raise ParameterTypeError(f"device must be a str, got {type(device).__name__}")
+    if device not in DEVICES:
+        raise InvalidParameterError(f"device={device!r} is not valid; valid values: {list(DEVICES)}")
+    available = ort.get_available_providers()
+    if device == "auto":
+        return "cuda" if _PROVIDER["cuda"] in available else "cpu"
+    if _PROVIDER[device] not in available:
+        raise InvalidParameterError(
+            f"device={device!r} but onnxruntime offers only {available}; "
+            "for CUDA install the 'gpu' extra (pip install 'nest-rt[gpu]') on a machine with an NVIDIA GPU")
+    return device
+
+
+def create_session(graph_path: Path, device: str, num_threads: int | None = None):
+    """An InferenceSession for one graph on 'cpu' or 'cuda' (already resolved)."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if num_threads:
+        options.intra_op_num_threads = num_threads
+    providers = [_PROVIDER[device]] + ([_PROVIDER["cpu"]] if device == "cuda" else [])
+    try:
+        return ort.InferenceSession(str(graph_path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own untyped exceptions for bad graphs
+        raise ModelLoadError(f"onnxruntime could not load {graph_path}: {exc}") from exc
