@@ -1,0 +1,54 @@
+"""Shared fixtures: one synthetic toolkit with all 23 fwRF ROIs, exported once per session.
+
+Voxel counts are small (25 per ROI, so split ROIs are 13 + 12 voxels in two real checkpoints)
+to keep the suite fast; the code paths are those of full-size toolkits.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="these tests need the export extra")
+
+from nest_rt import NEST  # noqa: E402
+from nest_rt_export import exporter, synthetic, toolkit  # noqa: E402
+from nest_rt_export.fwrf_torch import FwrfReference  # noqa: E402
+
+VOXELS = 25
+SUBJECT = 1
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="session")
+def toolkit_dir(tmp_path_factory) -> Path:
+    return synthetic.write_toolkit(tmp_path_factory.mktemp("toolkit"), subjects=[SUBJECT],
+                                   voxels=VOXELS, seed=3)
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(toolkit_dir, tmp_path_factory) -> Path:
+    return exporter.export_bundle(toolkit_dir, tmp_path_factory.mktemp("bundles") / "bundle", log=quiet)
+
+
+@pytest.fixture(scope="session")
+def nest(bundle_dir) -> NEST:
+    return NEST(bundle_dir)
+
+
+@pytest.fixture(scope="session")
+def reference(toolkit_dir):
+    """reference(roi) -> the torch reference model of that ROI (cached)."""
+    cache: dict = {}
+
+    def get(roi: str, nest_dir: Path = toolkit_dir) -> FwrfReference:
+        key = (str(nest_dir), roi)
+        if key not in cache:
+            files = toolkit.fwrf_files(nest_dir, SUBJECT, roi)
+            cache[key] = FwrfReference.from_checkpoints(
+                [toolkit.load_checkpoint(p) for p in files["weights"]], SUBJECT)
+        return cache[key]
+    return get
