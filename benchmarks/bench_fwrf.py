@@ -231,7 +231,9 @@ def prepare_work_dir(work_dir: Path, image_counts: list[int]) -> dict:
     work_dir.mkdir(parents=True, exist_ok=True)
     toolkit_dir, bundle_dir = work_dir / "toolkit", work_dir / "bundle"
     marker = work_dir / "setup.json"
-    wanted = {"format": SETUP_FORMAT, "subjects": [SUBJECT], "rois": TOOLKIT_ROIS}
+    # The exporter's source is part of the key: a changed exporter must not be measured on a stale bundle.
+    wanted = {"format": SETUP_FORMAT, "subjects": [SUBJECT], "rois": TOOLKIT_ROIS,
+              "exporter_sha256": exporter_source_sha256()}
     if not (marker.is_file() and json.loads(marker.read_text()) == wanted
             and (bundle_dir / "bundle.json").is_file()):
         from nest_rt_export.exporter import export_bundle
@@ -243,6 +245,15 @@ def prepare_work_dir(work_dir: Path, image_counts: list[int]) -> dict:
         marker.write_text(json.dumps(wanted))
     return {"toolkit": toolkit_dir, "bundle": bundle_dir,
             "images": {count: image_file(work_dir, count) for count in sorted(set(image_counts))}}
+
+
+def exporter_source_sha256() -> str:
+    import hashlib
+    import nest_rt_export
+    digest = hashlib.sha256()
+    for source in sorted(Path(nest_rt_export.__file__).parent.glob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    return digest.hexdigest()
 
 
 def image_file(work_dir: Path, count: int) -> Path:

@@ -68,10 +68,10 @@ class NEST:
         if not isinstance(encoding_model, tuple(_LOADERS.values())):
             raise ParameterTypeError("encoding_model must be the object returned by "
                                      f"get_encoding_model, got {type(encoding_model).__name__}")
+        # Metadata first: a damaged bundle fails before minutes of encoding, not after.
+        metadata = encoding_model.metadata() if return_metadata else None
         responses = encoding_model.encode(images, device=device, show_progress=show_progress)
-        if return_metadata:
-            return responses, encoding_model.metadata()
-        return responses
+        return (responses, metadata) if return_metadata else responses
 
     def get_metadata(self, modality: str, train_dataset: str, model: str, subject: int,
                      roi: str | None = None) -> dict[str, Any]:

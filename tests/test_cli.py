@@ -1,0 +1,54 @@
+"""The nest-rt command line: the demo job, export, and one-line errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nest_rt.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
+
+
+def test_demo_encodes_images_end_to_end(tmp_path):
+    result = run_cli("demo", "--out", str(tmp_path / "demo"), "--rois", "V1", "--images", "3")
+    assert result.returncode == 0, result.stderr
+    saved = np.load(tmp_path / "demo" / "responses" / "sub-01_roi-V1.npy")
+    assert saved.shape == (3, 1350) and saved.dtype == np.float32 and np.isfinite(saved).all()
+    assert saved.std(axis=0).min() > 0
+    assert "responses (3, 1350) float32" in result.stdout and "sub-01_roi-V1.npy" in result.stdout
+
+
+def test_synthetic_toolkit_then_export(tmp_path):
+    toolkit_dir, bundle = tmp_path / "toolkit", tmp_path / "bundle"
+    made = run_cli("synthetic-toolkit", "--out", str(toolkit_dir), "--subjects", "3",
+                   "--rois", "RSC", "--voxels", "6", "--layout", "legacy")
+    assert made.returncode == 0, made.stderr
+    assert (toolkit_dir / "encoding_models/modality-fmri/train_dataset-nsd/model-fwrf/"
+            "encoding_models_weights/weights_sub-03_roi-RSC.pt").is_file()
+    exported = run_cli("export", "--nest-dir", str(toolkit_dir), "--out", str(bundle))
+    assert exported.returncode == 0, exported.stderr
+    from nest_rt import NEST
+    nest = NEST(bundle)
+    model = nest.get_encoding_model("fmri", "nsd", "fwrf", 3, "RSC")
+    assert model.voxels == 6
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path):
+    for args in (["export", "--nest-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "b")],
+                 ["synthetic-toolkit", "--out", str(tmp_path / "t"), "--rois", "V9"]):
+        result = run_cli(*args)
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert "is not a directory" in run_cli("export", "--nest-dir", str(tmp_path / "missing"),
+                                           "--out", str(tmp_path / "b")).stderr
+
+
+def test_help_lists_the_commands():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("demo", "synthetic-toolkit", "export"):
+        assert command in result.stdout
