@@ -33,6 +33,7 @@ THREADS = 2
 IMAGE_SIZE = 425          # NSD images are 425 x 425; both paths resize them to 227
 IMAGE_SEED = 2024
 UPSTREAM_BATCH = 100      # upstream's fixed batch size
+UPSTREAM_STAGES = ("preprocess", "encoder", "readout", "np_append")  # timed separately, in this order
 TOOLKIT_ROIS = ["V1", "lateral"]
 ROI_SHAPES = {"V1": {"voxels": 1350, "encoders": 1},      # subject 1's real voxel counts;
               "lateral": {"voxels": 7799, "encoders": 2}}  # lateral ships as two split checkpoints
@@ -427,7 +428,8 @@ def markdown_tables(rows: list[dict], main_count: int, ceiling: float, agreement
     lines += ["", "Where each path's encode time goes (median seconds per run):", ""]
     for row in rows:
         if row["path"] == "upstream":
-            stages = ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in row["breakdown_s"].items())
+            stages = ", ".join(f"{stage} {row['breakdown_s'][stage]:.2f}" for stage in UPSTREAM_STAGES
+                               if stage in row["breakdown_s"])
             lines.append(f"- upstream {row['roi']} N={row['images']}: {stages} "
                          f"(total {row['images'] / row['images_per_s']['median']:.2f})")
         else:
