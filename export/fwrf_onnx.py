@@ -13,47 +13,13 @@ Graph contract: input ``images`` uint8 [N, 3, S, S] (N and S dynamic) -> output
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
-OPSET = 18  # Resize with antialias needs opset 18
+from .onnx_graph import INPUT_NAME, OPSET, GraphBuilder, resized_pixels
+
 INPUT_SIZE = 227
-INPUT_NAME = "images"
 OUTPUT_NAME = "responses"
-
-
-class GraphBuilder:
-    """Collects nodes and initialisers; constants with the same name are stored once."""
-
-    def __init__(self):
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: dict[str, onnx.TensorProto] = {}
-        self._count = 0
-
-    def const(self, name: str, array) -> str:
-        if name not in self.initializers:
-            self.initializers[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
-        return name
-
-    def op(self, op_type: str, inputs: Sequence[str], name: str | None = None, **attrs) -> str:
-        self._count += 1
-        output = name or f"{op_type.lower()}_{self._count}"
-        self.nodes.append(helper.make_node(op_type, list(inputs), [output], name=output, **attrs))
-        return output
-
-    def model(self, doc: str, voxels: int) -> onnx.ModelProto:
-        graph = helper.make_graph(
-            self.nodes, "nest_fwrf",
-            [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["N", 3, "S", "S"])],
-            [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", voxels])],
-            initializer=list(self.initializers.values()), doc_string=doc)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                  producer_name="nest_rt_export")
-        onnx.checker.check_model(model, full_check=True)
-        return model
 
 
 def _f32(array) -> np.ndarray:
@@ -146,7 +112,9 @@ class _Part:
 def build_fwrf_graph(checkpoint_parts: list[tuple[dict, dict]], doc: str = "") -> onnx.ModelProto:
     """ONNX model for one ROI from its (encoder_state, readout_state) pairs, split-1 first."""
     g = GraphBuilder()
-    pixels = _preprocess(g)
+    # torchvision Resize((227, 227)) on the integer tensor, then / 255
+    pixels = g.op("Div", [resized_pixels(g, (INPUT_SIZE, INPUT_SIZE)), g.const("scale_255", _f32(255.0))],
+                  name="pixels_0_1")
     outputs = []
     for index, (encoder_state, readout_state) in enumerate(checkpoint_parts, start=1):
         part = _Part(g, encoder_state, readout_state, prefix=f"split{index}/")
@@ -156,16 +124,4 @@ def build_fwrf_graph(checkpoint_parts: list[tuple[dict, dict]], doc: str = "") -
         g.op("Identity", outputs, name=OUTPUT_NAME)
     else:
         g.op("Concat", outputs, name=OUTPUT_NAME, axis=1)
-    return g.model(doc, voxels)
-
-
-def _preprocess(g: GraphBuilder) -> str:
-    """uint8 [N,3,S,S] -> float32 [N,3,227,227] in 0..1, as torchvision Resize then /255."""
-    pixels = g.op("Cast", [INPUT_NAME], to=TensorProto.FLOAT)
-    batch_and_channels = g.op("Slice", [g.op("Shape", [INPUT_NAME]), g.const("start_0", np.array([0])),
-                                        g.const("stop_2", np.array([2]))])
-    sizes = g.op("Concat", [batch_and_channels, g.const("target_hw", np.array([INPUT_SIZE] * 2))], axis=0)
-    resized = g.op("Resize", [pixels, "", "", sizes], name="resized", mode="linear", antialias=1,
-                   exclude_outside=1, coordinate_transformation_mode="half_pixel")
-    rounded = g.op("Round", [resized])  # half to even, like torch.round on integer images
-    return g.op("Div", [rounded, g.const("scale_255", _f32(255.0))], name="pixels_0_1")
+    return g.model("nest_fwrf", doc, OUTPUT_NAME, ["N", voxels])

@@ -165,12 +165,11 @@ def test_export_refuses_missing_files_and_bad_requests(toolkit_dir, tmp_path):
 
 def test_export_refuses_a_graph_that_disagrees_with_torch(toolkit_dir, tmp_path, monkeypatch):
     from nest_rt_export import fwrf_onnx
-    real_preprocess = fwrf_onnx._preprocess
+    real_resize = fwrf_onnx.resized_pixels
 
-    def broken(g):  # forget the rounding step torchvision applies to integer images
-        pixels = real_preprocess(g)
-        return g.op("Add", [pixels, g.const("offset", np.float32(0.05))])
-    monkeypatch.setattr(fwrf_onnx, "_preprocess", broken)
+    def brighter(g, size_hw):  # a preprocessing bug: every pixel 13 grey levels too bright
+        return g.op("Add", [real_resize(g, size_hw), g.const("offset", np.float32(13.0))])
+    monkeypatch.setattr(fwrf_onnx, "resized_pixels", brighter)
     with pytest.raises(ValueError, match="disagrees with the torch reference"):
         exporter.export_bundle(toolkit_dir, tmp_path / "b", rois=["V1"], log=quiet)
     assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,62 @@
+"""Small helpers to write ONNX graphs by hand, and the resize every NEST pipeline starts with."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 18  # Resize with antialias needs opset 18
+INPUT_NAME = "images"
+
+
+class GraphBuilder:
+    """Collects nodes and initialisers; constants with the same name are stored once."""
+
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, onnx.TensorProto] = {}
+        self._count = 0
+
+    def const(self, name: str, array) -> str:
+        if name not in self.initializers:
+            self.initializers[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
+        return name
+
+    def op(self, op_type: str, inputs: Sequence[str], name: str | None = None, **attrs) -> str:
+        self._count += 1
+        output = name or f"{op_type.lower()}_{self._count}"
+        self.nodes.append(helper.make_node(op_type, list(inputs), [output], name=output, **attrs))
+        return output
+
+    def model(self, name: str, doc: str, output: str, output_shape: list) -> onnx.ModelProto:
+        """A checked model with the standard uint8 image input and one float32 output."""
+        graph = helper.make_graph(
+            self.nodes, name,
+            [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["N", 3, "S", "S"])],
+            [helper.make_tensor_value_info(output, TensorProto.FLOAT, output_shape)],
+            initializer=list(self.initializers.values()), doc_string=doc)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name="nest_rt_export")
+        onnx.checker.check_model(model, full_check=True)
+        return model
+
+
+def resized_pixels(g: GraphBuilder, size_hw: tuple[int, int]) -> str:
+    """uint8 images [N,3,S,S] -> float32 [N,3,H,W] in 0..255, as torchvision resizes integer tensors.
+
+    torchvision's tensor Resize (antialias=True) casts to float, interpolates bilinearly with an
+    antialiasing triangle filter on half-pixel centres, rounds half to even and casts back. ONNX
+    Resize matches it with exclude_outside=1 (the default 0 differs by up to 13 grey levels on
+    the border pixels). When S already equals the target, the resize is an exact identity, as
+    upstream's no-op.
+    """
+    pixels = g.op("Cast", [INPUT_NAME], to=TensorProto.FLOAT)
+    batch_and_channels = g.op("Slice", [g.op("Shape", [INPUT_NAME]), g.const("start_0", np.array([0])),
+                                        g.const("stop_2", np.array([2]))])
+    sizes = g.op("Concat", [batch_and_channels, g.const(f"target_hw_{size_hw[0]}x{size_hw[1]}",
+                                                        np.array(size_hw))], axis=0)
+    resized = g.op("Resize", [pixels, "", "", sizes], name="resized", mode="linear", antialias=1,
+                   exclude_outside=1, coordinate_transformation_mode="half_pixel")
+    return g.op("Round", [resized], name="resized_rounded")
