@@ -20,8 +20,12 @@ class GraphBuilder:
         self._count = 0
 
     def const(self, name: str, array) -> str:
-        if name not in self.initializers:
-            self.initializers[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
+        array = np.ascontiguousarray(array)
+        if name in self.initializers:
+            if not np.array_equal(numpy_helper.to_array(self.initializers[name]), array):
+                raise ValueError(f"constant {name!r} is already defined with other values")
+        else:
+            self.initializers[name] = numpy_helper.from_array(array, name)
         return name
 
     def op(self, op_type: str, inputs: Sequence[str], name: str | None = None, **attrs) -> str:
@@ -30,16 +34,18 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op_type, list(inputs), [output], name=output, **attrs))
         return output
 
-    def model(self, name: str, doc: str, output: str, output_shape: list) -> onnx.ModelProto:
-        """A checked model with the standard uint8 image input and one float32 output."""
+    def model(self, name: str, doc: str, output: str, output_shape: list,
+              graph_input: onnx.ValueInfoProto | None = None) -> onnx.ModelProto:
+        """A checked model with one input (default: the uint8 image batch) and one float32 output."""
+        graph_input = graph_input or helper.make_tensor_value_info(
+            INPUT_NAME, TensorProto.UINT8, ["N", 3, "S", "S"])
         graph = helper.make_graph(
-            self.nodes, name,
-            [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["N", 3, "S", "S"])],
+            self.nodes, name, [graph_input],
             [helper.make_tensor_value_info(output, TensorProto.FLOAT, output_shape)],
             initializer=list(self.initializers.values()), doc_string=doc)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="nest_rt_export")
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(model)
         return model
 
 

@@ -135,6 +135,10 @@ def _write_fwrf_roi(nest_dir: Path, subject: int, roi: str, voxels: int, base: F
     for index, (path, size) in enumerate(zip(files["weights"], sizes), start=1):
         path.parent.mkdir(parents=True, exist_ok=True)
         best = {"enc": _perturbed_state(base, rng), "fwrfs": {subject: _readout_state(size, rng)}}
+        # Real splits share the subject's image mean (inferred); a small offset per split makes
+        # the tests notice if one split's mu were used for the other (upstream's Q4 aliasing).
+        split_mean = stim_mean + np.float32(0.01 * (index - 1))
+        best["enc"]["mu"] = torch.from_numpy(split_mean.copy())
         final = {"enc": {k: v * 1.001 if v.is_floating_point() else v for k, v in best["enc"].items()},
                  "fwrfs": {subject: {k: v * 1.001 for k, v in best["fwrfs"][subject].items()}}}
         torch.save({
@@ -148,7 +152,7 @@ def _write_fwrf_roi(nest_dir: Path, subject: int, roi: str, voxels: int, base: F
             "best_epoch": int(rng.integers(1, 95)),
             "best_joint_cc_score": np.float64(rng.uniform(0.2, 0.5)),
             "subject_val_cc": {subject: rng.uniform(-0.1, 0.7, size).astype(np.float32)},
-            "stim_mean": stim_mean.copy(),
+            "stim_mean": split_mean.copy(),
             "betas_info": {subject: betas_info},
         }, path)
     _write_fwrf_metadata(files["metadata"], mask, betas_info, rng)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import io
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,19 @@ LAYOUT_LEGACY = "legacy"
 
 
 class ToolkitError(FileNotFoundError):
-    """A toolkit file is missing or unreadable."""
+    """A toolkit file is missing, unreadable, or holds something other than NEST data."""
+
+
+def _read_failure(path: Path, exc: Exception) -> ToolkitError:
+    """A one-line error naming the file. torch's weights_only refusal is a long text that
+    suggests disabling the safety check; keep only the global it refused."""
+    reason = str(exc)
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", reason)
+    if refused:
+        reason = f"refusing to unpickle {refused.group(1)}: not a NEST data type"
+    else:
+        reason = reason.strip().splitlines()[0] if reason.strip() else type(exc).__name__
+    return ToolkitError(f"cannot read toolkit file {path}: {reason}")
 
 
 # -- .npy dicts ----------------------------------------------------------------------------
@@ -49,16 +62,21 @@ def load_npy_dict(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ToolkitError(f"toolkit file missing: {path}")
-    with open(path, "rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, _, dtype = read_header(handle)
-        if dtype != np.dtype(object):
-            return {"array": np.lib.format.read_array(handle)}
-        payload = handle.read()
-    array = _RestrictedUnpickler(io.BytesIO(payload)).load()
-    return array.item() if shape == () else array
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(handle)
+            payload = handle.read()
+        if dtype != np.dtype(object) or shape != ():
+            raise ValueError(f"expected a dict saved as a 0-d object array, got {dtype} {shape}")
+        content = _RestrictedUnpickler(io.BytesIO(payload)).load().item()
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError) as exc:
+        raise _read_failure(path, exc) from exc
+    if not isinstance(content, dict):
+        raise ToolkitError(f"toolkit file {path} holds a {type(content).__name__}, expected a dict")
+    return content
 
 
 # -- .pt checkpoints ------------------------------------------------------------------------
@@ -77,8 +95,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ToolkitError(f"toolkit file missing: {path}")
-    with torch.serialization.safe_globals(_torch_safe_globals()):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals(_torch_safe_globals()):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise _read_failure(path, exc) from exc
+    if not isinstance(checkpoint, dict) or "best_params" not in checkpoint:
+        raise ToolkitError(f"toolkit file {path} is not a NEST fwRF checkpoint (no 'best_params')")
+    return checkpoint
 
 
 # -- layout and paths ------------------------------------------------------------------------
@@ -112,4 +136,50 @@ def available_fwrf(nest_dir: Path) -> dict[int, list[str]]:
             files = fwrf_files(nest_dir, subject, roi)
             if all(p.is_file() for p in files["weights"]) and files["metadata"].is_file():
                 found.setdefault(subject, []).append(roi)
+    return found
+
+
+def eeg_files(nest_dir: Path, subject: int, layout: str) -> dict[str, Path]:
+    """EEG head and metadata paths of one subject in the given layout."""
+    patterns = catalog.model_entry("eeg-things_eeg_2-vit_b_32")["toolkit_files"]
+    fill = {"subject": subject}
+    if layout == LAYOUT_LEGACY:
+        return {"scaler": nest_dir / patterns["legacy_scaler"], "pca": nest_dir / patterns["legacy_pca"],
+                "regression": nest_dir / patterns["legacy_regression"].format(**fill),
+                "metadata": nest_dir / patterns["legacy_metadata"].format(**fill)}
+    return {"weights": nest_dir / patterns["current_weights"].format(**fill),
+            "metadata": nest_dir / patterns["current_metadata"].format(**fill)}
+
+
+def fsaverage_files(nest_dir: Path, subject: int) -> dict[str, Path]:
+    patterns = catalog.model_entry("fmri-nsd_fsaverage-vit_b_32")["toolkit_files"]
+    return {key: nest_dir / patterns[key].format(subject=subject) for key in ("weights", "metadata")}
+
+
+def eeg_layout(nest_dir: Path) -> str:
+    """EEG files come in two layouts; the legacy one has the shared StandardScaler file."""
+    return LAYOUT_LEGACY if eeg_files(nest_dir, 1, LAYOUT_LEGACY)["scaler"].is_file() else LAYOUT_CURRENT
+
+
+def load_eeg_head(nest_dir: Path, subject: int) -> dict[str, Any]:
+    """One subject's EEG head as {'scaler_param', 'pca_param', 'reg_param'}, from either layout.
+    The legacy PCA file holds 1000 components; upstream uses the first 250, so does this."""
+    layout = eeg_layout(nest_dir)
+    files = eeg_files(nest_dir, subject, layout)
+    if layout == LAYOUT_CURRENT:
+        return load_npy_dict(files["weights"])
+    return {"scaler_param": load_npy_dict(files["scaler"]), "pca_param": load_npy_dict(files["pca"]),
+            "reg_param": load_npy_dict(files["regression"])}
+
+
+def available_subjects(nest_dir: Path, model_id: str) -> list[int]:
+    """Subjects of a ViT model whose head and metadata files are all present."""
+    found = []
+    for subject in catalog.subjects(model_id):
+        if model_id == "eeg-things_eeg_2-vit_b_32":
+            files = eeg_files(nest_dir, subject, eeg_layout(nest_dir))
+        else:
+            files = fsaverage_files(nest_dir, subject)
+        if all(path.is_file() for path in files.values()):
+            found.append(subject)
     return found

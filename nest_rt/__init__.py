@@ -2,10 +2,11 @@
 from .api import NEST
 from .errors import (BundleFileNotFoundError, BundleIntegrityError, InvalidParameterError,
                      ModelLoadError, ModelNotFoundError, NESTError, NonFiniteOutputError,
-                     NotExportedError, ParameterTypeError, StimulusError, StimulusTypeError)
+                     NotExportedError, ParameterTypeError, StimulusError, StimulusFileNotFoundError,
+                     StimulusTypeError)
 
 __version__ = "0.1.0"
 
 __all__ = ["NEST", "NESTError", "InvalidParameterError", "ParameterTypeError", "ModelNotFoundError",
-           "NotExportedError", "StimulusError", "StimulusTypeError", "ModelLoadError",
+           "NotExportedError", "StimulusError", "StimulusTypeError", "StimulusFileNotFoundError", "ModelLoadError",
            "BundleFileNotFoundError", "BundleIntegrityError", "NonFiniteOutputError", "__version__"]

@@ -6,9 +6,8 @@ from typing import Any
 
 from . import catalog
 from .bundle import Bundle
-from .errors import ModelNotFoundError, NotExportedError, ParameterTypeError
+from .errors import InvalidParameterError, NotExportedError, ParameterTypeError
 from .models import FwrfEncodingModel
-from .sessions import resolve_device
 
 _LOADERS = {"fmri-nsd-fwrf": FwrfEncodingModel}
 
@@ -24,6 +23,9 @@ class NEST:
     def __init__(self, bundle_dir: str | Path, num_threads: int | None = None):
         if not isinstance(bundle_dir, (str, Path)):
             raise ParameterTypeError(f"bundle_dir must be a str or Path, got {type(bundle_dir).__name__}")
+        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                        or num_threads < 1):
+            raise InvalidParameterError(f"num_threads must be None or an int >= 1, got {num_threads!r}")
         self.bundle = Bundle(bundle_dir)
         self.num_threads = num_threads
 
@@ -53,7 +55,6 @@ class NEST:
     def get_encoding_model(self, modality: str, train_dataset: str, model: str, subject: int,
                            roi: str | None = None, device: str = "auto"):
         model_id, subject, roi = self._resolve(modality, train_dataset, model, subject, roi)
-        resolve_device(device)
         loader = _LOADERS.get(model_id)
         if loader is None:
             raise NotExportedError(f"{model_id} is not supported by this nest_rt version yet")
@@ -62,9 +63,9 @@ class NEST:
     def encode(self, encoding_model, images: Any, return_metadata: bool = True,
                device: str = "auto", show_progress: bool = True):
         """In silico responses ``[N, voxels]`` (fMRI), optionally with the model's metadata."""
-        if not isinstance(return_metadata, bool):
-            raise ParameterTypeError(
-                f"return_metadata must be a bool, got {type(return_metadata).__name__}")
+        for name, flag in (("return_metadata", return_metadata), ("show_progress", show_progress)):
+            if not isinstance(flag, bool):
+                raise ParameterTypeError(f"{name} must be a bool, got {type(flag).__name__}")
         if not isinstance(encoding_model, tuple(_LOADERS.values())):
             raise ParameterTypeError("encoding_model must be the object returned by "
                                      f"get_encoding_model, got {type(encoding_model).__name__}")
@@ -76,16 +77,12 @@ class NEST:
     def get_metadata(self, modality: str, train_dataset: str, model: str, subject: int,
                      roi: str | None = None) -> dict[str, Any]:
         model_id, subject, roi = self._resolve(modality, train_dataset, model, subject, roi)
-        entry = self.bundle.entry(model_id, subject, roi,
-                                  export_hint=f"--subjects {subject} --rois {roi}")
-        return self.bundle.read_nested_npz(entry["metadata"])
+        return self.bundle.read_nested_npz(self.bundle.entry(model_id, subject, roi)["metadata"])
 
     def _resolve(self, modality, train_dataset, model, subject, roi):
         catalog.require_str("modality", modality)
         model_id = catalog.model_id_for_legacy(modality, train_dataset, model)
         subject = catalog.validate_subject(model_id, subject)
-        if catalog.rois(model_id):
-            roi = catalog.validate_roi(model_id, roi)
-        elif roi is not None:
-            raise ModelNotFoundError(f"roi must be None for {model_id}, got {roi!r}")
+        # upstream requires roi for fMRI and ignores it for EEG
+        roi = catalog.validate_roi(model_id, roi) if catalog.rois(model_id) else None
         return model_id, subject, roi

@@ -41,15 +41,18 @@ class Bundle:
                                        f"this nest_rt reads {BUNDLE_FORMAT!r}")
         self._verified: set[str] = set()
 
-    def entry(self, model_id: str, subject: int, key: str, export_hint: str) -> dict[str, Any]:
-        """The manifest entry of one exported graph, or NotExportedError saying how to export it."""
+    def entry(self, model_id: str, subject: int, roi: str | None = None) -> dict[str, Any]:
+        """The manifest entry of one exported model (per subject, and per ROI for fwRF), or
+        NotExportedError saying how to export it."""
         graphs = self.manifest.get("models", {}).get(model_id, {}).get("graphs", {})
-        found = graphs.get(str(subject), {}).get(key)
+        found = graphs.get(str(subject), {}).get(roi or "all")
         if found is None:
             source = self.manifest.get("source", {}).get("nest_dir", "TOOLKIT")
+            what = f"{model_id} subject {subject}" + (f" roi {roi}" if roi else "")
+            options = f"--models {model_id} --subjects {subject}" + (f" --rois {roi}" if roi else "")
             raise NotExportedError(
-                f"bundle {str(self.root)!r} does not contain {model_id} subject {subject} {key}; "
-                f"export it with: nest-rt export --nest-dir {source} --out NEW_BUNDLE {export_hint}")
+                f"bundle {str(self.root)!r} does not contain {what}; export it with: "
+                f"nest-rt export --nest-dir {source} --out NEW_BUNDLE {options}")
         return found
 
     def path(self, relative: str) -> Path:

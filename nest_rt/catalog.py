@@ -100,8 +100,9 @@ def validate_subject(model_id: str, subject: Any) -> int:
 
 
 def validate_roi(model_id: str, roi: Any) -> str:
-    if roi is None:
-        raise ModelNotFoundError(f"roi is required for {model_id}; valid values: {rois(model_id)}")
+    if roi is None:  # upstream's legacy check is type(roi) != str -> TypeError
+        raise ParameterTypeError(f"roi is required for {model_id} and must be a str; "
+                                 f"valid values: {rois(model_id)}")
     require_str("roi", roi)
     require_choice("roi", roi, rois(model_id))
     return roi

@@ -15,8 +15,6 @@ from pathlib import Path
 from . import catalog
 from .errors import NESTError
 
-FWRF = "fmri-nsd-fwrf"
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -82,6 +82,8 @@ def _validate_array(images: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
     if height != width:
         raise StimulusError(f"{name} must be square, got height {height} and width {width}; "
                             "crop or resize them to S x S first")
+    if height == 0:
+        raise StimulusError(f"{name} has images of size 0 x 0 (shape {images.shape})")
     _validate_values(images, name)
     return images, channels_last
 
@@ -102,10 +104,7 @@ def _validate_values(images: np.ndarray, name: str) -> None:
 @dataclass(frozen=True)
 class _Item:
     size: int
-    loader: Any
-
-    def load(self) -> np.ndarray:
-        return self.loader()
+    load: Callable[[], np.ndarray]  # decodes the image when its batch comes
 
 
 def _validate_items(images: Any, name: str) -> list[_Item]:
@@ -133,6 +132,9 @@ def _is_pil(obj: Any) -> bool:
 
 def _validate_item(item: Any, name: str) -> _Item:
     if isinstance(item, np.ndarray):
+        if item.ndim != 3:
+            raise StimulusError(f"{name} must be one 3-D image [3, S, S] or [S, S, 3] inside a list, "
+                                f"got shape {item.shape}")
         array, channels_last = _validate_array(item[None], name)
         chw = array[0].transpose(2, 0, 1) if channels_last else array[0]
         return _Item(chw.shape[1], lambda: np.ascontiguousarray(chw, dtype=np.uint8))
@@ -157,8 +159,11 @@ def _path_item(path: str, name: str) -> _Item:
     _require_square(size, f"{name} ({path})")
 
     def load() -> np.ndarray:
-        with Image.open(path) as image:
-            return _pil_to_chw(image)
+        try:
+            with Image.open(path) as image:
+                return _pil_to_chw(image)
+        except (UnidentifiedImageError, OSError) as exc:  # e.g. a truncated file: only its header was read
+            raise StimulusFileNotFoundError(f"{name}: cannot decode {path} ({exc})") from exc
     return _Item(size[0], load)
 
 

@@ -25,17 +25,16 @@ class FwrfEncodingModel:
 
     def __init__(self, bundle: Bundle, subject: int, roi: str, device: str,
                  num_threads: int | None = None):
+        self.device = resolve_device(device)
         self.subject = subject
         self.roi = roi
         self._bundle = bundle
-        self._entry = bundle.entry(self.model_id, subject, roi,
-                                   export_hint=f"--subjects {subject} --rois {roi}")
+        self._entry = bundle.entry(self.model_id, subject, roi)
         self.voxels: int = int(self._entry["voxels"])
         self.sidecar: dict[str, Any] = bundle.read_json(self._entry["sidecar"])
         self._graph_path = bundle.path(self._entry["graph"])
         self._num_threads = num_threads
         self._sessions: dict[str, Any] = {}
-        self.device = resolve_device(device)
         self._session(self.device)  # load now, like upstream's get_encoding_model
 
     def __repr__(self) -> str:

@@ -35,6 +35,12 @@ def create_session(graph_path: Path, device: str, num_threads: int | None = None
         options.intra_op_num_threads = num_threads
     providers = [_PROVIDER[device]] + ([_PROVIDER["cpu"]] if device == "cuda" else [])
     try:
-        return ort.InferenceSession(str(graph_path), sess_options=options, providers=providers)
+        session = ort.InferenceSession(str(graph_path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped exceptions for bad graphs
         raise ModelLoadError(f"onnxruntime could not load {graph_path}: {exc}") from exc
+    if session.get_providers()[0] != providers[0]:
+        # onnxruntime quietly falls back to the CPU when the CUDA libraries fail to load
+        raise InvalidParameterError(
+            f"device={device!r}: onnxruntime could not start {providers[0]} (it offers "
+            f"{session.get_providers()}); check the CUDA and cuDNN libraries that onnxruntime-gpu needs")
+    return session

@@ -52,3 +52,29 @@ def test_help_lists_the_commands():
     assert result.returncode == 0
     for command in ("demo", "synthetic-toolkit", "export"):
         assert command in result.stdout
+
+
+def test_runtime_never_imports_torch(bundle_dir):
+    """In the export venv torch is installed; the runtime must still not import it."""
+    script = (
+        "import sys, numpy as np\n"
+        "from nest_rt import NEST\n"
+        f"nest = NEST({str(bundle_dir)!r})\n"
+        "model = nest.get_encoding_model('fmri', 'nsd', 'fwrf', 1, 'lateral')\n"
+        "nest.encode(model, np.zeros((2, 3, 64, 64), np.uint8), show_progress=False)\n"
+        "heavy = [m for m in ('torch', 'torchvision', 'onnx', 'sklearn') if m in sys.modules]\n"
+        "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_corrupt_toolkit_file_is_a_one_line_error(tmp_path):
+    toolkit_dir = tmp_path / "toolkit"
+    assert run_cli("synthetic-toolkit", "--out", str(toolkit_dir), "--subjects", "1", "--rois", "V1",
+                   "--voxels", "4").returncode == 0
+    weights = next(toolkit_dir.rglob("weights_sub-01_roi-V1.pt"))
+    weights.write_bytes(weights.read_bytes()[:3000])
+    result = run_cli("export", "--nest-dir", str(toolkit_dir), "--out", str(tmp_path / "b"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "weights_sub-01_roi-V1.pt" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()

@@ -32,7 +32,7 @@ def v1(nest):
     (lambda n: n.get_encoding_model("fmri", "nsd", "fwrf", "1", "V1"), TypeError, ["subject", "int"]),
     (lambda n: n.get_encoding_model("fmri", "nsd", "fwrf", True, "V1"), TypeError, ["subject"]),
     (lambda n: n.get_encoding_model("fmri", "nsd", "fwrf", 1, "V9"), ValueError, ["roi", "'V9'", "'hV4'"]),
-    (lambda n: n.get_encoding_model("fmri", "nsd", "fwrf", 1), ValueError, ["roi", "required", "'V1'"]),
+    (lambda n: n.get_encoding_model("fmri", "nsd", "fwrf", 1), TypeError, ["roi", "required", "'V1'"]),
     (lambda n: n.get_encoding_model("fmri", "nsd", "fwrf", 1, 5), TypeError, ["roi", "str"]),
     (lambda n: n.get_encoding_model("fmri", "nsd", "fwrf", 1, "V1", device="tpu"), ValueError,
      ["device", "'tpu'", "'cuda'"]),
@@ -44,6 +44,23 @@ def test_unknown_choices_list_valid_values(nest, call, kind, words):
     assert isinstance(info.value, errors.NESTError)
     for word in words:
         assert word in str(info.value)
+
+
+def test_cuda_that_falls_back_to_cpu_is_an_error(nest, monkeypatch):
+    """onnxruntime-gpu silently runs on the CPU when the CUDA libraries fail to load."""
+    import onnxruntime
+    real_session = onnxruntime.InferenceSession
+    requested = []
+
+    def session_without_cuda(path, sess_options=None, providers=None):
+        requested.append(providers)
+        return real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session_without_cuda)
+    with pytest.raises(ValueError, match="could not start CUDAExecutionProvider"):
+        nest.get_encoding_model("fmri", "nsd", "fwrf", SUBJECT, "V1", device="auto")
+    assert requested == [["CUDAExecutionProvider", "CPUExecutionProvider"]]
 
 
 def test_cuda_without_provider_is_a_clear_error(nest, monkeypatch):
@@ -64,8 +81,7 @@ def test_roi_missing_from_bundle_says_how_to_export(tmp_path, toolkit_dir):
     message = str(info.value)
     assert isinstance(info.value, ValueError)
     assert "nest-rt export" in message and "--rois lateral" in message and str(toolkit_dir) in message
-    with pytest.raises(nest_rt.NotExportedError, match="eeg-things_eeg_2-vit_b_32"):
-        nest.get_encoding_model("eeg", "things_eeg_2", "vit_b_32", 1)
+    assert "--subjects 1" in message and "--models fmri-nsd-fwrf" in message
 
 
 @pytest.mark.parametrize("images, kind, words", [
@@ -73,6 +89,8 @@ def test_roi_missing_from_bundle_says_how_to_export(tmp_path, toolkit_dir):
     (GOOD[:, :2], ValueError, ["3 colour channels", "(2, 2, 64, 64)"]),
     (GOOD[:, :, :, :50], ValueError, ["square", "64", "50"]),
     (GOOD[:0], ValueError, ["empty"]),
+    (np.zeros((2, 3, 0, 0), np.uint8), ValueError, ["size 0 x 0"]),
+    ([GOOD], ValueError, ["images[0]", "3-D", "(2, 3, 64, 64)"]),
     (GOOD.astype(np.float32), TypeError, ["integers 0..255", "float32"]),
     (GOOD.astype(bool), TypeError, ["bool"]),
     (GOOD.astype(np.int16) + 200, ValueError, ["0..255", "max"]),
@@ -108,9 +126,26 @@ def test_non_rgb_pil_images_are_converted(nest, v1):
     np.testing.assert_array_equal(got, expected)
 
 
+def test_truncated_image_file_names_the_file(nest, v1, tmp_path):
+    from PIL import Image
+    Image.fromarray(GOOD[0].transpose(1, 2, 0)).save(tmp_path / "cut.png")
+    data = (tmp_path / "cut.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[:len(data) // 2])  # the header still reads fine
+    with pytest.raises(FileNotFoundError, match=r"images\[1\]: cannot decode .*cut.png"):
+        nest.encode(v1, [GOOD[1], tmp_path / "cut.png"])
+
+
+def test_num_threads_is_checked(bundle_dir):
+    for bad in ("2", 0, -3, 1.5, True):
+        with pytest.raises(ValueError, match="num_threads must be None or an int >= 1"):
+            NEST(bundle_dir, num_threads=bad)
+
+
 def test_encode_argument_types(nest, v1):
     with pytest.raises(TypeError, match="return_metadata must be a bool"):
         nest.encode(v1, GOOD, return_metadata="yes")
+    with pytest.raises(TypeError, match="show_progress must be a bool"):
+        nest.encode(v1, GOOD, show_progress=None)
     with pytest.raises(TypeError, match="encoding_model must be the object returned by get_encoding_model"):
         nest.encode({"args": {}}, GOOD)
 

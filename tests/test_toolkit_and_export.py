@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import torch
 from nest_rt import catalog
 from nest_rt.bundle import sha256_file
 from nest_rt_export import exporter, synthetic, toolkit
+from nest_rt_export.parity import FWRF_TOLERANCE, within
 from nest_rt_export.fwrf_torch import FwrfEncoder, FwrfReadout
 
 from conftest import SUBJECT, VOXELS, quiet
@@ -75,15 +75,27 @@ class _Exploit:
 def test_npy_reader_refuses_code(tmp_path):
     path = tmp_path / "evil.npy"
     np.save(path, np.array({"fmri": _Exploit()}, dtype=object), allow_pickle=True)
-    with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle builtins.print"):
+    with pytest.raises(toolkit.ToolkitError, match="refusing to unpickle builtins.print"):
         toolkit.load_npy_dict(path)
 
 
 def test_checkpoint_reader_refuses_code(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"args.": _Exploit()}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(toolkit.ToolkitError, match="evil.pt: refusing to unpickle print"):
         toolkit.load_checkpoint(path)
+
+
+def test_damaged_toolkit_files_are_named(toolkit_dir, tmp_path):
+    source = toolkit.fwrf_files(toolkit_dir, SUBJECT, "V1")
+    truncated = tmp_path / "cut.pt"
+    truncated.write_bytes(source["weights"][0].read_bytes()[:5000])
+    with pytest.raises(toolkit.ToolkitError, match="cut.pt"):
+        toolkit.load_checkpoint(truncated)
+    not_a_dict = tmp_path / "array.npy"
+    np.save(not_a_dict, np.arange(3))
+    with pytest.raises(toolkit.ToolkitError, match="array.npy.*0-d object array"):
+        toolkit.load_npy_dict(not_a_dict)
 
 
 def test_bundle_manifest_records_everything(bundle_dir, toolkit_dir):
@@ -101,9 +113,8 @@ def test_bundle_manifest_records_everything(bundle_dir, toolkit_dir):
     for relative, record in manifest["sources"].items():
         assert sha256_file(toolkit_dir / relative) == record["sha256"]
     for roi, entry in graphs.items():
-        for size in ("size_227", "size_256"):
-            assert entry["parity"][size]["relative_error"] <= 1e-3
-            assert entry["parity"][size]["min_correlation"] >= 0.9999
+        assert within(entry["parity"]["size_227"], FWRF_TOLERANCE["native"])
+        assert within(entry["parity"]["size_256"], FWRF_TOLERANCE["resized"])
         sidecar = json.loads((bundle_dir / entry["sidecar"]).read_text())
         assert sidecar["voxels"] == entry["voxels"] == VOXELS
         assert sidecar["input"] == {"name": "images", "dtype": "uint8", "shape": ["N", 3, "S", "S"],
@@ -142,8 +153,33 @@ def test_interrupted_export_leaves_nothing(toolkit_dir, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_overwrite_never_replaces_the_toolkit_or_other_folders(toolkit_dir, tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a bundle"):
+        exporter.export_bundle(toolkit_dir, tmp_path / "notes", overwrite=True, log=quiet)
+    for out in (toolkit_dir, toolkit_dir.parent, toolkit_dir / "inside"):
+        with pytest.raises(ValueError, match="outside --nest-dir"):
+            exporter.export_bundle(toolkit_dir, out, overwrite=True, log=quiet)
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+    assert toolkit.available_fwrf(toolkit_dir)[SUBJECT] == catalog.rois("fmri-nsd-fwrf")
+
+
+def test_leftovers_of_a_killed_export_are_removed(toolkit_dir, tmp_path):
+    stale = tmp_path / ".bundle.partial-999999999"  # no such process
+    stale.mkdir()
+    exporter.export_bundle(toolkit_dir, tmp_path / "bundle", rois=["V1"], log=quiet)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_subjects_alone_exports_every_roi_found(toolkit_dir, tmp_path):
+    bundle = exporter.export_bundle(toolkit_dir, tmp_path / "b", subjects=[SUBJECT], log=quiet)
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert list(manifest["models"]["fmri-nsd-fwrf"]["graphs"]["1"]) == catalog.rois("fmri-nsd-fwrf")
+
+
 def test_existing_output_needs_overwrite(toolkit_dir, tmp_path):
-    (tmp_path / "bundle").mkdir()
+    exporter.export_bundle(toolkit_dir, tmp_path / "bundle", rois=["V2"], log=quiet)
     with pytest.raises(ValueError, match="already exists.*--overwrite"):
         exporter.export_bundle(toolkit_dir, tmp_path / "bundle", rois=["V1"], log=quiet)
     exporter.export_bundle(toolkit_dir, tmp_path / "bundle", rois=["V1"], overwrite=True, log=quiet)
@@ -156,11 +192,12 @@ def test_export_refuses_missing_files_and_bad_requests(toolkit_dir, tmp_path):
         exporter.export_bundle(toolkit_dir, tmp_path / "b", subjects=[2], rois=["V1"], log=quiet)
     with pytest.raises(ValueError, match="not a directory"):
         exporter.export_bundle(tmp_path / "nope", tmp_path / "b", log=quiet)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no fwRF models"):
-        exporter.export_bundle(tmp_path, tmp_path / "b", log=quiet)
+        exporter.export_bundle(tmp_path / "empty", tmp_path / "b", log=quiet)
     with pytest.raises(ValueError, match="not implemented yet"):
         exporter.export_bundle(toolkit_dir, tmp_path / "b", models=["eeg-things_eeg_2-vit_b_32"], log=quiet)
-    assert not (tmp_path / "b").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 
 
 def test_export_refuses_a_graph_that_disagrees_with_torch(toolkit_dir, tmp_path, monkeypatch):
