@@ -35,12 +35,13 @@ class GraphBuilder:
         return output
 
     def model(self, name: str, doc: str, output: str, output_shape: list,
-              graph_input: onnx.ValueInfoProto | None = None) -> onnx.ModelProto:
-        """A checked model with one input (default: the uint8 image batch) and one float32 output."""
-        graph_input = graph_input or helper.make_tensor_value_info(
-            INPUT_NAME, TensorProto.UINT8, ["N", 3, "S", "S"])
+              graph_inputs: list[onnx.ValueInfoProto] | None = None) -> onnx.ModelProto:
+        """A checked model with one float32 output; the input is the uint8 image batch unless
+        ``graph_inputs`` says otherwise."""
+        graph_inputs = graph_inputs or [helper.make_tensor_value_info(
+            INPUT_NAME, TensorProto.UINT8, ["N", 3, "S", "S"])]
         graph = helper.make_graph(
-            self.nodes, name, [graph_input],
+            self.nodes, name, graph_inputs,
             [helper.make_tensor_value_info(output, TensorProto.FLOAT, output_shape)],
             initializer=list(self.initializers.values()), doc_string=doc)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],

@@ -35,3 +35,9 @@ FWRF_TOLERANCE = {
 def within(stats: dict[str, float], limits: dict[str, float]) -> bool:
     return (stats["relative_error"] <= limits["relative_error"]
             and stats["min_correlation"] >= limits["min_correlation"])
+
+# ViT pipelines (EEG and fsaverage), end to end from images to responses.
+VIT_TOLERANCE = {
+    "native": {"relative_error": 1e-4, "min_correlation": 0.9999},    # S = 256: no resize
+    "resized": {"relative_error": 2e-3, "min_correlation": 0.9999},   # resize rounding, as for fwRF
+}

@@ -1,22 +1,32 @@
-"""The ``NEST`` class: upstream's legacy API over an exported bundle."""
+"""The ``NEST`` class: upstream's legacy API and its current model-ID API, over an exported bundle."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from . import catalog
-from .bundle import Bundle
-from .errors import InvalidParameterError, NotExportedError, ParameterTypeError
-from .models import FwrfEncodingModel
+import numpy as np
 
-_LOADERS = {"fmri-nsd-fwrf": FwrfEncodingModel}
+from . import catalog, selection as selections
+from .bundle import Bundle
+from .errors import InvalidParameterError, ParameterTypeError, StimulusError
+from .models import (EncodingModel, FwrfEncodingModel, VitBackbone, VitEncodingModel, encode_models,
+                     eeg_output_shape)
+
+FWRF, EEG, FSAVERAGE = selections.FWRF, selections.EEG, selections.FSAVERAGE
 
 
 class NEST:
     """Encode images with NEST models exported by ``nest-rt export``.
 
     ``NEST(bundle_dir)`` takes the exported bundle directory where upstream took the toolkit
-    directory; every other method keeps upstream's names, arguments, defaults and shapes.
+    directory. Both upstream APIs are offered with their names, arguments and defaults:
+
+    - legacy: ``get_encoding_model(modality, train_dataset, model, subject, roi=None, device='auto')``,
+      ``encode(model, images, return_metadata=True)``, ``get_metadata(...)``, ``which_*()``;
+    - current: ``get_encoding_model(model_id, subject=..., selection=..., device='auto')``,
+      ``encode(model, stimulus, return_metadata=False)``, ``list_models()``,
+      ``get_model_catalog()``, ``get_model_metadata(model_id, ...)``, ``describe(model_id)``.
+
     ``num_threads`` sets onnxruntime's intra-op threads (default: onnxruntime's choice).
     """
 
@@ -28,8 +38,9 @@ class NEST:
             raise InvalidParameterError(f"num_threads must be None or an int >= 1, got {num_threads!r}")
         self.bundle = Bundle(bundle_dir)
         self.num_threads = num_threads
+        self._backbone: VitBackbone | None = None  # one per NEST object, shared by all ViT models
 
-    # -- catalog queries (upstream's which_* methods) --------------------------------------
+    # -- catalog queries (legacy which_* methods) --------------------------------------------
     def which_modalities(self) -> list[str]:
         return catalog.legacy_modalities()
 
@@ -51,32 +62,154 @@ class NEST:
             "fmri", train_dataset, catalog.legacy_models("fmri", train_dataset)[0])
         return catalog.rois(model_id)
 
-    # -- models ------------------------------------------------------------------------------
-    def get_encoding_model(self, modality: str, train_dataset: str, model: str, subject: int,
-                           roi: str | None = None, device: str = "auto"):
-        model_id, subject, roi = self._resolve(modality, train_dataset, model, subject, roi)
-        loader = _LOADERS.get(model_id)
-        if loader is None:
-            raise NotExportedError(f"{model_id} is not supported by this nest_rt version yet")
-        return loader(self.bundle, subject, roi, device, self.num_threads)
+    # -- catalog queries (current API) ----------------------------------------------------------
+    def list_models(self) -> list[str]:
+        return list(catalog.models())
 
-    def encode(self, encoding_model, images: Any, return_metadata: bool = True,
-               device: str = "auto", show_progress: bool = True):
-        """In silico responses ``[N, voxels]`` (fMRI), optionally with the model's metadata."""
+    def get_model_catalog(self, print_format: bool = False) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for entry in catalog.models().values():
+            found.setdefault(entry["catalog_modality"], []).append(entry["catalog_dataset"])
+        result = {modality: sorted(datasets) for modality, datasets in found.items()}
+        if print_format:
+            for modality, datasets in result.items():
+                print(f"{modality}:\n" + "".join(f"  - {name}\n" for name in datasets), end="")
+        return result
+
+    def describe(self, model_id: str) -> dict[str, Any]:
+        """A model card: what the model is, its inputs, outputs, parameters and what is exported."""
+        entry = catalog.model_entry(model_id)
+        exported = sorted(int(s) for s in self.bundle.manifest.get("models", {}).get(model_id, {})
+                          .get("graphs", {}))
+        card = {
+            "model_id": model_id,
+            "model_info": {"modality": entry["modality"], "training_dataset": entry["catalog_dataset"],
+                           "subjects": entry["subjects"], "exported_subjects": exported},
+            "description": _DESCRIPTIONS[model_id],
+            "input": {"stimulus": "uint8 (or integer 0..255) images [N, 3, S, S] or [N, S, S, 3], PIL "
+                                  "images or image paths; square, any size S"},
+            "output": _OUTPUTS[model_id],
+            "parameters": {"subject": entry["subjects"], "selection": sorted(selections.ALLOWED_KEYS[model_id]),
+                           "device": ["auto", "cpu", "cuda"]},
+            "parameters_by_function": {
+                "get_encoding_model": ["model_id", "subject", "selection", "device"],
+                "encode": ["model", "stimulus", "return_metadata", "show_progress"]},
+            "performance": {"parity_at_export": {s: g.get("all", next(iter(g.values())))["parity"]
+                                                 for s, g in self.bundle.manifest["models"]
+                                                 .get(model_id, {}).get("graphs", {}).items()}},
+            "example_usage": _EXAMPLES[model_id],
+        }
+        print(f"{model_id}: {card['description']}\n  output: {card['output']}\n"
+              f"  exported subjects: {exported or 'none'}")
+        return card
+
+    # -- models ----------------------------------------------------------------------------------
+    def get_encoding_model(self, *args, **kwargs) -> EncodingModel:
+        """Legacy ``(modality, train_dataset, model, subject, roi=None, device='auto')`` or
+        current ``(model_id, subject=..., selection=None, device='auto')``, told apart by whether
+        the first argument is a model id."""
+        first = args[0] if args else kwargs.get("model_id", kwargs.get("modality"))
+        if isinstance(first, str) and first in catalog.models():
+            return self._model_by_id(*args, **kwargs)
+        return self._legacy_model(*args, **kwargs)
+
+    def _legacy_model(self, modality: str, train_dataset: str, model: str, subject: int,
+                      roi: str | None = None, device: str = "auto") -> EncodingModel:
+        model_id, subject, roi = self._resolve(modality, train_dataset, model, subject, roi)
+        return self._load(model_id, subject, device, "legacy", roi=roi)
+
+    def _model_by_id(self, model_id: str, device: str = "auto", selection: dict | None = None,
+                     subject: int | None = None) -> EncodingModel:
+        if subject is None:
+            raise InvalidParameterError(f"subject is required for {model_id}; valid subjects: "
+                                        f"{catalog.subjects(model_id)}")
+        subject = catalog.validate_subject(model_id, subject)
+        return self._load(model_id, subject, device, "current", selection=selection)
+
+    def _load(self, model_id: str, subject: int, device: str, api: str, roi: str | None = None,
+              selection: dict | None = None) -> EncodingModel:
+        if model_id == FWRF:
+            roi = roi or selections.fwrf_roi(selection)
+            return FwrfEncodingModel(self.bundle, subject, roi, device, self.num_threads, api=api)
+        self.bundle.entry(model_id, subject)  # a clear NotExportedError before anything else
+        if model_id == EEG:
+            channels, times = selections.eeg_indices(selection)
+            columns = selections.eeg_columns(channels, times) if selection else None
+            shape = eeg_output_shape(channels, times)
+        else:
+            lh, rh = selections.fsaverage_indices(
+                selection, lambda name: self._fsaverage_roi(subject, name))
+            vertices = catalog.model_entry(FSAVERAGE)["vertices_per_hemisphere"]
+            columns = np.concatenate([lh, rh + vertices]) if selection else None
+            shape = ((len(lh),), (len(rh),))
+        return VitEncodingModel(self.bundle, model_id, subject, columns, shape, self._vit_backbone(),
+                                device, self.num_threads, api=api, selection=selection)
+
+    def _vit_backbone(self) -> VitBackbone:
+        if self._backbone is None:
+            self._backbone = VitBackbone(self.bundle, self.num_threads)
+        return self._backbone
+
+    def _fsaverage_roi(self, subject: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+        metadata = self.bundle.read_nested_npz(self.bundle.entry(FSAVERAGE, subject)["metadata"])["fmri"]
+        found = []
+        for hemisphere in ("lh", "rh"):
+            rois = metadata[f"{hemisphere}_fsaverage_rois"]
+            key = name if name in rois else selections.FSAVERAGE_ROI_ALIASES.get(name)
+            found.append(np.asarray(rois.get(key, np.zeros(0, np.int64)), dtype=np.int64))
+        return found[0], found[1]
+
+    # -- encoding ----------------------------------------------------------------------------------
+    def encode(self, encoding_model: EncodingModel, images: Any = None, return_metadata: bool | None = None,
+               device: str = "auto", show_progress: bool = True, *, stimulus: Any = None):
+        """In silico responses, optionally with the model's metadata.
+
+        fMRI fwRF: [N, voxels]; EEG: [N, 4, channels, times]; fsaverage: (lh [N, Vl], rh [N, Vr]),
+        all float32. ``return_metadata`` defaults to True for models loaded through the legacy
+        call and False for the model-ID call, as upstream.
+        """
+        _check_model(encoding_model)
+        if (images is None) == (stimulus is None):
+            raise StimulusError("pass the images once, as images=... (legacy) or stimulus=... (current)")
+        if return_metadata is None:
+            return_metadata = encoding_model.api == "legacy"
         for name, flag in (("return_metadata", return_metadata), ("show_progress", show_progress)):
             if not isinstance(flag, bool):
                 raise ParameterTypeError(f"{name} must be a bool, got {type(flag).__name__}")
-        if not isinstance(encoding_model, tuple(_LOADERS.values())):
-            raise ParameterTypeError("encoding_model must be the object returned by "
-                                     f"get_encoding_model, got {type(encoding_model).__name__}")
         # Metadata first: a damaged bundle fails before minutes of encoding, not after.
         metadata = encoding_model.metadata() if return_metadata else None
-        responses = encoding_model.encode(images, device=device, show_progress=show_progress)
+        (responses,) = encode_models([encoding_model], images if stimulus is None else stimulus,
+                                     device=device, show_progress=show_progress)
         return (responses, metadata) if return_metadata else responses
 
+    def encode_many(self, encoding_models: list[EncodingModel], images: Any, device: str = "auto",
+                    show_progress: bool = True) -> list:
+        """Responses of several models to the same images, in the models' order.
+
+        Images are decoded once per batch and the ViT backbone runs once per batch for every EEG
+        and fsaverage model: ten EEG subjects cost little more than one.
+        """
+        if not isinstance(encoding_models, (list, tuple)) or not encoding_models:
+            raise ParameterTypeError("encoding_models must be a non-empty list of models from get_encoding_model")
+        for model in encoding_models:
+            _check_model(model)
+        if not isinstance(show_progress, bool):
+            raise ParameterTypeError(f"show_progress must be a bool, got {type(show_progress).__name__}")
+        return encode_models(list(encoding_models), images, device=device, show_progress=show_progress)
+
+    # -- metadata ----------------------------------------------------------------------------------
     def get_metadata(self, modality: str, train_dataset: str, model: str, subject: int,
                      roi: str | None = None) -> dict[str, Any]:
         model_id, subject, roi = self._resolve(modality, train_dataset, model, subject, roi)
+        return self.bundle.read_nested_npz(self.bundle.entry(model_id, subject, roi)["metadata"])
+
+    def get_model_metadata(self, model_id: str, subject: int | None = None,
+                           roi: str | None = None) -> dict[str, Any]:
+        catalog.model_entry(model_id)
+        if subject is None:
+            raise InvalidParameterError(f"subject is required; valid subjects: {catalog.subjects(model_id)}")
+        subject = catalog.validate_subject(model_id, subject)
+        roi = catalog.validate_roi(model_id, roi) if model_id == FWRF else None
         return self.bundle.read_nested_npz(self.bundle.entry(model_id, subject, roi)["metadata"])
 
     def _resolve(self, modality, train_dataset, model, subject, roi):
@@ -86,3 +219,27 @@ class NEST:
         # upstream requires roi for fMRI and ignores it for EEG
         roi = catalog.validate_roi(model_id, roi) if catalog.rois(model_id) else None
         return model_id, subject, roi
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, EncodingModel):
+        raise ParameterTypeError("encoding_model must be the object returned by get_encoding_model, "
+                                 f"got {type(model).__name__}")
+
+
+_DESCRIPTIONS = {
+    FWRF: "feature-weighted receptive field (fwRF) encoders of NSD fMRI responses, one per subject and ROI",
+    EEG: "ViT-B/32 features -> PCA -> linear regression encoders of THINGS EEG2 responses",
+    FSAVERAGE: "ViT-B/32 features -> PCA -> linear regression encoders of NSD fMRI responses on the "
+               "fsaverage surface",
+}
+_OUTPUTS = {
+    FWRF: "float32 [N, voxels] in the ROI's metadata voxel order",
+    EEG: "float32 [N, 4 repetitions, channels, times] (63 channels x 140 times unless selected)",
+    FSAVERAGE: "tuple (lh float32 [N, vertices], rh float32 [N, vertices]) (163,842 each unless selected)",
+}
+_EXAMPLES = {
+    FWRF: "nest.get_encoding_model('fmri-nsd-fwrf', subject=1, selection={'roi': 'V1'})",
+    EEG: "nest.get_encoding_model('eeg-things_eeg_2-vit_b_32', subject=1, selection={'channels': ['Oz']})",
+    FSAVERAGE: "nest.get_encoding_model('fmri-nsd_fsaverage-vit_b_32', subject=1, selection={'roi': 'V1v'})",
+}

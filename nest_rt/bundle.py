@@ -84,5 +84,7 @@ class Bundle:
                 node = nested
                 for part in parents:
                     node = node.setdefault(part, {})
-                node[leaf] = arrays[key]
+                value = arrays[key]
+                # upstream stores names (EEG channels, image files) as lists of str
+                node[leaf] = value.tolist() if value.dtype.kind == "U" and value.ndim == 1 else value
         return nested

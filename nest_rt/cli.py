@@ -54,7 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="bundle directory to create")
     export.add_argument("--models", nargs="+", choices=list(catalog.models()), help="default: all supported")
     export.add_argument("--subjects", type=int, nargs="+", help="default: every subject found")
-    export.add_argument("--rois", nargs="+", help="default: every ROI found")
+    export.add_argument("--rois", nargs="+", help="fwRF ROIs (default: every ROI found)")
+    export.add_argument("--vit-weights", type=Path,
+                        help="torchvision vit_b_32 state dict for the EEG and fsaverage models "
+                             "(default: torchvision's ImageNet weights, downloaded or cached as upstream)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     export.set_defaults(handler=_export)
     return parser
@@ -87,7 +90,7 @@ def _synthetic(args) -> None:
 def _export(args) -> None:
     exporter, _ = _export_stage()
     exporter.export_bundle(args.nest_dir, args.out, models=args.models, subjects=args.subjects,
-                           rois=args.rois, overwrite=args.overwrite)
+                           rois=args.rois, vit_weights=args.vit_weights, overwrite=args.overwrite)
 
 
 def _demo(args) -> None:

@@ -1,12 +1,18 @@
-"""Loaded encoding models: one onnxruntime graph plus its sidecar, and batched encoding."""
+"""Loaded encoding models and the batched encode loop they share.
+
+Every model turns a batch of uint8 images into a block of responses; ``encode_models`` runs
+one or several models over the same images, decoding each batch once and computing the ViT
+backbone once per batch for all ViT models that use it.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
 
+from . import catalog
 from .bundle import Bundle
-from .errors import NonFiniteOutputError
+from .errors import BundleIntegrityError, NonFiniteOutputError
 from .images import Stimulus
 from .sessions import create_session, resolve_device
 
@@ -16,63 +22,191 @@ from .sessions import create_session, resolve_device
 _READOUT_BYTES_PER_IMAGE_VOXEL = 256 * 4 * 6
 _BATCH_MEMORY_BUDGET = 80 * 2**20
 _MAX_BATCH = 32
+# ViT: a batch of 16 holds 29 MB of backbone features (460,800 floats per image).
+_VIT_BATCH = 16
 
 
-class FwrfEncodingModel:
-    """fwRF encoder of one subject and ROI (`fmri-nsd-fwrf`), ready to encode images."""
+class _Sessions:
+    """onnxruntime sessions of one graph, created on first use per device."""
+
+    def __init__(self, path, num_threads: int | None):
+        self._path, self._num_threads, self._by_device = path, num_threads, {}
+
+    def get(self, device: str):
+        if device not in self._by_device:
+            self._by_device[device] = create_session(self._path, device, self._num_threads)
+        return self._by_device[device]
+
+
+class EncodingModel:
+    """What every loaded model has: identity, device, metadata and a batch size."""
+
+    model_id: str
+    batch_size: int
+
+    def __init__(self, bundle: Bundle, subject: int, device: str, api: str):
+        self.device = resolve_device(device)
+        self.subject = subject
+        self.api = api  # 'legacy' or 'current': decides encode's default return_metadata
+        self._bundle = bundle
+
+    def metadata(self) -> dict[str, Any]:
+        return self._bundle.read_nested_npz(self._entry["metadata"])
+
+    def allocate(self, count: int):
+        raise NotImplementedError
+
+    def run_batch(self, images: np.ndarray, device: str, shared: dict):
+        """Responses for one uint8 batch; ``shared`` caches work reused by other models."""
+        raise NotImplementedError
+
+    def describe_output(self) -> str:
+        raise NotImplementedError
+
+
+class FwrfEncodingModel(EncodingModel):
+    """fwRF encoder of one subject and ROI (`fmri-nsd-fwrf`): responses [N, voxels]."""
 
     model_id = "fmri-nsd-fwrf"
 
     def __init__(self, bundle: Bundle, subject: int, roi: str, device: str,
-                 num_threads: int | None = None):
-        self.device = resolve_device(device)
-        self.subject = subject
+                 num_threads: int | None = None, api: str = "legacy"):
+        super().__init__(bundle, subject, device, api)
         self.roi = roi
-        self._bundle = bundle
         self._entry = bundle.entry(self.model_id, subject, roi)
         self.voxels: int = int(self._entry["voxels"])
         self.sidecar: dict[str, Any] = bundle.read_json(self._entry["sidecar"])
-        self._graph_path = bundle.path(self._entry["graph"])
-        self._num_threads = num_threads
-        self._sessions: dict[str, Any] = {}
-        self._session(self.device)  # load now, like upstream's get_encoding_model
+        self._sessions = _Sessions(bundle.path(self._entry["graph"]), num_threads)
+        self._sessions.get(self.device)  # load now, like upstream's get_encoding_model
+        per_image = _READOUT_BYTES_PER_IMAGE_VOXEL * self.voxels
+        self.batch_size = int(max(1, min(_MAX_BATCH, _BATCH_MEMORY_BUDGET // per_image)))
 
     def __repr__(self) -> str:
         return (f"<FwrfEncodingModel {self.model_id} subject={self.subject} roi={self.roi!r} "
                 f"voxels={self.voxels} device={self.device!r}>")
 
+    def describe_output(self) -> str:
+        return f"{self.model_id} subject {self.subject} roi {self.roi}"
+
+    def allocate(self, count: int) -> np.ndarray:
+        return np.empty((count, self.voxels), dtype=np.float32)
+
+    def run_batch(self, images: np.ndarray, device: str, shared: dict) -> np.ndarray:
+        return self._sessions.get(device).run(None, {"images": images})[0]
+
+
+class VitBackbone:
+    """The shared ViT-B/32 backbone graph: uint8 images -> [n, 460800] features."""
+
+    def __init__(self, bundle: Bundle, num_threads: int | None):
+        entry = bundle.manifest.get("backbones", {}).get("vit_b_32")
+        if entry is None:
+            raise BundleIntegrityError(f"bundle {bundle.root} lists ViT heads but no vit_b_32 backbone")
+        bundle.path(entry["data"])  # verify the weights file too
+        self.features: int = int(entry["features"])
+        self._sessions = _Sessions(bundle.path(entry["graph"]), num_threads)
+
+    def run(self, images: np.ndarray, device: str, shared: dict) -> np.ndarray:
+        key = (id(self), device)
+        if key not in shared:
+            shared[key] = self._sessions.get(device).run(None, {"images": images})[0]
+        return shared[key]
+
+
+class VitEncodingModel(EncodingModel):
+    """One subject of a ViT model (EEG or fsaverage) with its selection applied.
+
+    The selection picks regression columns once, here, so the head computes only the outputs
+    that were asked for.
+    """
+
+    batch_size = _VIT_BATCH
+
+    def __init__(self, bundle: Bundle, model_id: str, subject: int, columns: np.ndarray | None,
+                 output_shape: tuple, backbone: VitBackbone, device: str,
+                 num_threads: int | None = None, api: str = "legacy", selection: dict | None = None):
+        super().__init__(bundle, subject, device, api)
+        self.model_id = model_id
+        self.selection = selection or {}
+        self._entry = bundle.entry(model_id, subject)
+        self.sidecar: dict[str, Any] = bundle.read_json(self._entry["sidecar"])
+        if self.sidecar["features"] != backbone.features:
+            raise BundleIntegrityError(
+                f"{model_id} subject {subject}: the head expects {self.sidecar['features']} features "
+                f"but the bundle's backbone gives {backbone.features}; re-export the bundle")
+        bundle.path(self._entry["head_data"])
+        self._backbone = backbone
+        self._sessions = _Sessions(bundle.path(self._entry["head"]), num_threads)
+        coef = np.load(bundle.path(self._entry["regression_coef"]), mmap_mode="r", allow_pickle=False)
+        intercept = np.load(bundle.path(self._entry["regression_intercept"]), allow_pickle=False)
+        self._coef = np.ascontiguousarray(coef if columns is None else coef[:, columns], dtype=np.float32)
+        self._intercept = np.ascontiguousarray(intercept if columns is None else intercept[columns])
+        self._output_shape = output_shape  # per image: (4, channels, times) or ((lh,), (rh,))
+        self._sessions.get(self.device)
+        backbone._sessions.get(self.device)
+
+    def __repr__(self) -> str:
+        return (f"<VitEncodingModel {self.model_id} subject={self.subject} outputs={self._coef.shape[1]} "
+                f"device={self.device!r}>")
+
     @property
-    def batch_size(self) -> int:
-        """Images per onnxruntime call, sized so the readout temporaries stay within budget."""
-        per_image = _READOUT_BYTES_PER_IMAGE_VOXEL * self.voxels
-        return int(max(1, min(_MAX_BATCH, _BATCH_MEMORY_BUDGET // per_image)))
+    def outputs(self) -> int:
+        return int(self._coef.shape[1])
 
-    def metadata(self) -> dict[str, Any]:
-        return self._bundle.read_nested_npz(self._entry["metadata"])
+    def describe_output(self) -> str:
+        return f"{self.model_id} subject {self.subject}"
 
-    def encode(self, images: Any, device: str = "auto", show_progress: bool = True) -> np.ndarray:
-        """Responses float32 ``[N, voxels]`` for validated images (see nest_rt.images)."""
-        stimulus = images if isinstance(images, Stimulus) else Stimulus(images)
-        session = self._session(self.device if device == "auto" else resolve_device(device))
-        responses = np.empty((stimulus.count, self.voxels), dtype=np.float32)
-        with _progress(stimulus.count, show_progress and stimulus.count > self.batch_size) as bar:
-            for batch in stimulus.batches(self.batch_size):
-                (block,) = session.run(None, {"images": batch.images})
-                if not np.isfinite(block).all():
-                    bad = np.flatnonzero(~np.isfinite(block).all(axis=1)) + batch.start
-                    raise NonFiniteOutputError(
-                        f"{self.model_id} subject {self.subject} roi {self.roi} produced NaN or "
-                        f"infinite responses for images {bad[:10].tolist()}")
-                responses[batch.start:batch.stop] = block
-                bar.update(batch.stop - batch.start)
-        return responses
+    def allocate(self, count: int):
+        if self.model_id == "fmri-nsd_fsaverage-vit_b_32":
+            return tuple(np.empty((count, *shape), dtype=np.float32) for shape in self._output_shape)
+        return np.empty((count, *self._output_shape), dtype=np.float32)
 
-    def _session(self, device: str):
-        if device not in self._sessions:
-            self._sessions[device] = create_session(self._graph_path, device, self._num_threads)
-        return self._sessions[device]
+    def run_batch(self, images: np.ndarray, device: str, shared: dict):
+        features = self._backbone.run(images, device, shared)
+        flat = self._sessions.get(device).run(None, {"features": features, "coef_t": self._coef,
+                                                     "intercept": self._intercept})[0]
+        if self.model_id == "fmri-nsd_fsaverage-vit_b_32":
+            split = self._output_shape[0][0]
+            return flat[:, :split], flat[:, split:]
+        return flat.reshape(len(flat), *self._output_shape)
+
+
+def encode_models(models: list[EncodingModel], images: Any, device: str = "auto",
+                  show_progress: bool = True) -> list:
+    """Responses of every model for the same images, in preallocated arrays.
+
+    Images are validated once and decoded once per batch; models that share the ViT backbone
+    share its features for each batch.
+    """
+    stimulus = images if isinstance(images, Stimulus) else Stimulus(images)
+    devices = [model.device if device == "auto" else resolve_device(device) for model in models]
+    outputs = [model.allocate(stimulus.count) for model in models]
+    batch_size = min(model.batch_size for model in models)
+    with _progress(stimulus.count, show_progress and stimulus.count > batch_size) as bar:
+        for batch in stimulus.batches(batch_size):
+            shared: dict = {}
+            for model, model_device, output in zip(models, devices, outputs):
+                block = model.run_batch(batch.images, model_device, shared)
+                _store(output, block, batch.start, batch.stop, model)
+            bar.update(batch.stop - batch.start)
+    return outputs
+
+
+def _store(output, block, start: int, stop: int, model: EncodingModel) -> None:
+    pairs = zip(output, block) if isinstance(output, tuple) else [(output, block)]
+    for target, values in pairs:
+        finite = np.isfinite(values).reshape(len(values), -1).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite) + start
+            raise NonFiniteOutputError(f"{model.describe_output()} produced NaN or infinite responses "
+                                       f"for images {bad[:10].tolist()}")
+        target[start:stop] = values
 
 
 def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
     return tqdm(total=total, unit="img", disable=not enabled, desc="encoding")
+
+
+def eeg_output_shape(channels: np.ndarray, times: np.ndarray) -> tuple[int, int, int]:
+    return (catalog.model_entry("eeg-things_eeg_2-vit_b_32")["repetitions"], len(channels), len(times))

@@ -151,14 +151,14 @@ def test_encode_argument_types(nest, v1):
 
 
 def test_non_finite_output_is_an_error(nest, v1, monkeypatch):
-    session = v1._session("cpu")
+    session = v1._sessions.get("cpu")
 
     class NaNSession:
         def run(self, outputs, feeds):
             result = session.run(outputs, feeds)
             result[0][0, 3] = np.nan
             return result
-    monkeypatch.setitem(v1._sessions, "cpu", NaNSession())
+    monkeypatch.setitem(v1._sessions._by_device, "cpu", NaNSession())
     with pytest.raises(FloatingPointError, match=r"NaN or infinite responses for images \[0\]"):
         nest.encode(v1, GOOD)
 

@@ -146,8 +146,8 @@ def test_interrupted_export_leaves_nothing(toolkit_dir, tmp_path, monkeypatch):
         if len(calls) == 3:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
-    original = exporter._export_fwrf
-    monkeypatch.setattr(exporter, "_export_fwrf", fail_on_third)
+    original = exporter.export_fwrf
+    monkeypatch.setattr(exporter, "export_fwrf", fail_on_third)
     with pytest.raises(KeyboardInterrupt):
         exporter.export_bundle(toolkit_dir, tmp_path / "bundle", rois=["V1", "V2", "V3"], log=quiet)
     assert list(tmp_path.iterdir()) == []
@@ -193,9 +193,9 @@ def test_export_refuses_missing_files_and_bad_requests(toolkit_dir, tmp_path):
     with pytest.raises(ValueError, match="not a directory"):
         exporter.export_bundle(tmp_path / "nope", tmp_path / "b", log=quiet)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="holds no fwRF models"):
+    with pytest.raises(ValueError, match="holds no NEST models"):
         exporter.export_bundle(tmp_path / "empty", tmp_path / "b", log=quiet)
-    with pytest.raises(ValueError, match="not implemented yet"):
+    with pytest.raises(ValueError, match="holds no files for"):
         exporter.export_bundle(toolkit_dir, tmp_path / "b", models=["eeg-things_eeg_2-vit_b_32"], log=quiet)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 

@@ -1,0 +1,98 @@
+"""Export of the fwRF models (`fmri-nsd-fwrf`): one graph per subject and ROI."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from nest_rt import catalog
+
+from . import toolkit
+from .artifacts import ExportError, record_sources, save_flat_npz
+from .fwrf_onnx import INPUT_NAME, OPSET, OUTPUT_NAME, build_fwrf_graph
+from .parity import FWRF_TOLERANCE, compare, within
+
+FWRF = "fmri-nsd-fwrf"
+PARITY_SIZES = (227, 256)  # the native size (no resize) and one resized size
+PARITY_IMAGES = 8
+
+
+def fwrf_jobs(nest_dir: Path, subjects, rois) -> list[tuple[int, str]]:
+    """(subject, ROI) pairs to export: what was asked for, where not asked, everything found.
+    Explicitly requested ROIs must exist; a missing file is an error, never a silent skip."""
+    found = toolkit.available_fwrf(nest_dir)
+    subjects = ([catalog.validate_subject(FWRF, s) for s in subjects if s in catalog.subjects(FWRF)]
+                if subjects else sorted(found))
+    rois = [catalog.validate_roi(FWRF, r) for r in rois] if rois else None
+    jobs = []
+    for subject in subjects:
+        for roi in rois or found.get(subject, []):
+            files = toolkit.fwrf_files(nest_dir, subject, roi)
+            missing = [str(p) for p in [*files["weights"], files["metadata"]] if not p.is_file()]
+            if missing:
+                raise ExportError(f"subject {subject} roi {roi}: toolkit files missing: {missing}")
+            jobs.append((subject, roi))
+    return jobs
+
+
+def export_fwrf(nest_dir: Path, staging: Path, manifest: dict, subject: int, roi: str) -> None:
+    import onnx
+    from .fwrf_torch import FwrfReference
+    patterns = catalog.model_entry(FWRF)["bundle_files"]
+    names = {key: pattern.format(subject=subject, roi=roi) for key, pattern in patterns.items()}
+    files = toolkit.fwrf_files(nest_dir, subject, roi)
+    checkpoints = [toolkit.load_checkpoint(path) for path in files["weights"]]
+    for path, checkpoint in zip(files["weights"], checkpoints):
+        if subject not in checkpoint["best_params"].get("fwrfs", {}):
+            raise ExportError(f"{path} has no readout for subject {subject} under best_params['fwrfs']")
+    parts = [(c["best_params"]["enc"], c["best_params"]["fwrfs"][subject]) for c in checkpoints]
+    split_voxels = [len(readout["b"]) for _, readout in parts]
+    metadata = toolkit.load_npy_dict(files["metadata"])
+    if len(metadata.get("fmri", {}).get("ncsnr", [])) != sum(split_voxels):
+        raise ExportError(f"subject {subject} roi {roi}: {files['metadata']} does not describe the "
+                          f"{sum(split_voxels)} voxels of the checkpoints")
+    model = build_fwrf_graph(parts, doc=f"NEST {FWRF} subject {subject} roi {roi}")
+    graph_path = staging / names["graph"]
+    graph_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, graph_path)
+    parity = _measure_parity(FwrfReference.from_checkpoints(checkpoints, subject), graph_path,
+                             seed=subject * 100 + catalog.rois(FWRF).index(roi))
+    save_flat_npz(staging / names["metadata"], metadata)
+    sources = record_sources(nest_dir, [*files["weights"], files["metadata"]], manifest)
+    sidecar = {
+        "model_id": FWRF, "subject": subject, "roi": roi, "voxels": sum(split_voxels),
+        "splits": split_voxels,
+        "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["N", 3, "S", "S"],
+                  "values": "integers 0..255, RGB, channels first, square images of any size S"},
+        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["N", sum(split_voxels)],
+                   "columns": "voxels in metadata order: column j is the j-th True voxel of "
+                              "metadata fmri/roi_mask_volume in C order"},
+        "preprocessing": ["resize to 227x227: bilinear, antialias, half-pixel centres "
+                          "(torchvision Resize on integer tensors), rounded half to even",
+                          "divide by 255", "subtract the checkpoint's mu (stim_mean), inside the graph"],
+        "opset": OPSET,
+        "provenance": {"sources": sources,
+                       "training_args": [vars(c["args."]) for c in checkpoints],
+                       "best_epoch": [int(c["best_epoch"]) for c in checkpoints]},
+        "parity": parity,
+    }
+    (staging / names["sidecar"]).write_text(json.dumps(sidecar, indent=1, default=str), encoding="utf-8")
+    graphs = manifest["models"].setdefault(FWRF, {"graphs": {}})["graphs"]
+    graphs.setdefault(str(subject), {})[roi] = {**names, "voxels": sum(split_voxels), "parity": parity}
+
+
+def _measure_parity(reference, graph_path: Path, seed: int) -> dict[str, Any]:
+    """Torch reference vs onnxruntime on synthetic images at 227 and one other size."""
+    import onnxruntime as ort
+    from .synthetic import synthetic_images
+    session = ort.InferenceSession(str(graph_path), providers=["CPUExecutionProvider"])
+    results = {}
+    for size in PARITY_SIZES:
+        images = synthetic_images(PARITY_IMAGES, size, seed=seed + size)
+        stats = compare(reference(images), session.run(None, {INPUT_NAME: images})[0])
+        limits = FWRF_TOLERANCE["native" if size == PARITY_SIZES[0] else "resized"]
+        if not within(stats, limits):
+            raise ExportError(f"{graph_path.name}: onnxruntime disagrees with the torch reference at "
+                              f"size {size}: {stats} (tolerance {limits})")
+        results[f"size_{size}"] = stats
+    return results

@@ -1,0 +1,155 @@
+"""Export of the ViT-B/32 models (EEG THINGS EEG2, fMRI NSD fsaverage) into a bundle.
+
+One backbone graph serves every subject of both models; each subject gets a folded head, its
+regression weights as .npy, its metadata as .npz and a sidecar. Parity against the torch +
+scikit-learn reference (``vit_torch``) is measured end to end for every subject and the export
+refuses a head outside the stated tolerance.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from nest_rt import catalog
+
+from . import toolkit
+from .artifacts import ExportError, record_sources, save_flat_npz
+from .onnx_graph import INPUT_NAME, OPSET
+from .parity import VIT_TOLERANCE, compare, within
+
+EEG = "eeg-things_eeg_2-vit_b_32"
+FSAVERAGE = "fmri-nsd_fsaverage-vit_b_32"
+VIT_MODELS = (EEG, FSAVERAGE)
+PARITY_SIZES = (256, 300)  # the transform's native size (no resize) and one resized size
+PARITY_IMAGES = 8
+
+
+def vit_jobs(nest_dir: Path, models: list[str], subjects: list[int] | None,
+             strict: bool) -> dict[str, list[int]]:
+    """Subjects to export per ViT model: the requested ones or all found. With ``strict`` (the
+    model was named with --models) a requested subject without files is an error, else skipped."""
+    jobs = {}
+    for model_id in models:
+        found = toolkit.available_subjects(nest_dir, model_id)
+        if subjects is None:
+            chosen = found
+        else:
+            valid = [catalog.validate_subject(model_id, s) for s in subjects if s in catalog.subjects(model_id)]
+            missing = [s for s in valid if s not in found]
+            if missing and strict:
+                raise ExportError(f"{model_id}: toolkit files missing for subjects {missing}")
+            chosen = [s for s in valid if s in found]
+        if chosen:
+            jobs[model_id] = chosen
+    return jobs
+
+
+def export_vit(nest_dir: Path, staging: Path, manifest: dict, jobs: dict[str, list[int]],
+               vit_weights: str | Path | None, log: Callable[[str], None]) -> None:
+    import onnxruntime as ort
+    from .synthetic import synthetic_images
+    from .vit_onnx import backbone_model, save_with_external_data
+    from .vit_torch import VitFeatures, load_vit, reference_features
+    log("exporting the ViT-B/32 backbone (shared by every EEG and fsaverage subject)")
+    vit = load_vit(vit_weights)
+    backbone_entry = catalog.load_manifest()["backbones"]["vit_b_32"]
+    graph_path = staging / backbone_entry["graph"]
+    graph_path.parent.mkdir(parents=True, exist_ok=True)
+    written = save_with_external_data(backbone_model(vit), graph_path)
+    session = ort.InferenceSession(str(graph_path), providers=["CPUExecutionProvider"])
+    features = VitFeatures(vit)
+    probes = {}
+    for size in PARITY_SIZES:
+        images = synthetic_images(PARITY_IMAGES, size, seed=size)
+        probes[size] = (reference_features(features, images), session.run(None, {INPUT_NAME: images})[0])
+    manifest.setdefault("backbones", {})["vit_b_32"] = {
+        "graph": backbone_entry["graph"], "data": written[1].relative_to(staging).as_posix(),
+        "features": backbone_entry["features"],
+        "weights": _weights_provenance(vit_weights),
+        "parity": {f"size_{size}": compare(ref, got) for size, (ref, got) in probes.items()},
+    }
+    for model_id, subjects in jobs.items():
+        for subject in subjects:
+            log(f"exporting {model_id} subject {subject}")
+            _export_head(nest_dir, staging, manifest, model_id, subject, probes)
+
+
+def _weights_provenance(vit_weights) -> dict[str, Any]:
+    from nest_rt.bundle import sha256_file
+    if vit_weights is None:
+        return {"source": "torchvision ViT_B_32_Weights.IMAGENET1K_V1 (vit_b_32-d86f8d99.pth)"}
+    return {"source": str(Path(vit_weights).resolve()), "sha256": sha256_file(Path(vit_weights))}
+
+
+def _head_parts(nest_dir: Path, model_id: str, subject: int):
+    """(scaler, pca, regression blocks in output order, metadata path, layout) of one subject."""
+    if model_id == EEG:
+        layout = toolkit.eeg_layout(nest_dir)
+        weights = toolkit.load_eeg_head(nest_dir, subject)
+        blocks = [weights["reg_param"][f"rep-{r}"] for r in range(1, 5)]
+        metadata = toolkit.eeg_files(nest_dir, subject, layout)["metadata"]
+        sources = list(toolkit.eeg_files(nest_dir, subject, layout).values())
+    else:
+        layout = toolkit.LAYOUT_CURRENT
+        files = toolkit.fsaverage_files(nest_dir, subject)
+        weights = toolkit.load_npy_dict(files["weights"])
+        blocks = [weights["lh_reg_param"], weights["rh_reg_param"]]
+        metadata, sources = files["metadata"], list(files.values())
+    return weights, blocks, metadata, sources, layout
+
+
+def _export_head(nest_dir, staging, manifest, model_id, subject, probes) -> None:
+    import onnxruntime as ort
+    from .vit_onnx import COEF_NAME, FEATURES_NAME, INTERCEPT_NAME, head_model, save_with_external_data
+    from .vit_torch import reference_eeg, reference_fsaverage
+    weights, blocks, metadata_path, sources, layout = _head_parts(nest_dir, model_id, subject)
+    used = blocks[0]["coef_"].shape[1]
+    coef_t = np.ascontiguousarray(np.concatenate([np.asarray(b["coef_"], np.float32) for b in blocks]).T)
+    intercept = np.concatenate([np.asarray(b["intercept_"], np.float32) for b in blocks])
+    names = {key: pattern.format(subject=subject)
+             for key, pattern in catalog.model_entry(model_id)["bundle_files"].items()}
+    head_path = staging / names["head"]
+    head_path.parent.mkdir(parents=True, exist_ok=True)
+    written = save_with_external_data(
+        head_model(weights["scaler_param"], weights["pca_param"], used, doc=f"NEST {model_id} subject {subject}"),
+        head_path)
+    np.save(staging / names["regression_coef"], coef_t)
+    np.save(staging / names["regression_intercept"], intercept)
+    metadata = toolkit.load_npy_dict(metadata_path)
+    save_flat_npz(staging / names["metadata"], metadata)
+
+    session = ort.InferenceSession(str(head_path), providers=["CPUExecutionProvider"])
+    parity = {}
+    for size, (reference_features, onnx_features) in probes.items():
+        got = session.run(None, {FEATURES_NAME: onnx_features, COEF_NAME: coef_t, INTERCEPT_NAME: intercept})[0]
+        if model_id == EEG:
+            expected = reference_eeg(reference_features, weights).reshape(len(got), -1)
+        else:
+            expected = np.concatenate(reference_fsaverage(reference_features, weights), axis=1)
+        stats = compare(expected, got)
+        limits = VIT_TOLERANCE["native" if size == PARITY_SIZES[0] else "resized"]
+        if not within(stats, limits):
+            raise ExportError(f"{model_id} subject {subject}: onnxruntime disagrees with the torch + "
+                                 f"scikit-learn reference at size {size}: {stats} (tolerance {limits})")
+        parity[f"size_{size}"] = stats
+    source_records = record_sources(nest_dir, sources, manifest)
+    outputs = coef_t.shape[1]
+    sidecar = {
+        "model_id": model_id, "subject": subject, "backbone": "vit_b_32", "toolkit_layout": layout,
+        "features": int(catalog.load_manifest()["backbones"]["vit_b_32"]["features"]),
+        "components": int(used), "outputs": int(outputs),
+        "output_layout": ("rows r*8820 + c*140 + t for repetition r, channel c, time t -> [N, 4, 63, 140]"
+                          if model_id == EEG else "lh vertices 0..163841 then rh vertices 0..163841"),
+        "inputs": {FEATURES_NAME: ["N", "features"], COEF_NAME: [int(used), "O"], INTERCEPT_NAME: ["O"]},
+        "opset": OPSET,
+        "provenance": {"sources": source_records},
+        "parity": parity,
+    }
+    (staging / names["sidecar"]).write_text(json.dumps(sidecar, indent=1), encoding="utf-8")
+    graphs = manifest["models"].setdefault(model_id, {"graphs": {}})["graphs"]
+    graphs.setdefault(str(subject), {})["all"] = {
+        **names, "head_data": written[1].relative_to(staging).as_posix(), "backbone": "vit_b_32",
+        "components": int(used), "outputs": int(outputs), "parity": parity}

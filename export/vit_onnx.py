@@ -1,0 +1,105 @@
+"""ONNX graphs of the ViT-B/32 pipelines: one shared backbone and one folded head per subject.
+
+backbone.onnx: images uint8 [N, 3, S, S] -> features float32 [N, 460800]. Upstream's inference
+  transform (resize so the short side is 256, bilinear + antialias on the integer tensor,
+  centre crop 224, /255, ImageNet normalisation) is written by hand in front of torchvision's
+  vit_b_32 feature extractor, which torch.onnx (dynamo) exports.
+head: features [N, 460800] -> responses [N, O]: StandardScaler and PCA folded into one matrix
+  and bias (NEST_REFERENCE §3.6), then the regression, whose weights are graph inputs. They are
+  stored beside the head as plain .npy arrays ([K, O] and [O]), so the runtime can keep only the
+  output columns a selection needs and every subject's rows stay memory-mappable.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .onnx_graph import INPUT_NAME, OPSET, GraphBuilder, resized_pixels
+
+RESIZE = 256
+CROP = 224
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PIXELS = "pixels"
+FEATURES_NAME = "features"
+COMPONENTS_NAME = "components"
+COEF_NAME = "coef_t"
+INTERCEPT_NAME = "intercept"
+RESPONSES_NAME = "responses"
+
+
+def preprocessing_graph() -> onnx.ModelProto:
+    """uint8 [N,3,S,S] -> normalised float32 [N,3,224,224], as upstream's ImageClassification
+    transform on square images (the short side is S, so the resize target is 256 x 256)."""
+    g = GraphBuilder()
+    resized = resized_pixels(g, (RESIZE, RESIZE))
+    top = (RESIZE - CROP) // 2  # int(round((256 - 224) / 2)) = 16
+    cropped = g.op("Slice", [resized, g.const("crop_start", np.array([top, top])),
+                             g.const("crop_stop", np.array([top + CROP, top + CROP])),
+                             g.const("crop_axes", np.array([2, 3]))])
+    scaled = g.op("Div", [cropped, g.const("scale_255", np.float32(255.0))])
+    centred = g.op("Sub", [scaled, g.const("imagenet_mean", np.array(IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1))])
+    g.op("Div", [centred, g.const("imagenet_std", np.array(IMAGENET_STD, np.float32).reshape(1, 3, 1, 1))],
+         name=PIXELS)
+    return g.model("nest_vit_preprocessing", "", PIXELS, ["N", 3, CROP, CROP])
+
+
+def backbone_model(vit) -> onnx.ModelProto:
+    """The full backbone graph (preprocessing + feature extractor) for a torchvision vit_b_32."""
+    import torch
+    from .vit_torch import VitFeatures
+    features = VitFeatures(vit).eval()
+    example = torch.zeros(2, 3, CROP, CROP)
+    with torch.no_grad():
+        program = torch.onnx.export(features, (example,), dynamo=True, input_names=[PIXELS],
+                                    output_names=[FEATURES_NAME], opset_version=OPSET,
+                                    dynamic_shapes=({0: torch.export.Dim("N")},), verbose=False)
+    extractor = program.model_proto
+    preprocessing = preprocessing_graph()
+    preprocessing.ir_version = extractor.ir_version
+    merged = onnx.compose.merge_models(preprocessing, extractor, io_map=[(PIXELS, PIXELS)],
+                                       prefix2="vit/")
+    merged.graph.output[0].name = FEATURES_NAME
+    _rename_value(merged.graph, "vit/" + FEATURES_NAME, FEATURES_NAME)
+    return merged
+
+
+def _rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        node.output[:] = [new if name == old else name for name in node.output]
+        node.input[:] = [new if name == old else name for name in node.input]
+
+
+def head_model(scaler: dict, pca: dict, used: int, doc: str) -> onnx.ModelProto:
+    """features [N, D] -> responses [N, O] for one subject.
+
+    The StandardScaler and the first ``used`` PCA components fold into f @ A + a with
+    A = diag(1/scale) W^T and a = -(mean/scale + pca_mean) W^T (computed in float64, stored in
+    float32). The regression weights are inputs (``coef_t`` [K, O], ``intercept`` [O]) so that
+    the runtime passes only the output rows a selection needs; the components are float32 before
+    the regression, as upstream casts them.
+    """
+    components = np.asarray(pca["components_"][:used], np.float64)           # [K, D]
+    scale = np.asarray(scaler["scale_"], np.float64)
+    matrix = (components / scale).T                                          # [D, K]
+    bias = -(np.asarray(scaler["mean_"], np.float64) / scale + np.asarray(pca["mean_"], np.float64)) @ components.T
+    g = GraphBuilder()
+    product = g.op("MatMul", [FEATURES_NAME, g.const("pca_matrix", matrix.astype(np.float32))])
+    reduced = g.op("Add", [product, g.const("pca_bias", bias.astype(np.float32))], name=COMPONENTS_NAME)
+    g.op("Add", [g.op("MatMul", [reduced, COEF_NAME]), INTERCEPT_NAME], name=RESPONSES_NAME)
+    inputs = [helper.make_tensor_value_info(FEATURES_NAME, TensorProto.FLOAT, ["N", matrix.shape[0]]),
+              helper.make_tensor_value_info(COEF_NAME, TensorProto.FLOAT, [used, "O"]),
+              helper.make_tensor_value_info(INTERCEPT_NAME, TensorProto.FLOAT, ["O"])]
+    return g.model("nest_vit_head", doc, RESPONSES_NAME, ["N", "O"], graph_inputs=inputs)
+
+
+def save_with_external_data(model: onnx.ModelProto, path: Path) -> list[Path]:
+    """Save with all weights in ``<name>.data`` beside the graph (memory-mappable, no 2 GB cap).
+    Returns the files written."""
+    data = path.with_name(path.name + ".data")
+    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    return [path, data]
