@@ -36,8 +36,11 @@ def within(stats: dict[str, float], limits: dict[str, float]) -> bool:
     return (stats["relative_error"] <= limits["relative_error"]
             and stats["min_correlation"] >= limits["min_correlation"])
 
-# ViT pipelines (EEG and fsaverage), end to end from images to responses.
+# ViT pipelines (EEG and fsaverage), end to end from images to responses; S = 256 (the
+# transform's resize target) is the native size. Upsampling small images (e.g. 224 -> 256)
+# creates many exact .5 ties, which ONNX Resize and torchvision break differently more often
+# than when downsampling: measured up to 6.6e-4 relative error, correlation 0.99997.
 VIT_TOLERANCE = {
-    "native": {"relative_error": 1e-4, "min_correlation": 0.9999},    # S = 256: no resize
-    "resized": {"relative_error": 2e-3, "min_correlation": 0.9999},   # resize rounding, as for fwRF
+    "native": {"relative_error": 1e-5, "min_correlation": 0.99999},
+    "resized": {"relative_error": 1e-3, "min_correlation": 0.9999},
 }

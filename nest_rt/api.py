@@ -108,10 +108,11 @@ class NEST:
         """Legacy ``(modality, train_dataset, model, subject, roi=None, device='auto')`` or
         current ``(model_id, subject=..., selection=None, device='auto')``, told apart by whether
         the first argument is a model id."""
-        first = args[0] if args else kwargs.get("model_id", kwargs.get("modality"))
-        if isinstance(first, str) and first in catalog.models():
-            return self._model_by_id(*args, **kwargs)
-        return self._legacy_model(*args, **kwargs)
+        legacy = len(args) >= 2 or "modality" in kwargs or "train_dataset" in kwargs
+        first = args[0] if args else kwargs.get("model_id")
+        if legacy and not (isinstance(first, str) and first in catalog.models()):
+            return self._legacy_model(*args, **kwargs)
+        return self._model_by_id(*args, **kwargs)
 
     def _legacy_model(self, modality: str, train_dataset: str, model: str, subject: int,
                       roi: str | None = None, device: str = "auto") -> EncodingModel:
@@ -120,6 +121,7 @@ class NEST:
 
     def _model_by_id(self, model_id: str, device: str = "auto", selection: dict | None = None,
                      subject: int | None = None) -> EncodingModel:
+        catalog.model_entry(model_id)
         if subject is None:
             raise InvalidParameterError(f"subject is required for {model_id}; valid subjects: "
                                         f"{catalog.subjects(model_id)}")

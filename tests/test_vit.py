@@ -1,0 +1,267 @@
+"""EEG (THINGS EEG2) and fsaverage ViT-B/32 models: parity, selections, shared backbone, errors.
+
+The backbone is the real ViT-B/32 architecture (random weights, full 460,800 features, exported
+once per session); heads use 12 PCA components instead of 250 to keep toolkits small.
+Tolerance: export/parity.py VIT_TOLERANCE (relative error <= 1e-5 and correlation per output
+>= 0.99999 at S = 256 where no resize happens; <= 1e-3 and >= 0.9999 for resized images).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from nest_rt import NEST, errors
+from nest_rt_export import exporter, synthetic, synthetic_vit, toolkit
+from nest_rt_export.parity import VIT_TOLERANCE, compare, within
+from nest_rt_export.vit_torch import VitFeatures, load_vit, reference_eeg, reference_features, reference_fsaverage
+
+from conftest import quiet
+
+EEG, FSAVERAGE = "eeg-things_eeg_2-vit_b_32", "fmri-nsd_fsaverage-vit_b_32"
+VERTICES = 163842
+
+
+@pytest.fixture(scope="module")
+def vit_toolkit(tmp_path_factory):
+    return synthetic_vit.write_vit_toolkit(tmp_path_factory.mktemp("vit_toolkit"), eeg_subjects=[1, 2],
+                                           fsaverage_subjects=[1], components=12, seed=4)
+
+
+@pytest.fixture(scope="module")
+def vit_bundle(vit_toolkit, tmp_path_factory):
+    return exporter.export_bundle(vit_toolkit, tmp_path_factory.mktemp("vit_bundle") / "bundle",
+                                  vit_weights=vit_toolkit / synthetic_vit.VIT_WEIGHTS_NAME, log=quiet)
+
+
+@pytest.fixture(scope="module")
+def nest(vit_bundle):
+    return NEST(vit_bundle)
+
+
+@pytest.fixture(scope="module")
+def features(vit_toolkit):
+    """features(images) -> the torch reference's backbone features."""
+    extractor = VitFeatures(load_vit(vit_toolkit / synthetic_vit.VIT_WEIGHTS_NAME))
+    return lambda images: reference_features(extractor, images)
+
+
+def assert_parity(expected, got, size):
+    assert got.dtype == np.float32 and got.shape == expected.shape and np.isfinite(got).all()
+    stats = compare(expected, got)
+    assert within(stats, VIT_TOLERANCE["native" if size == 256 else "resized"]), stats
+    assert expected.reshape(len(expected), -1).std(axis=0).min() > 1e-3
+
+
+@pytest.mark.parametrize("size", [256, 224, 300])
+def test_eeg_matches_reference(nest, vit_toolkit, features, size):
+    images = synthetic.synthetic_images(5, size, seed=size)
+    model = nest.get_encoding_model("eeg", "things_eeg_2", "vit_b_32", subject=2)
+    got, metadata = nest.encode(model, images)
+    assert got.shape == (5, 4, 63, 140)
+    assert_parity(reference_eeg(features(images), toolkit.load_eeg_head(vit_toolkit, 2)), got, size)
+    assert metadata["eeg"]["ch_names"][:3] == ["Fp1", "F3", "F7"] and len(metadata["eeg"]["times"]) == 140
+
+
+def test_eeg_legacy_layout_matches_reference(tmp_path, features):
+    nest_dir = synthetic_vit.write_vit_toolkit(tmp_path / "legacy", eeg_subjects=[3], layout="legacy",
+                                               components=12, legacy_components=40, seed=4)
+    assert toolkit.eeg_layout(nest_dir) == "legacy" and toolkit.detect_layout(nest_dir) == "legacy"
+    bundle = exporter.export_bundle(nest_dir, tmp_path / "bundle", vit_weights=nest_dir / synthetic_vit.VIT_WEIGHTS_NAME,
+                                    log=quiet)
+    images = synthetic.synthetic_images(4, 256, seed=1)
+    got = NEST(bundle).encode(NEST(bundle).get_encoding_model(EEG, subject=3), stimulus=images)
+    weights = toolkit.load_eeg_head(nest_dir, 3)
+    assert weights["pca_param"]["components_"].shape == (40, 460800)  # 1000 in real legacy files
+    assert_parity(reference_eeg(features(images), weights), got, 256)
+    sidecar = json.loads((bundle / "eeg-things_eeg_2-vit_b_32" / "sub-03.json").read_text())
+    assert sidecar["toolkit_layout"] == "legacy" and sidecar["components"] == 12
+
+
+@pytest.mark.parametrize("size", [256, 300])
+def test_fsaverage_all_vertices_match_reference(nest, vit_toolkit, features, size):
+    images = synthetic.synthetic_images(4, size, seed=size + 1)
+    lh, rh = nest.encode(nest.get_encoding_model(FSAVERAGE, subject=1), stimulus=images)
+    assert lh.shape == rh.shape == (4, VERTICES)
+    weights = toolkit.load_npy_dict(toolkit.fsaverage_files(vit_toolkit, 1)["weights"])
+    expected = reference_fsaverage(features(images), weights)
+    assert_parity(np.concatenate(expected, axis=1), np.concatenate([lh, rh], axis=1), size)
+
+
+def test_fsaverage_roi_and_vertex_selections(nest, vit_toolkit, features):
+    images = synthetic.synthetic_images(3, 300, seed=8)
+    weights = toolkit.load_npy_dict(toolkit.fsaverage_files(vit_toolkit, 1)["weights"])
+    rois = toolkit.load_npy_dict(toolkit.fsaverage_files(vit_toolkit, 1)["metadata"])["fmri"]
+    lh_rows, rh_rows = rois["lh_fsaverage_rois"]["FFA-1"], rois["rh_fsaverage_rois"]["FFA-1"]
+    model = nest.get_encoding_model(FSAVERAGE, subject=1, selection={"roi": "FFA-1"})
+    assert model.outputs == len(lh_rows) + len(rh_rows) < 2 * VERTICES  # only those columns are computed
+    lh, rh = nest.encode(model, stimulus=images)
+    expected = reference_fsaverage(features(images), weights, lh_rows, rh_rows)
+    assert_parity(np.concatenate(expected, axis=1), np.concatenate([lh, rh], axis=1), 300)
+    # masks: lh only some vertices, rh left out means all of rh
+    mask = np.zeros(VERTICES, dtype=int)
+    mask[[5, 100, 163841]] = 1
+    lh_m, rh_m = nest.encode(nest.get_encoding_model(FSAVERAGE, subject=1, selection={"lh_vertices": mask}),
+                             stimulus=images)
+    full_lh, full_rh = nest.encode(nest.get_encoding_model(FSAVERAGE, subject=1), stimulus=images)
+    np.testing.assert_array_equal(lh_m, full_lh[:, [5, 100, 163841]])
+    np.testing.assert_array_equal(rh_m, full_rh)
+
+
+def test_owfa_is_reachable_under_both_names(nest):
+    """The model card says 'OVWFA', the ROI dictionaries 'OWFA' (upstream Q13)."""
+    a = nest.get_encoding_model(FSAVERAGE, subject=1, selection={"roi": "OVWFA"})
+    b = nest.get_encoding_model(FSAVERAGE, subject=1, selection={"roi": "OWFA"})
+    assert a.outputs == b.outputs > 0
+
+
+def test_eeg_channel_and_time_selection(nest):
+    images = synthetic.synthetic_images(1, 256, seed=2)
+    full = nest.encode(nest.get_encoding_model(EEG, subject=1), stimulus=images)
+    timepoints = np.zeros(140, dtype=int)
+    timepoints[[0, 50, 139]] = 1
+    model = nest.get_encoding_model(EEG, subject=1, selection={"channels": ["Oz", "Fp1", "Oz"],
+                                                               "timepoints": timepoints})
+    assert model.outputs == 4 * 3 * 3
+    got = nest.encode(model, stimulus=images)
+    assert got.shape == (1, 4, 3, 3)  # no squeezing of N = 1 (upstream Q2)
+    np.testing.assert_array_equal(got, full[:, :, [15, 0, 15]][:, :, :, [0, 50, 139]])
+    one_channel = nest.encode(nest.get_encoding_model(EEG, subject=1, selection={"channels": ["Cz"]}),
+                              stimulus=images)
+    assert one_channel.shape == (1, 4, 1, 140)
+
+
+def test_encode_many_shares_the_backbone(nest, monkeypatch):
+    images = synthetic.synthetic_images(20, 256, seed=3)  # two batches of 16 and 4
+    models = [nest.get_encoding_model(EEG, subject=s) for s in (1, 2)]
+    models.append(nest.get_encoding_model(FSAVERAGE, subject=1, selection={"roi": "V2d"}))
+    separate = [nest.encode(m, stimulus=images) for m in models]
+    session = nest._vit_backbone()._sessions.get("cpu")
+    calls = []
+
+    class CountingSession:
+        def run(self, outputs, feeds):
+            calls.append(len(feeds["images"]))
+            return session.run(outputs, feeds)
+    monkeypatch.setitem(nest._vit_backbone()._sessions._by_device, "cpu", CountingSession())
+    together = nest.encode_many(models, images, show_progress=False)
+    assert calls == [16, 4], "the backbone must run once per batch for all models"
+    np.testing.assert_array_equal(together[0], separate[0])
+    np.testing.assert_array_equal(together[1], separate[1])
+    for a, b in zip(together[2], separate[2]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_return_metadata_defaults_follow_the_api(nest):
+    images = synthetic.synthetic_images(1, 256)
+    legacy = nest.get_encoding_model("eeg", "things_eeg_2", "vit_b_32", 1)
+    current = nest.get_encoding_model(EEG, subject=1)
+    assert isinstance(nest.encode(legacy, images), tuple)
+    assert isinstance(nest.encode(current, stimulus=images), np.ndarray)
+    responses, metadata = nest.encode(current, stimulus=images, return_metadata=True)
+    assert set(metadata) == {"eeg", "encoding_models"}
+
+
+def test_catalog_queries(nest, capsys):
+    assert nest.list_models() == ["fmri-nsd-fwrf", EEG, FSAVERAGE]
+    catalog = nest.get_model_catalog(print_format=True)
+    assert catalog == {"fMRI": ["Natural Scenes Dataset (NSD) (fsaverage surface space)",
+                                "Natural Scenes Dataset (NSD) (subject-native volume space)"],
+                       "EEG": ["THINGS EEG2"]}
+    assert "THINGS EEG2" in capsys.readouterr().out
+    card = nest.describe(EEG)
+    assert set(card) == {"model_id", "model_info", "description", "input", "output", "parameters",
+                         "parameters_by_function", "performance", "example_usage"}
+    assert card["model_info"]["exported_subjects"] == [1, 2]
+    metadata = nest.get_model_metadata(FSAVERAGE, subject=1)
+    assert metadata["fmri"]["lh_fsaverage_rois"]["V1v"].dtype == np.int64
+
+
+@pytest.mark.parametrize("call, kind, words", [
+    (lambda n: n.get_encoding_model("eeg-things", subject=1), ValueError, ["eeg-things", "valid model ids"]),
+    (lambda n: n.get_encoding_model(EEG), ValueError, ["subject is required"]),
+    (lambda n: n.get_encoding_model(EEG, subject=11), ValueError, ["subject", "11"]),
+    (lambda n: n.get_encoding_model(EEG, subject=3), ValueError, ["does not contain", "--subjects 3"]),
+    (lambda n: n.get_encoding_model(EEG, subject=1, selection={"rois": 1}), ValueError, ["'rois'", "channels"]),
+    (lambda n: n.get_encoding_model(EEG, subject=1, selection={"channels": ["Oz", "Q9"]}), ValueError,
+     ["unknown channels ['Q9']"]),
+    (lambda n: n.get_encoding_model(EEG, subject=1, selection={"channels": "Oz"}), TypeError, ["list"]),
+    (lambda n: n.get_encoding_model(EEG, subject=1, selection={"channels": []}), ValueError, ["empty"]),
+    (lambda n: n.get_encoding_model(EEG, subject=1, selection={"timepoints": [1] * 139}), ValueError,
+     ["140 values"]),
+    (lambda n: n.get_encoding_model(EEG, subject=1, selection={"timepoints": [2] * 140}), ValueError,
+     ["only 0 and 1"]),
+    (lambda n: n.get_encoding_model(EEG, subject=1, selection={"timepoints": [0] * 140}), ValueError,
+     ["selects nothing"]),
+    (lambda n: n.get_encoding_model(EEG, subject=1, selection=["Oz"]), TypeError, ["selection must be a dict"]),
+    (lambda n: n.get_encoding_model(FSAVERAGE, subject=1, selection={"roi": "V9"}), ValueError, ["'V9'", "V1v"]),
+    (lambda n: n.get_encoding_model(FSAVERAGE, subject=1, selection={"roi": None}), TypeError, ["roi"]),
+    (lambda n: n.get_encoding_model(FSAVERAGE, subject=1, selection={"rh_vertices": np.ones(10)}), ValueError,
+     ["163842 values"]),
+    (lambda n: n.get_encoding_model(FSAVERAGE, subject=1, selection={"roi": "V1v", "lh_vertices": [1]}),
+     ValueError, ["not both"]),
+    (lambda n: n.get_encoding_model("fmri-nsd-fwrf", subject=1), ValueError, ["selection={'roi'"]),
+    (lambda n: n.get_model_metadata(EEG), ValueError, ["subject is required"]),
+])
+def test_selection_and_model_id_errors(nest, call, kind, words):
+    with pytest.raises(kind) as info:
+        call(nest)
+    assert isinstance(info.value, errors.NESTError)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_empty_roi_is_an_error(nest, vit_toolkit):
+    rois = toolkit.load_npy_dict(toolkit.fsaverage_files(vit_toolkit, 1)["metadata"])["fmri"]
+    empty = [name for name in rois["lh_fsaverage_rois"]
+             if len(rois["lh_fsaverage_rois"][name]) == 0 and len(rois["rh_fsaverage_rois"][name]) == 0]
+    one_sided = [name for name in rois["lh_fsaverage_rois"] if len(rois["lh_fsaverage_rois"][name]) == 0
+                 and len(rois["rh_fsaverage_rois"][name]) > 0]
+    for name in empty:
+        with pytest.raises(ValueError, match="no vertices"):
+            nest.get_encoding_model(FSAVERAGE, subject=1, selection={"roi": name})
+    for name in one_sided[:1]:
+        lh, rh = nest.encode(nest.get_encoding_model(FSAVERAGE, subject=1, selection={"roi": name}),
+                             stimulus=synthetic.synthetic_images(2, 256))
+        assert lh.shape == (2, 0) and rh.shape[1] > 0
+
+
+@pytest.fixture
+def bundle_copy(vit_bundle, tmp_path):
+    """A copy to damage; the large weight files (*.data) are linked rather than copied."""
+    def copy_or_link(source, target):
+        if source.endswith(".data"):
+            os.symlink(source, target)
+        else:
+            shutil.copy(source, target)
+    return shutil.copytree(vit_bundle, tmp_path / "copy", copy_function=copy_or_link)
+
+
+def test_bundle_without_backbone(bundle_copy):
+    manifest = json.loads((bundle_copy / "bundle.json").read_text())
+    del manifest["backbones"]
+    (bundle_copy / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="no vit_b_32 backbone"):
+        NEST(bundle_copy).get_encoding_model(EEG, subject=1)
+
+
+def test_head_width_must_match_backbone(bundle_copy):
+    from nest_rt.bundle import sha256_file
+    sidecar_path = bundle_copy / "eeg-things_eeg_2-vit_b_32" / "sub-01.json"
+    sidecar = json.loads(sidecar_path.read_text())
+    sidecar["features"] = 1000
+    sidecar_path.write_text(json.dumps(sidecar))
+    manifest = json.loads((bundle_copy / "bundle.json").read_text())
+    manifest["files"]["eeg-things_eeg_2-vit_b_32/sub-01.json"]["sha256"] = sha256_file(sidecar_path)
+    (bundle_copy / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="expects 1000 features but the bundle's backbone gives 460800"):
+        NEST(bundle_copy).get_encoding_model(EEG, subject=1)
+
+
+def test_missing_backbone_file(bundle_copy):
+    (bundle_copy / "vit_b_32" / "backbone.onnx").unlink()
+    with pytest.raises(FileNotFoundError, match="backbone.onnx"):
+        NEST(bundle_copy).get_encoding_model(FSAVERAGE, subject=1)
