@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
+
+import _common
+from _common import current_rss_mb, emit_result, exporter_source_sha256, log, spread
 
 # -- what is benchmarked ----------------------------------------------------------------------
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -40,14 +38,7 @@ ROI_SHAPES = {"V1": {"voxels": 1350, "encoders": 1},      # subject 1's real vox
 
 ENCODER_MACS = 706_584_576             # NEST_REFERENCE §2.2
 READOUT_MACS_PER_VOXEL = 390_656       # NEST_REFERENCE §2.4
-GEMM_SIZES = (2048, 4096)
-GEMM_REPEATS = 5
-RESULT_PREFIX = "BENCH-RESULT "
 SETUP_FORMAT = 1
-
-# Both libraries get the same two threads; the BLAS variables keep numpy's GEMM comparable.
-WORKER_ENV = {"OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS),
-              "OPENBLAS_NUM_THREADS": str(THREADS)}
 
 
 def flops_per_image(roi: str) -> int:
@@ -56,24 +47,8 @@ def flops_per_image(roi: str) -> int:
 
 
 # =============================================================================================
-# Workers: each runs in its own process and prints one JSON line prefixed with RESULT_PREFIX.
+# Workers: each runs in its own process and prints one JSON result line (_common.emit_result).
 # =============================================================================================
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _proc_status_mb(field: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def current_rss_mb() -> float:
-    return _proc_status_mb("VmRSS")
-
-
 def worker_nest_rt(args) -> dict:
     """Load with NEST(), answer one image, then time encode() of all images."""
     imports_started = time.perf_counter()
@@ -161,30 +136,7 @@ def upstream_encode(model, images, breakdown: dict):
 
 def worker_gemm(args) -> dict:
     """float32 GEMM GFLOP/s at THREADS threads: the practical ceiling of this CPU."""
-    import numpy as np
-    import torch
-
-    torch.set_num_threads(THREADS)
-    results = {}
-    for size in GEMM_SIZES:
-        flops = 2 * size ** 3
-        a_np = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
-        b_np = np.random.default_rng(1).standard_normal((size, size), dtype=np.float32)
-        a_torch, b_torch = torch.from_numpy(a_np), torch.from_numpy(b_np)
-        results[f"torch_{size}"] = _gflops(lambda: torch.mm(a_torch, b_torch), flops)
-        results[f"numpy_{size}"] = _gflops(lambda: a_np @ b_np, flops)
-    return {"gflops": results}
-
-
-def _gflops(multiply, flops: int) -> dict:
-    multiply()  # warm-up: thread pools, page faults of the output
-    seconds = []
-    for _ in range(GEMM_REPEATS):
-        start = time.perf_counter()
-        multiply()
-        seconds.append(time.perf_counter() - start)
-    rates = [flops / s / 1e9 for s in seconds]
-    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+    return _common.worker_gemm(THREADS)
 
 
 def _save_responses(args, responses) -> None:
@@ -217,12 +169,7 @@ def run_worker_main(argv: list[str]) -> None:
     parser.add_argument("--work-dir")
     parser.add_argument("--image-counts")
     args = parser.parse_args(argv)
-    result = WORKERS[args.worker](args)
-    # Read last, so they cover the whole run. ru_maxrss keeps the launching process's peak
-    # across fork/exec, which is why the parent stays small; VmHWM (this image only) checks it.
-    result["peak_rss_mb"] = peak_rss_mb()
-    result["vm_hwm_mb"] = _proc_status_mb("VmHWM")
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    emit_result(WORKERS[args.worker](args))
 
 
 # =============================================================================================
@@ -248,55 +195,16 @@ def prepare_work_dir(work_dir: Path, image_counts: list[int]) -> dict:
             "images": {count: image_file(work_dir, count) for count in sorted(set(image_counts))}}
 
 
-def exporter_source_sha256() -> str:
-    import hashlib
-    import nest_rt_export
-    digest = hashlib.sha256()
-    for source in sorted(Path(nest_rt_export.__file__).parent.glob("*.py")):
-        digest.update(source.name.encode() + source.read_bytes())
-    return digest.hexdigest()
-
-
 def image_file(work_dir: Path, count: int) -> Path:
     """uint8 [count, 3, 425, 425]; one file per count so a worker loads exactly what it encodes."""
-    path = work_dir / f"images_{count}x{IMAGE_SIZE}_seed{IMAGE_SEED}.npy"
-    if not path.is_file():
-        import numpy as np
-        from nest_rt_export.synthetic import synthetic_images
-        log(f"generating {count} synthetic {IMAGE_SIZE}x{IMAGE_SIZE} images (once)")
-        partial = path.with_suffix(".partial.npy")
-        np.save(partial, synthetic_images(count, IMAGE_SIZE, seed=IMAGE_SEED))
-        partial.rename(path)
-    return path
+    return _common.image_file(work_dir, count, IMAGE_SIZE, IMAGE_SEED)
 
 
 # =============================================================================================
 # Orchestration
 # =============================================================================================
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
 def run_worker(kind: str, show_log: bool = False, **options) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind]
-    for key, value in options.items():
-        command += [f"--{key.replace('_', '-')}", str(value)]
-    env = {**os.environ, **WORKER_ENV}
-    waited = wait_for_quiet_cpu()
-    started, busy_before, own_before = time.perf_counter(), machine_busy_s(), children_cpu_s()
-    completed = subprocess.run(command, stdout=subprocess.PIPE, stderr=None if show_log else subprocess.PIPE,
-                               text=True, env=env, cwd=REPO_ROOT)
-    lines = [line for line in completed.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if completed.returncode != 0 or not lines:
-        raise RuntimeError(f"worker {kind} {options} failed (exit {completed.returncode}):\n"
-                           f"{(completed.stderr or '')[-4000:]}")
-    result = json.loads(lines[-1][len(RESULT_PREFIX):])
-    wall = time.perf_counter() - started
-    # CPU time the machine spent on anything but this worker: other load skews the timings.
-    other_cpu = (machine_busy_s() - busy_before) - (children_cpu_s() - own_before)
-    result.update(worker_wall_s=wall, waited_for_quiet_cpu_s=waited,
-                  other_cpu_share=max(0.0, other_cpu) / (wall * (os.cpu_count() or 1)))
-    return result
+    return _common.run_worker(Path(__file__).resolve(), kind, THREADS, show_log=show_log, **options)
 
 
 def measure(path: str, roi: str, count: int, setup: dict, work_dir: Path, repeat: int) -> dict:
@@ -314,33 +222,6 @@ def measure(path: str, roi: str, count: int, setup: dict, work_dir: Path, repeat
     return result
 
 
-def machine_busy_s() -> float:
-    """Non-idle CPU seconds of the whole machine since boot, from /proc/stat."""
-    with open("/proc/stat") as stat:
-        user, nice, system, idle, iowait, irq, softirq, steal = map(int, stat.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_for_quiet_cpu(limit_s: float = 300, window_s: float = 2, quiet_share: float = 0.1) -> float:
-    """Wait (up to limit_s) until other processes leave the CPU idle; returns seconds waited."""
-    started, warned = time.perf_counter(), False
-    while time.perf_counter() - started < limit_s:
-        busy_before = machine_busy_s()
-        time.sleep(window_s)
-        share = (machine_busy_s() - busy_before) / (window_s * (os.cpu_count() or 1))
-        if share < quiet_share:
-            break
-        if not warned:
-            log(f"other processes use {100 * share:.0f} % of the CPU; waiting for them (up to {limit_s:.0f} s)")
-            warned = True
-    return time.perf_counter() - started
-
-
-def children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def plan_runs(args) -> list[tuple[str, str, int, int]]:
     """(path, roi, images, repeat), repeats interleaved so slow drift hits every path alike."""
     runs = [(path, roi, args.images, repeat)
@@ -350,10 +231,6 @@ def plan_runs(args) -> list[tuple[str, str, int, int]]:
     if args.upstream_large and "V1" in args.rois:
         runs.append(("upstream", "V1", args.large_images, 0))
     return runs
-
-
-def spread(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def summarize(runs: list[dict], ceiling: float) -> list[dict]:
@@ -446,27 +323,8 @@ def markdown_tables(rows: list[dict], main_count: int, ceiling: float, agreement
     return "\n".join(lines)
 
 
-def git_state() -> dict:
-    """The commit measured, and whether the runtime or export code had uncommitted changes."""
-    def git(*arguments):
-        completed = subprocess.run(["git", *arguments], capture_output=True, text=True, cwd=REPO_ROOT)
-        return completed.stdout.strip() if completed.returncode == 0 else None
-    return {"commit": git("rev-parse", "HEAD"),
-            "uncommitted": (git("status", "--porcelain", "--", "nest_rt", "export") or "").splitlines()}
-
-
 def environment() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    versions = {}
-    for package in ("nest-rt", "onnxruntime", "torch", "torchvision", "numpy"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "versions": versions, "threads": THREADS,
-            "git": git_state()}
+    return _common.environment(THREADS)
 
 
 def parse_args(argv: list[str]):
@@ -498,12 +356,7 @@ def main(argv: list[str]) -> None:
     setup = run_worker("setup", show_log=True, work_dir=work_dir,
                        image_counts=f"{args.images},{args.large_images}")
 
-    gemm_run = run_worker("gemm")
-    gemm = gemm_run["gflops"]
-    ceiling = max(result["median"] for result in gemm.values())
-    details = ", ".join(f"{name} {rate['median']:.1f}" for name, rate in gemm.items())
-    log(f"GEMM ceiling {ceiling:.1f} GFLOP/s ({details}; "
-        f"{100 * gemm_run['other_cpu_share']:.0f} % CPU used by other processes)")
+    gemm, ceiling, gemm_other_cpu_share = _common.gemm_ceiling(run_worker)
 
     runs = [measure(path, roi, count, setup, work_dir, repeat)
             for path, roi, count, repeat in plan_runs(args)]
@@ -514,7 +367,7 @@ def main(argv: list[str]) -> None:
                          "upstream_batch": UPSTREAM_BATCH, "subject": SUBJECT, "quick": args.quick},
               "environment": environment(),
               "gemm_gflops": gemm, "gemm_ceiling_gflops": ceiling,
-              "gemm_other_cpu_share": gemm_run["other_cpu_share"],
+              "gemm_other_cpu_share": gemm_other_cpu_share,
               "summary": rows, "agreement": agreement,
               "runs": runs, "total_wall_s": time.perf_counter() - started}
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ def vit_jobs(nest_dir: Path, models: list[str], subjects: list[int] | None,
 
 
 def export_vit(nest_dir: Path, staging: Path, manifest: dict, jobs: dict[str, list[int]],
-               vit_weights: str | Path | None, log: Callable[[str], None]) -> None:
+               vit_weights: str | Path | None, log: Callable[[str], None], int8: bool = False) -> None:
     import onnxruntime as ort
     from .synthetic import synthetic_images
     from .vit_onnx import backbone_model, save_with_external_data
@@ -64,17 +64,45 @@ def export_vit(nest_dir: Path, staging: Path, manifest: dict, jobs: dict[str, li
     probes = {}
     for size in PARITY_SIZES:
         images = synthetic_images(PARITY_IMAGES, size, seed=size)
-        probes[size] = (reference_features(features, images), session.run(None, {INPUT_NAME: images})[0])
+        probes[size] = (reference_features(features, images), session.run(None, {INPUT_NAME: images})[0],
+                        images)
     manifest.setdefault("backbones", {})["vit_b_32"] = {
         "graph": backbone_entry["graph"], "data": written[1].relative_to(staging).as_posix(),
         "features": backbone_entry["features"],
         "weights": _weights_provenance(vit_weights),
-        "parity": {f"size_{size}": compare(ref, got) for size, (ref, got) in probes.items()},
+        "parity": {f"size_{size}": compare(ref, got) for size, (ref, got, _) in probes.items()},
     }
+    heads = []
     for model_id, subjects in jobs.items():
         for subject in subjects:
             log(f"exporting {model_id} subject {subject}")
-            _export_head(nest_dir, staging, manifest, model_id, subject, probes)
+            heads.append(_export_head(nest_dir, staging, manifest, model_id, subject, probes))
+    if int8:
+        log("quantising the backbone to int8 (opt-in CPU precision) and measuring its fidelity")
+        manifest["backbones"]["vit_b_32"]["precisions"] = {
+            "int8": _export_int8(staging, graph_path, probes, heads)}
+
+
+def _export_int8(staging: Path, graph_path: Path, probes: dict, heads: list) -> dict[str, Any]:
+    """Write the int8 backbone and record its fidelity against the fp32 backbone: per exported
+    head, responses from int8 features vs responses from fp32 features on the parity images."""
+    import onnxruntime as ort
+    from .vit_onnx import quantize_backbone
+    int8_path = graph_path.with_name("backbone.int8.onnx")
+    quantize_backbone(graph_path, int8_path)
+    session = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
+    fidelity = {}
+    for size, images in ((size, probe[2]) for size, probe in probes.items()):
+        int8_features = session.run(None, {INPUT_NAME: images})[0]
+        fp32_features = probes[size][1]
+        per_head = {label: compare(run(fp32_features), run(int8_features)) for label, run in heads}
+        fidelity[f"size_{size}"] = {
+            "features": compare(fp32_features, int8_features),
+            "responses_min_correlation": min(s["min_correlation"] for s in per_head.values()),
+            "responses_max_relative_error": max(s["relative_error"] for s in per_head.values()),
+            "per_head": per_head}
+    return {"graph": int8_path.relative_to(staging).as_posix(), "quantization":
+            "onnxruntime quantize_dynamic, MatMul/Gemm weights int8 per channel", "fidelity_vs_fp32": fidelity}
 
 
 def _weights_provenance(vit_weights) -> dict[str, Any]:
@@ -123,7 +151,7 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, probes) -> None
 
     session = ort.InferenceSession(str(head_path), providers=["CPUExecutionProvider"])
     parity = {}
-    for size, (reference_features, onnx_features) in probes.items():
+    for size, (reference_features, onnx_features, _) in probes.items():
         got = session.run(None, {FEATURES_NAME: onnx_features, COEF_NAME: coef_t, INTERCEPT_NAME: intercept})[0]
         if model_id == EEG:
             expected = reference_eeg(reference_features, weights).reshape(len(got), -1)
@@ -153,3 +181,7 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, probes) -> None
     graphs.setdefault(str(subject), {})["all"] = {
         **names, "head_data": written[1].relative_to(staging).as_posix(), "backbone": "vit_b_32",
         "components": int(used), "outputs": int(outputs), "parity": parity}
+
+    def responses(features: np.ndarray) -> np.ndarray:
+        return session.run(None, {FEATURES_NAME: features, COEF_NAME: coef_t, INTERCEPT_NAME: intercept})[0]
+    return f"{model_id} subject {subject}", responses

@@ -64,6 +64,10 @@ def backbone_model(vit) -> onnx.ModelProto:
                                        prefix2="vit/")
     merged.graph.output[0].name = FEATURES_NAME
     _rename_value(merged.graph, "vit/" + FEATURES_NAME, FEATURES_NAME)
+    # merge_models lists the default domain once per input model; tools expect it once
+    unique = {(o.domain, o.version): o for o in merged.opset_import}
+    del merged.opset_import[:]
+    merged.opset_import.extend(unique.values())
     return merged
 
 
@@ -94,6 +98,16 @@ def head_model(scaler: dict, pca: dict, used: int, doc: str) -> onnx.ModelProto:
               helper.make_tensor_value_info(COEF_NAME, TensorProto.FLOAT, [used, "O"]),
               helper.make_tensor_value_info(INTERCEPT_NAME, TensorProto.FLOAT, ["O"])]
     return g.model("nest_vit_head", doc, RESPONSES_NAME, ["N", "O"], graph_inputs=inputs)
+
+
+def quantize_backbone(fp32_path: Path, int8_path: Path) -> list[Path]:
+    """Dynamic int8 quantisation of the backbone's MatMul/Gemm weights (activations are quantised
+    per batch at run time). An opt-in CPU precision: fidelity is measured and recorded by the
+    exporter, because trained ViTs have activation outliers that int8 can clip."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    quantize_dynamic(fp32_path, int8_path, op_types_to_quantize=["MatMul", "Gemm"],
+                     weight_type=QuantType.QInt8, per_channel=True)
+    return [int8_path]
 
 
 def save_with_external_data(model: onnx.ModelProto, path: Path) -> list[Path]:

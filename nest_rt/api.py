@@ -28,16 +28,21 @@ class NEST:
       ``get_model_catalog()``, ``get_model_metadata(model_id, ...)``, ``describe(model_id)``.
 
     ``num_threads`` sets onnxruntime's intra-op threads (default: onnxruntime's choice).
+    ``precision='int8'`` runs the ViT backbone quantised to int8 (CPU, opt-in, if the bundle was
+    exported with ``--int8``; its measured fidelity is in ``bundle.json``).
     """
 
-    def __init__(self, bundle_dir: str | Path, num_threads: int | None = None):
+    def __init__(self, bundle_dir: str | Path, num_threads: int | None = None, precision: str = "fp32"):
         if not isinstance(bundle_dir, (str, Path)):
             raise ParameterTypeError(f"bundle_dir must be a str or Path, got {type(bundle_dir).__name__}")
         if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
                                         or num_threads < 1):
             raise InvalidParameterError(f"num_threads must be None or an int >= 1, got {num_threads!r}")
+        catalog.require_str("precision", precision)
+        catalog.require_choice("precision", precision, ["fp32", "int8"])
         self.bundle = Bundle(bundle_dir)
         self.num_threads = num_threads
+        self.precision = precision
         self._backbone: VitBackbone | None = None  # one per NEST object, shared by all ViT models
 
     # -- catalog queries (legacy which_* methods) --------------------------------------------
@@ -149,7 +154,7 @@ class NEST:
 
     def _vit_backbone(self) -> VitBackbone:
         if self._backbone is None:
-            self._backbone = VitBackbone(self.bundle, self.num_threads)
+            self._backbone = VitBackbone(self.bundle, self.num_threads, self.precision)
         return self._backbone
 
     def _fsaverage_roi(self, subject: int, name: str) -> tuple[np.ndarray, np.ndarray]:

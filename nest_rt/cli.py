@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--vit-weights", type=Path,
                         help="torchvision vit_b_32 state dict for the EEG and fsaverage models "
                              "(default: torchvision's ImageNet weights, downloaded or cached as upstream)")
+    export.add_argument("--int8", action="store_true",
+                        help="also write an int8 ViT backbone (opt-in CPU precision; its fidelity "
+                             "against fp32 is measured and recorded in bundle.json)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     export.set_defaults(handler=_export)
     return parser
@@ -90,7 +93,8 @@ def _synthetic(args) -> None:
 def _export(args) -> None:
     exporter, _ = _export_stage()
     exporter.export_bundle(args.nest_dir, args.out, models=args.models, subjects=args.subjects,
-                           rois=args.rois, vit_weights=args.vit_weights, overwrite=args.overwrite)
+                           rois=args.rois, vit_weights=args.vit_weights, int8=args.int8,
+                           overwrite=args.overwrite)
 
 
 def _demo(args) -> None:

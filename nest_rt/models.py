@@ -12,7 +12,7 @@ import numpy as np
 
 from . import catalog
 from .bundle import Bundle
-from .errors import BundleIntegrityError, NonFiniteOutputError
+from .errors import BundleIntegrityError, NonFiniteOutputError, NotExportedError
 from .images import Stimulus
 from .sessions import create_session, resolve_device
 
@@ -98,13 +98,23 @@ class FwrfEncodingModel(EncodingModel):
 class VitBackbone:
     """The shared ViT-B/32 backbone graph: uint8 images -> [n, 460800] features."""
 
-    def __init__(self, bundle: Bundle, num_threads: int | None):
+    def __init__(self, bundle: Bundle, num_threads: int | None, precision: str = "fp32"):
         entry = bundle.manifest.get("backbones", {}).get("vit_b_32")
         if entry is None:
             raise BundleIntegrityError(f"bundle {bundle.root} lists ViT heads but no vit_b_32 backbone")
-        bundle.path(entry["data"])  # verify the weights file too
         self.features: int = int(entry["features"])
-        self._sessions = _Sessions(bundle.path(entry["graph"]), num_threads)
+        self.precision = precision
+        if precision == "fp32":
+            bundle.path(entry["data"])  # verify the weights file too
+            graph = bundle.path(entry["graph"])
+        else:
+            variant = entry.get("precisions", {}).get(precision)
+            if variant is None:
+                source = bundle.manifest.get("source", {}).get("nest_dir", "TOOLKIT")
+                raise NotExportedError(f"bundle {bundle.root} has no {precision} backbone; export one with: "
+                                       f"nest-rt export --nest-dir {source} --out NEW_BUNDLE --{precision}")
+            graph = bundle.path(variant["graph"])
+        self._sessions = _Sessions(graph, num_threads)
 
     def run(self, images: np.ndarray, device: str, shared: dict) -> np.ndarray:
         key = (id(self), device)

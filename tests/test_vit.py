@@ -34,7 +34,7 @@ def vit_toolkit(tmp_path_factory):
 @pytest.fixture(scope="module")
 def vit_bundle(vit_toolkit, tmp_path_factory):
     return exporter.export_bundle(vit_toolkit, tmp_path_factory.mktemp("vit_bundle") / "bundle",
-                                  vit_weights=vit_toolkit / synthetic_vit.VIT_WEIGHTS_NAME, log=quiet)
+                                  vit_weights=vit_toolkit / synthetic_vit.VIT_WEIGHTS_NAME, int8=True, log=quiet)
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +153,25 @@ def test_encode_many_shares_the_backbone(nest, monkeypatch):
     np.testing.assert_array_equal(together[1], separate[1])
     for a, b in zip(together[2], separate[2]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_int8_backbone_is_opt_in_and_its_fidelity_recorded(nest, vit_bundle, tmp_path):
+    manifest = json.loads((vit_bundle / "bundle.json").read_text())
+    int8 = manifest["backbones"]["vit_b_32"]["precisions"]["int8"]
+    recorded = int8["fidelity_vs_fp32"]["size_256"]
+    assert set(recorded["per_head"]) == {"eeg-things_eeg_2-vit_b_32 subject 1", "eeg-things_eeg_2-vit_b_32 subject 2",
+                                         "fmri-nsd_fsaverage-vit_b_32 subject 1"}
+    images = synthetic.synthetic_images(8, 256, seed=256)  # the export's probe images at 256
+    quantised = NEST(vit_bundle, precision="int8")
+    got = quantised.encode(quantised.get_encoding_model(EEG, subject=1), stimulus=images)
+    reference = nest.encode(nest.get_encoding_model(EEG, subject=1), stimulus=images)
+    stats = compare(reference, got)
+    assert stats["min_correlation"] == pytest.approx(
+        recorded["per_head"]["eeg-things_eeg_2-vit_b_32 subject 1"]["min_correlation"], abs=1e-6)
+    assert stats["min_correlation"] >= 0.99, stats  # random weights; trained ViTs: see bundle.json
+    assert 0 < stats["relative_error"]  # it really is another computation
+    with pytest.raises(ValueError, match="precision='fp16'"):
+        NEST(vit_bundle, precision="fp16")
 
 
 def test_return_metadata_defaults_follow_the_api(nest):

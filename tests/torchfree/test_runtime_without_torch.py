@@ -53,6 +53,24 @@ def test_encodes_like_the_torch_reference(expected, roi, size, kind):
     assert metadata["fmri"]["roi_mask_volume"].sum() == 40
 
 
+@pytest.mark.parametrize("size, kind", [(256, "native"), (300, "resized")])
+def test_vit_models_like_the_torch_reference(expected, size, kind):
+    from nest_rt import NEST
+    from nest_rt_export.parity import VIT_TOLERANCE, compare, within
+    nest = NEST(WORK / "bundle")
+    images = expected[f"images_{size}"]
+    eeg_legacy = nest.get_encoding_model("eeg", "things_eeg_2", "vit_b_32", SUBJECT)
+    fsaverage = nest.get_encoding_model("fmri-nsd_fsaverage-vit_b_32", subject=SUBJECT,
+                                        selection={"roi": "V1v"})
+    eeg, (lh, rh) = nest.encode_many([eeg_legacy, fsaverage], images)
+    assert eeg.shape == (5, 4, 63, 140)
+    assert within(compare(expected[f"expected_{size}_eeg"], eeg), VIT_TOLERANCE[kind])
+    got = np.concatenate([lh, rh], axis=1)
+    reference = np.concatenate([expected[f"expected_{size}_fsaverage_lh"],
+                                expected[f"expected_{size}_fsaverage_rh"]], axis=1)
+    assert within(compare(reference, got), VIT_TOLERANCE[kind])
+
+
 def test_bad_input_is_still_a_clear_error(expected):
     from nest_rt import NEST, StimulusError
     nest = NEST(WORK / "bundle")
