@@ -99,9 +99,9 @@ class NEST:
             "parameters_by_function": {
                 "get_encoding_model": ["model_id", "subject", "selection", "device"],
                 "encode": ["model", "stimulus", "return_metadata", "show_progress"]},
-            "performance": {"parity_at_export": {s: g.get("all", next(iter(g.values())))["parity"]
-                                                 for s, g in self.bundle.manifest["models"]
-                                                 .get(model_id, {}).get("graphs", {}).items()}},
+            "performance": {"parity_at_export": {  # subject -> ROI (or 'all') -> figures
+                subject: {key: graph["parity"] for key, graph in graphs.items()}
+                for subject, graphs in self.bundle.manifest["models"].get(model_id, {}).get("graphs", {}).items()}},
             "example_usage": _EXAMPLES[model_id],
         }
         print(f"{model_id}: {card['description']}\n  output: {card['output']}\n"

@@ -116,6 +116,9 @@ class VitBackbone:
             graph = bundle.path(variant["graph"])
         self._sessions = _Sessions(graph, num_threads)
 
+    def load(self, device: str) -> None:
+        self._sessions.get(device)
+
     def run(self, images: np.ndarray, device: str, shared: dict) -> np.ndarray:
         key = (id(self), device)
         if key not in shared:
@@ -152,8 +155,8 @@ class VitEncodingModel(EncodingModel):
         self._coef = np.ascontiguousarray(coef if columns is None else coef[:, columns], dtype=np.float32)
         self._intercept = np.ascontiguousarray(intercept if columns is None else intercept[columns])
         self._output_shape = output_shape  # per image: (4, channels, times) or ((lh,), (rh,))
-        self._sessions.get(self.device)
-        backbone._sessions.get(self.device)
+        self._sessions.get(self.device)  # load now, like upstream's get_encoding_model
+        backbone.load(self.device)
 
     def __repr__(self) -> str:
         return (f"<VitEncodingModel {self.model_id} subject={self.subject} outputs={self._coef.shape[1]} "

@@ -23,6 +23,16 @@ def quiet(_message: str) -> None:
     pass
 
 
+def assert_nest_error(call, kind: type, words: list[str]) -> None:
+    """call() raises ``kind`` (a built-in base) that is also a NESTError and names every word."""
+    from nest_rt import NESTError
+    with pytest.raises(kind) as info:
+        call()
+    assert isinstance(info.value, NESTError)
+    for word in words:
+        assert word in str(info.value)
+
+
 @pytest.fixture(scope="session")
 def toolkit_dir(tmp_path_factory) -> Path:
     return synthetic.write_toolkit(tmp_path_factory.mktemp("toolkit"), subjects=[SUBJECT],

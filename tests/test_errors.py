@@ -11,7 +11,7 @@ import nest_rt
 from nest_rt import NEST, errors
 from nest_rt_export import synthetic
 
-from conftest import SUBJECT
+from conftest import SUBJECT, assert_nest_error
 
 GOOD = synthetic.synthetic_images(2, 64, seed=0)
 
@@ -39,11 +39,7 @@ def v1(nest):
     (lambda n: n.get_metadata("fmri", "nsd", "fwrf", 0, "V1"), ValueError, ["subject", "0"]),
 ])
 def test_unknown_choices_list_valid_values(nest, call, kind, words):
-    with pytest.raises(kind) as info:
-        call(nest)
-    assert isinstance(info.value, errors.NESTError)
-    for word in words:
-        assert word in str(info.value)
+    assert_nest_error(lambda: call(nest), kind, words)
 
 
 def test_cuda_that_falls_back_to_cpu_is_an_error(nest, monkeypatch):

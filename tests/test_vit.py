@@ -14,12 +14,12 @@ import shutil
 import numpy as np
 import pytest
 
-from nest_rt import NEST, errors
+from nest_rt import NEST
 from nest_rt_export import exporter, synthetic, synthetic_vit, toolkit
 from nest_rt_export.parity import VIT_TOLERANCE, compare, within
 from nest_rt_export.vit_torch import VitFeatures, load_vit, reference_eeg, reference_features, reference_fsaverage
 
-from conftest import quiet
+from conftest import assert_nest_error, quiet
 
 EEG, FSAVERAGE = "eeg-things_eeg_2-vit_b_32", "fmri-nsd_fsaverage-vit_b_32"
 VERTICES = 163842
@@ -226,11 +226,7 @@ def test_catalog_queries(nest, capsys):
     (lambda n: n.get_model_metadata(EEG), ValueError, ["subject is required"]),
 ])
 def test_selection_and_model_id_errors(nest, call, kind, words):
-    with pytest.raises(kind) as info:
-        call(nest)
-    assert isinstance(info.value, errors.NESTError)
-    for word in words:
-        assert word in str(info.value)
+    assert_nest_error(lambda: call(nest), kind, words)
 
 
 def test_empty_roi_is_an_error(nest, vit_toolkit):
