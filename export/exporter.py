@@ -32,14 +32,15 @@ __all__ = ["ExportError", "export_bundle"]
 
 def export_bundle(nest_dir: str | Path, out: str | Path, models: list[str] | None = None,
                   subjects: list[int] | None = None, rois: list[str] | None = None,
-                  vit_weights: str | Path | None = None, int8: bool = False, overwrite: bool = False,
-                  log: Callable[[str], None] = print) -> Path:
+                  vit_weights: str | Path | None = None, precisions: tuple[str, ...] = (),
+                  overwrite: bool = False, log: Callable[[str], None] = print) -> Path:
     """Export the requested models (default: every model found in the toolkit).
 
     ``subjects`` applies to every model (subjects a model does not have are skipped), ``rois``
     to the fwRF model. ``vit_weights`` is a torchvision vit_b_32 state dict; without it the ViT
-    models use torchvision's ImageNet weights, downloaded or cached as upstream does. ``int8``
-    also writes a dynamically quantised backbone with its fidelity against fp32 recorded.
+    models use torchvision's ImageNet weights, downloaded or cached as upstream does.
+    ``precisions`` adds opt-in backbones ('int8' for the CPU, 'fp16' for CUDA), each with its
+    fidelity against fp32 recorded.
     """
     nest_dir, out = Path(nest_dir).resolve(), Path(out).resolve()
     if not nest_dir.is_dir():
@@ -67,7 +68,7 @@ def export_bundle(nest_dir: str | Path, out: str | Path, models: list[str] | Non
             log(f"exporting {FWRF} subject {subject} roi {roi}")
             export_fwrf(nest_dir, staging, manifest, subject, roi)
         if vit:
-            export_vit(nest_dir, staging, manifest, vit, vit_weights, log, int8=int8)
+            export_vit(nest_dir, staging, manifest, vit, vit_weights, log, precisions=tuple(precisions))
         manifest["files"] = {
             path.relative_to(staging).as_posix(): {"sha256": sha256_file(path), "bytes": path.stat().st_size}
             for path in sorted(staging.rglob("*")) if path.is_file()}

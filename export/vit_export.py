@@ -48,7 +48,8 @@ def vit_jobs(nest_dir: Path, models: list[str], subjects: list[int] | None,
 
 
 def export_vit(nest_dir: Path, staging: Path, manifest: dict, jobs: dict[str, list[int]],
-               vit_weights: str | Path | None, log: Callable[[str], None], int8: bool = False) -> None:
+               vit_weights: str | Path | None, log: Callable[[str], None],
+               precisions: tuple[str, ...] = ()) -> None:
     import onnxruntime as ort
     from .synthetic import synthetic_images
     from .vit_onnx import backbone_model, save_with_external_data
@@ -77,32 +78,42 @@ def export_vit(nest_dir: Path, staging: Path, manifest: dict, jobs: dict[str, li
         for subject in subjects:
             log(f"exporting {model_id} subject {subject}")
             heads.append(_export_head(nest_dir, staging, manifest, model_id, subject, probes))
-    if int8:
-        log("quantising the backbone to int8 (opt-in CPU precision) and measuring its fidelity")
-        manifest["backbones"]["vit_b_32"]["precisions"] = {
-            "int8": _export_int8(staging, graph_path, probes, heads)}
+    for precision in precisions:
+        log(f"writing the {precision} backbone (opt-in) and measuring its fidelity against fp32")
+        manifest["backbones"]["vit_b_32"].setdefault("precisions", {})[precision] = _export_precision(
+            staging, graph_path, probes, heads, precision)
 
 
-def _export_int8(staging: Path, graph_path: Path, probes: dict, heads: list) -> dict[str, Any]:
-    """Write the int8 backbone and record its fidelity against the fp32 backbone: per exported
-    head, responses from int8 features vs responses from fp32 features on the parity images."""
+def _export_precision(staging: Path, graph_path: Path, probes: dict, heads: list,
+                      precision: str) -> dict[str, Any]:
+    """Write a lower-precision backbone and record its fidelity against the fp32 backbone: per
+    exported head, responses from its features vs from fp32 features on the parity images.
+    fp16 is measured on the CPU provider with graph optimisations off (the CUDA provider, where
+    it is meant to run, is not needed for the measurement)."""
     import onnxruntime as ort
-    from .vit_onnx import quantize_backbone
-    int8_path = graph_path.with_name("backbone.int8.onnx")
-    quantize_backbone(graph_path, int8_path)
-    session = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
+    from .vit_onnx import PRECISION_WRITERS
+    path = graph_path.with_name(f"backbone.{precision}.onnx")
+    PRECISION_WRITERS[precision](graph_path, path)
+    options = ort.SessionOptions()
+    if precision == "fp16":
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     fidelity = {}
-    for size, images in ((size, probe[2]) for size, probe in probes.items()):
-        int8_features = session.run(None, {INPUT_NAME: images})[0]
-        fp32_features = probes[size][1]
-        per_head = {label: compare(run(fp32_features), run(int8_features)) for label, run in heads}
+    for size, (_, fp32_features, images) in probes.items():
+        features = session.run(None, {INPUT_NAME: images})[0]
+        per_head = {label: compare(run(fp32_features), run(features)) for label, run in heads}
         fidelity[f"size_{size}"] = {
-            "features": compare(fp32_features, int8_features),
+            "features": compare(fp32_features, features),
             "responses_min_correlation": min(s["min_correlation"] for s in per_head.values()),
             "responses_max_relative_error": max(s["relative_error"] for s in per_head.values()),
             "per_head": per_head}
-    return {"graph": int8_path.relative_to(staging).as_posix(), "quantization":
-            "onnxruntime quantize_dynamic, MatMul/Gemm weights int8 per channel", "fidelity_vs_fp32": fidelity}
+    record = {"graph": path.relative_to(staging).as_posix(),
+              "method": PRECISION_WRITERS[precision].__doc__.split(".")[0].strip(),
+              "fidelity_vs_fp32": fidelity}
+    data = path.with_name(path.name + ".data")
+    if data.is_file():
+        record["data"] = data.relative_to(staging).as_posix()
+    return record
 
 
 def _weights_provenance(vit_weights) -> dict[str, Any]:

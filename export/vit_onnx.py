@@ -100,14 +100,26 @@ def head_model(scaler: dict, pca: dict, used: int, doc: str) -> onnx.ModelProto:
     return g.model("nest_vit_head", doc, RESPONSES_NAME, ["N", "O"], graph_inputs=inputs)
 
 
-def quantize_backbone(fp32_path: Path, int8_path: Path) -> list[Path]:
+def int8_backbone(fp32_path: Path, int8_path: Path) -> None:
     """Dynamic int8 quantisation of the backbone's MatMul/Gemm weights (activations are quantised
     per batch at run time). An opt-in CPU precision: fidelity is measured and recorded by the
     exporter, because trained ViTs have activation outliers that int8 can clip."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     quantize_dynamic(fp32_path, int8_path, op_types_to_quantize=["MatMul", "Gemm"],
                      weight_type=QuantType.QInt8, per_channel=True)
-    return [int8_path]
+
+
+def fp16_backbone(fp32_path: Path, fp16_path: Path) -> None:
+    """float16 weights and activations, for the CUDA provider (on the CPU provider fp16 is slower
+    and onnxruntime's optimised sessions have crashed on it). Input and output stay uint8/float32;
+    the resize and rounding stay float32 so the pixels are exactly those of the fp32 graph."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    model = convert_float_to_float16(onnx.load(fp32_path), keep_io_types=True,
+                                     op_block_list=["Resize", "Round"])
+    save_with_external_data(model, fp16_path)
+
+
+PRECISION_WRITERS = {"int8": int8_backbone, "fp16": fp16_backbone}
 
 
 def save_with_external_data(model: onnx.ModelProto, path: Path) -> list[Path]:

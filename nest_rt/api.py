@@ -28,8 +28,9 @@ class NEST:
       ``get_model_catalog()``, ``get_model_metadata(model_id, ...)``, ``describe(model_id)``.
 
     ``num_threads`` sets onnxruntime's intra-op threads (default: onnxruntime's choice).
-    ``precision='int8'`` runs the ViT backbone quantised to int8 (CPU, opt-in, if the bundle was
-    exported with ``--int8``; its measured fidelity is in ``bundle.json``).
+    ``precision`` selects the ViT backbone: 'fp32' (default), 'int8' (dynamic quantisation, for
+    the CPU) or 'fp16' (CUDA only), the last two if the bundle was exported with
+    ``--precisions``; their fidelity against fp32, measured at export, is in ``bundle.json``.
     """
 
     def __init__(self, bundle_dir: str | Path, num_threads: int | None = None, precision: str = "fp32"):
@@ -39,7 +40,7 @@ class NEST:
                                         or num_threads < 1):
             raise InvalidParameterError(f"num_threads must be None or an int >= 1, got {num_threads!r}")
         catalog.require_str("precision", precision)
-        catalog.require_choice("precision", precision, ["fp32", "int8"])
+        catalog.require_choice("precision", precision, ["fp32", "int8", "fp16"])
         self.bundle = Bundle(bundle_dir)
         self.num_threads = num_threads
         self.precision = precision

@@ -58,9 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--vit-weights", type=Path,
                         help="torchvision vit_b_32 state dict for the EEG and fsaverage models "
                              "(default: torchvision's ImageNet weights, downloaded or cached as upstream)")
-    export.add_argument("--int8", action="store_true",
-                        help="also write an int8 ViT backbone (opt-in CPU precision; its fidelity "
-                             "against fp32 is measured and recorded in bundle.json)")
+    export.add_argument("--precisions", nargs="+", choices=["int8", "fp16"], default=[],
+                        help="also write these ViT backbones: int8 (CPU) and/or fp16 (CUDA only); "
+                             "their fidelity against fp32 is measured and recorded in bundle.json")
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     export.set_defaults(handler=_export)
     return parser
@@ -93,7 +93,7 @@ def _synthetic(args) -> None:
 def _export(args) -> None:
     exporter, _ = _export_stage()
     exporter.export_bundle(args.nest_dir, args.out, models=args.models, subjects=args.subjects,
-                           rois=args.rois, vit_weights=args.vit_weights, int8=args.int8,
+                           rois=args.rois, vit_weights=args.vit_weights, precisions=args.precisions,
                            overwrite=args.overwrite)
 
 

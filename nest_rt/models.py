@@ -12,7 +12,7 @@ import numpy as np
 
 from . import catalog
 from .bundle import Bundle
-from .errors import BundleIntegrityError, NonFiniteOutputError, NotExportedError
+from .errors import BundleIntegrityError, InvalidParameterError, NonFiniteOutputError, NotExportedError
 from .images import Stimulus
 from .sessions import create_session, resolve_device
 
@@ -112,16 +112,23 @@ class VitBackbone:
             if variant is None:
                 source = bundle.manifest.get("source", {}).get("nest_dir", "TOOLKIT")
                 raise NotExportedError(f"bundle {bundle.root} has no {precision} backbone; export one with: "
-                                       f"nest-rt export --nest-dir {source} --out NEW_BUNDLE --{precision}")
+                                       f"nest-rt export --nest-dir {source} --out NEW_BUNDLE --precisions {precision}")
             graph = bundle.path(variant["graph"])
+            if "data" in variant:
+                bundle.path(variant["data"])
         self._sessions = _Sessions(graph, num_threads)
 
     def load(self, device: str) -> None:
+        if self.precision == "fp16" and device != "cuda":
+            raise InvalidParameterError(
+                f"precision='fp16' runs on the CUDA provider only (device {device!r}); on the CPU "
+                "it is slower than fp32: use precision='fp32' or 'int8' there")
         self._sessions.get(device)
 
     def run(self, images: np.ndarray, device: str, shared: dict) -> np.ndarray:
         key = (id(self), device)
         if key not in shared:
+            self.load(device)
             shared[key] = self._sessions.get(device).run(None, {"images": images})[0]
         return shared[key]
 

@@ -34,7 +34,8 @@ def vit_toolkit(tmp_path_factory):
 @pytest.fixture(scope="module")
 def vit_bundle(vit_toolkit, tmp_path_factory):
     return exporter.export_bundle(vit_toolkit, tmp_path_factory.mktemp("vit_bundle") / "bundle",
-                                  vit_weights=vit_toolkit / synthetic_vit.VIT_WEIGHTS_NAME, int8=True, log=quiet)
+                                  vit_weights=vit_toolkit / synthetic_vit.VIT_WEIGHTS_NAME, precisions=("int8", "fp16"),
+                                  log=quiet)
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +171,16 @@ def test_int8_backbone_is_opt_in_and_its_fidelity_recorded(nest, vit_bundle, tmp
         recorded["per_head"]["eeg-things_eeg_2-vit_b_32 subject 1"]["min_correlation"], abs=1e-6)
     assert stats["min_correlation"] >= 0.99, stats  # random weights; trained ViTs: see bundle.json
     assert 0 < stats["relative_error"]  # it really is another computation
-    with pytest.raises(ValueError, match="precision='fp16'"):
-        NEST(vit_bundle, precision="fp16")
+    with pytest.raises(ValueError, match="precision='bf16' is not valid"):
+        NEST(vit_bundle, precision="bf16")
+
+
+def test_fp16_backbone_is_cuda_only_with_fidelity_recorded(vit_bundle):
+    fp16 = json.loads((vit_bundle / "bundle.json").read_text())["backbones"]["vit_b_32"]["precisions"]["fp16"]
+    assert fp16["fidelity_vs_fp32"]["size_256"]["responses_min_correlation"] >= 0.999
+    half = NEST(vit_bundle, precision="fp16")
+    with pytest.raises(ValueError, match="precision='fp16' runs on the CUDA provider only"):
+        half.get_encoding_model(EEG, subject=1, device="cpu")
 
 
 def test_return_metadata_defaults_follow_the_api(nest):
