@@ -122,10 +122,12 @@ def _write_fsaverage(nest_dir, subject, components, features, rng) -> None:
                              "rh_reg_param": _regression(rng, vertices, components)})
     names = [("OWFA" if name == "OVWFA" else name) for name in catalog.rois(FSAVERAGE)]  # NSD colour-table name
 
-    def rois():
+    def rois(left: bool):
         found = {}
         for index, name in enumerate(names):
-            size = 0 if index % 7 == 3 else int(rng.integers(200, 3000))  # some ROIs empty in a hemisphere
+            # every 7th ROI is empty in both hemispheres, every 5th (from 1) in the left one only
+            empty = index % 7 == 3 or (left and index % 5 == 1)
+            size = 0 if empty else int(rng.integers(200, 3000))
             start = int(rng.integers(0, vertices - size))
             found[name] = np.arange(start, start + size, dtype=np.int64)
         return found
@@ -135,7 +137,7 @@ def _write_fsaverage(nest_dir, subject, components, features, rng) -> None:
     _save(files["metadata"], {
         "fmri": {"lh_ncsnr": rng.uniform(0, 1, vertices).astype(np.float32),
                  "rh_ncsnr": rng.uniform(0, 1, vertices).astype(np.float32),
-                 "lh_fsaverage_rois": rois(), "rh_fsaverage_rois": rois()},
+                 "lh_fsaverage_rois": rois(left=True), "rh_fsaverage_rois": rois(left=False)},
         "encoding_models": {"train_img_num": image_ids[:9000], "val_img_num": image_ids[9000:9485],
                             "test_img_num": image_ids[9485:], **per_vertex},
     })

@@ -127,25 +127,53 @@ def _head_parts(nest_dir: Path, model_id: str, subject: int):
     """(scaler, pca, regression blocks in output order, metadata path, layout) of one subject."""
     if model_id == EEG:
         layout = toolkit.eeg_layout(nest_dir)
+        files = toolkit.eeg_files(nest_dir, subject, layout)
         weights = toolkit.load_eeg_head(nest_dir, subject)
         blocks = [weights["reg_param"][f"rep-{r}"] for r in range(1, 5)]
-        metadata = toolkit.eeg_files(nest_dir, subject, layout)["metadata"]
-        sources = list(toolkit.eeg_files(nest_dir, subject, layout).values())
     else:
         layout = toolkit.LAYOUT_CURRENT
         files = toolkit.fsaverage_files(nest_dir, subject)
         weights = toolkit.load_npy_dict(files["weights"])
         blocks = [weights["lh_reg_param"], weights["rh_reg_param"]]
-        metadata, sources = files["metadata"], list(files.values())
-    return weights, blocks, metadata, sources, layout
+    return weights, blocks, files["metadata"], list(files.values()), layout
 
 
-def _export_head(nest_dir, staging, manifest, model_id, subject, probes) -> None:
+def _check_head(model_id: str, subject: int, weights: dict, blocks: list, metadata: dict, files: list) -> int:
+    """Shapes the folded head relies on; returns K, the number of components used."""
+    entry = catalog.model_entry(model_id)
+    features = catalog.load_manifest()["backbones"]["vit_b_32"]["features"]
+    rows = 63 * 140 if model_id == EEG else entry["vertices_per_hemisphere"]
+    used = np.shape(blocks[0]["coef_"])[1]
+    problems = []
+    for index, block in enumerate(blocks):
+        if np.shape(block["coef_"]) != (rows, used) or np.shape(block["intercept_"]) != (rows,):
+            problems.append(f"regression {index + 1} has coef_ {np.shape(block['coef_'])} and intercept_ "
+                            f"{np.shape(block['intercept_'])}, expected ({rows}, {used}) and ({rows},)")
+    components = np.shape(weights["pca_param"]["components_"])
+    if len(components) != 2 or components[0] < used or components[1] != features:
+        problems.append(f"PCA components_ {components} cannot give {used} components of {features} features")
+    for key in ("mean_", "scale_"):
+        if np.shape(weights["scaler_param"][key]) != (features,):
+            problems.append(f"StandardScaler {key} has shape {np.shape(weights['scaler_param'][key])}")
+    if model_id == EEG:
+        if list(metadata["eeg"]["ch_names"]) != entry["channels"]:
+            problems.append("metadata eeg/ch_names differ from the 63 THINGS EEG2 channels in their order")
+        if len(metadata["eeg"]["times"]) != entry["times"]["count"]:
+            problems.append(f"metadata eeg/times has {len(metadata['eeg']['times'])} points, expected 140")
+    if problems:
+        raise ExportError(f"{model_id} subject {subject} ({', '.join(str(f) for f in files)}): "
+                          + "; ".join(problems))
+    return used
+
+
+def _export_head(nest_dir, staging, manifest, model_id, subject, probes):
+    """Write one subject's head; returns (label, features -> responses) for precision checks."""
     import onnxruntime as ort
     from .vit_onnx import COEF_NAME, FEATURES_NAME, INTERCEPT_NAME, head_model, save_with_external_data
     from .vit_torch import reference_eeg, reference_fsaverage
     weights, blocks, metadata_path, sources, layout = _head_parts(nest_dir, model_id, subject)
-    used = blocks[0]["coef_"].shape[1]
+    metadata = toolkit.load_npy_dict(metadata_path)
+    used = _check_head(model_id, subject, weights, blocks, metadata, sources)
     coef_t = np.ascontiguousarray(np.concatenate([np.asarray(b["coef_"], np.float32) for b in blocks]).T)
     intercept = np.concatenate([np.asarray(b["intercept_"], np.float32) for b in blocks])
     names = {key: pattern.format(subject=subject)
@@ -157,7 +185,6 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, probes) -> None
         head_path)
     np.save(staging / names["regression_coef"], coef_t)
     np.save(staging / names["regression_intercept"], intercept)
-    metadata = toolkit.load_npy_dict(metadata_path)
     save_flat_npz(staging / names["metadata"], metadata)
 
     session = ort.InferenceSession(str(head_path), providers=["CPUExecutionProvider"])

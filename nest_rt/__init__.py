@@ -3,10 +3,10 @@ from .api import NEST
 from .errors import (BundleFileNotFoundError, BundleIntegrityError, InvalidParameterError,
                      ModelLoadError, ModelNotFoundError, NESTError, NonFiniteOutputError,
                      NotExportedError, ParameterTypeError, StimulusError, StimulusFileNotFoundError,
-                     StimulusTypeError)
+                     StimulusTypeError, ValidationError)
 
 __version__ = "0.1.0"
 
 __all__ = ["NEST", "NESTError", "InvalidParameterError", "ParameterTypeError", "ModelNotFoundError",
-           "NotExportedError", "StimulusError", "StimulusTypeError", "StimulusFileNotFoundError", "ModelLoadError",
+           "NotExportedError", "StimulusError", "StimulusTypeError", "StimulusFileNotFoundError", "ValidationError", "ModelLoadError",
            "BundleFileNotFoundError", "BundleIntegrityError", "NonFiniteOutputError", "__version__"]

@@ -8,9 +8,8 @@ import numpy as np
 
 from . import catalog, selection as selections
 from .bundle import Bundle
-from .errors import InvalidParameterError, ParameterTypeError, StimulusError
-from .models import (EncodingModel, FwrfEncodingModel, VitBackbone, VitEncodingModel, encode_models,
-                     eeg_output_shape)
+from .errors import InvalidParameterError, ParameterTypeError, StimulusError, ValidationError
+from .models import EncodingModel, FwrfEncodingModel, Sessions, VitBackbone, VitEncodingModel, encode_models
 
 FWRF, EEG, FSAVERAGE = selections.FWRF, selections.EEG, selections.FSAVERAGE
 
@@ -45,6 +44,7 @@ class NEST:
         self.num_threads = num_threads
         self.precision = precision
         self._backbone: VitBackbone | None = None  # one per NEST object, shared by all ViT models
+        self._heads: dict[tuple[str, int], Sessions] = {}  # one per subject, shared by its selections
 
     # -- catalog queries (legacy which_* methods) --------------------------------------------
     def which_modalities(self) -> list[str]:
@@ -114,9 +114,8 @@ class NEST:
         """Legacy ``(modality, train_dataset, model, subject, roi=None, device='auto')`` or
         current ``(model_id, subject=..., selection=None, device='auto')``, told apart by whether
         the first argument is a model id."""
-        legacy = len(args) >= 2 or "modality" in kwargs or "train_dataset" in kwargs
-        first = args[0] if args else kwargs.get("model_id")
-        if legacy and not (isinstance(first, str) and first in catalog.models()):
+        first = args[0] if args else kwargs.get("modality", kwargs.get("model_id"))
+        if "modality" in kwargs or first in catalog.legacy_modalities():
             return self._legacy_model(*args, **kwargs)
         return self._model_by_id(*args, **kwargs)
 
@@ -139,19 +138,16 @@ class NEST:
         if model_id == FWRF:
             roi = roi or selections.fwrf_roi(selection)
             return FwrfEncodingModel(self.bundle, subject, roi, device, self.num_threads, api=api)
-        self.bundle.entry(model_id, subject)  # a clear NotExportedError before anything else
+        entry = self.bundle.entry(model_id, subject)  # a clear NotExportedError before anything else
         if model_id == EEG:
-            channels, times = selections.eeg_indices(selection)
-            columns = selections.eeg_columns(channels, times) if selection else None
-            shape = eeg_output_shape(channels, times)
+            columns, shape = selections.eeg_plan(selection)
         else:
-            lh, rh = selections.fsaverage_indices(
-                selection, lambda name: self._fsaverage_roi(subject, name))
-            vertices = catalog.model_entry(FSAVERAGE)["vertices_per_hemisphere"]
-            columns = np.concatenate([lh, rh + vertices]) if selection else None
-            shape = ((len(lh),), (len(rh),))
+            columns, shape = selections.fsaverage_plan(selection, lambda name: self._fsaverage_roi(subject, name))
+        key = (model_id, subject)
+        if key not in self._heads:
+            self._heads[key] = Sessions(self.bundle.path(entry["head"]), self.num_threads)
         return VitEncodingModel(self.bundle, model_id, subject, columns, shape, self._vit_backbone(),
-                                device, self.num_threads, api=api, selection=selection)
+                                self._heads[key], device, api=api, selection=selection)
 
     def _vit_backbone(self) -> VitBackbone:
         if self._backbone is None:
@@ -159,23 +155,33 @@ class NEST:
         return self._backbone
 
     def _fsaverage_roi(self, subject: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """An ROI's (lh, rh) vertex indices from the subject's metadata; an ROI listed in one
+        hemisphere only is empty in the other."""
         metadata = self.bundle.read_nested_npz(self.bundle.entry(FSAVERAGE, subject)["metadata"])["fmri"]
-        found = []
-        for hemisphere in ("lh", "rh"):
-            rois = metadata[f"{hemisphere}_fsaverage_rois"]
-            key = name if name in rois else selections.FSAVERAGE_ROI_ALIASES.get(name)
-            found.append(np.asarray(rois.get(key, np.zeros(0, np.int64)), dtype=np.int64))
-        return found[0], found[1]
+        hemispheres = [metadata.get(f"{side}_fsaverage_rois", {}) for side in ("lh", "rh")]
+        candidates = [name, selections.FSAVERAGE_ROI_ALIASES.get(name)]
+        key = next((c for c in candidates if c and any(c in rois for rois in hemispheres)), None)
+        if key is None:
+            listed = sorted({roi for rois in hemispheres for roi in rois})
+            raise ValidationError(f"selection['roi']={name!r}: subject {subject}'s metadata has no such ROI; "
+                                  f"it lists {listed}")
+        lh, rh = (np.asarray(rois.get(key, []), dtype=np.int64) for rois in hemispheres)
+        return lh, rh
 
     # -- encoding ----------------------------------------------------------------------------------
-    def encode(self, encoding_model: EncodingModel, images: Any = None, return_metadata: bool | None = None,
-               device: str = "auto", show_progress: bool = True, *, stimulus: Any = None):
+    def encode(self, encoding_model: EncodingModel | None = None, images: Any = None,
+               return_metadata: bool | None = None, device: str = "auto", show_progress: bool = True, *,
+               stimulus: Any = None, model: EncodingModel | None = None):
         """In silico responses, optionally with the model's metadata.
 
         fMRI fwRF: [N, voxels]; EEG: [N, 4, channels, times]; fsaverage: (lh [N, Vl], rh [N, Vr]),
         all float32. ``return_metadata`` defaults to True for models loaded through the legacy
-        call and False for the model-ID call, as upstream.
+        call and False for the model-ID call, as upstream. The legacy names (``encoding_model``,
+        ``images``) and the current ones (``model``, ``stimulus``) are both accepted.
         """
+        if (encoding_model is None) == (model is None):
+            raise ParameterTypeError("pass the model once, as encoding_model=... (legacy) or model=... (current)")
+        encoding_model = encoding_model if model is None else model
         _check_model(encoding_model)
         if (images is None) == (stimulus is None):
             raise StimulusError("pass the images once, as images=... (legacy) or stimulus=... (current)")
@@ -217,7 +223,10 @@ class NEST:
         if subject is None:
             raise InvalidParameterError(f"subject is required; valid subjects: {catalog.subjects(model_id)}")
         subject = catalog.validate_subject(model_id, subject)
-        roi = catalog.validate_roi(model_id, roi) if model_id == FWRF else None
+        if model_id == FWRF:
+            roi = catalog.validate_roi(model_id, roi)
+        elif roi is not None:
+            raise InvalidParameterError(f"roi applies to {FWRF} only; the metadata of {model_id} is per subject")
         return self.bundle.read_nested_npz(self.bundle.entry(model_id, subject, roi)["metadata"])
 
     def _resolve(self, modality, train_dataset, model, subject, roi):

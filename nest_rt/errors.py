@@ -15,6 +15,11 @@ class InvalidParameterError(NESTError, ValueError):
     """An argument has an allowed type but a value outside what is accepted."""
 
 
+class ValidationError(InvalidParameterError):
+    """A selection value is not valid (unknown channel or ROI, bad mask). Upstream's
+    ValidationError was not a NESTError (Q10); this one is, and also a ValueError."""
+
+
 class ParameterTypeError(NESTError, TypeError):
     """An argument has the wrong type (upstream raised TypeError)."""
 

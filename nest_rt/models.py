@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from . import catalog
 from .bundle import Bundle
 from .errors import BundleIntegrityError, InvalidParameterError, NonFiniteOutputError, NotExportedError
 from .images import Stimulus
+from .selection import FSAVERAGE
 from .sessions import create_session, resolve_device
 
 # The fwRF readout holds a few float32 [n, 256, V] temporaries at once. Small batches keep
@@ -26,7 +26,7 @@ _MAX_BATCH = 32
 _VIT_BATCH = 16
 
 
-class _Sessions:
+class Sessions:
     """onnxruntime sessions of one graph, created on first use per device."""
 
     def __init__(self, path, num_threads: int | None):
@@ -57,7 +57,8 @@ class EncodingModel:
         raise NotImplementedError
 
     def run_batch(self, images: np.ndarray, device: str, shared: dict):
-        """Responses for one uint8 batch; ``shared`` caches work reused by other models."""
+        """Responses for one uint8 batch; ``shared`` caches work that other models reuse for the
+        same images (keys include the batch's position, set by encode_models)."""
         raise NotImplementedError
 
     def describe_output(self) -> str:
@@ -76,7 +77,7 @@ class FwrfEncodingModel(EncodingModel):
         self._entry = bundle.entry(self.model_id, subject, roi)
         self.voxels: int = int(self._entry["voxels"])
         self.sidecar: dict[str, Any] = bundle.read_json(self._entry["sidecar"])
-        self._sessions = _Sessions(bundle.path(self._entry["graph"]), num_threads)
+        self._sessions = Sessions(bundle.path(self._entry["graph"]), num_threads)
         self._sessions.get(self.device)  # load now, like upstream's get_encoding_model
         per_image = _READOUT_BYTES_PER_IMAGE_VOXEL * self.voxels
         self.batch_size = int(max(1, min(_MAX_BATCH, _BATCH_MEMORY_BUDGET // per_image)))
@@ -116,7 +117,7 @@ class VitBackbone:
             graph = bundle.path(variant["graph"])
             if "data" in variant:
                 bundle.path(variant["data"])
-        self._sessions = _Sessions(graph, num_threads)
+        self._sessions = Sessions(graph, num_threads)
 
     def load(self, device: str) -> None:
         if self.precision == "fp16" and device != "cuda":
@@ -126,7 +127,7 @@ class VitBackbone:
         self._sessions.get(device)
 
     def run(self, images: np.ndarray, device: str, shared: dict) -> np.ndarray:
-        key = (id(self), device)
+        key = (id(self), device, shared.get("position"))
         if key not in shared:
             self.load(device)
             shared[key] = self._sessions.get(device).run(None, {"images": images})[0]
@@ -143,27 +144,33 @@ class VitEncodingModel(EncodingModel):
     batch_size = _VIT_BATCH
 
     def __init__(self, bundle: Bundle, model_id: str, subject: int, columns: np.ndarray | None,
-                 output_shape: tuple, backbone: VitBackbone, device: str,
-                 num_threads: int | None = None, api: str = "legacy", selection: dict | None = None):
+                 output_shape: tuple, backbone: VitBackbone, head_sessions: "Sessions", device: str,
+                 api: str = "legacy", selection: dict | None = None):
         super().__init__(bundle, subject, device, api)
         self.model_id = model_id
         self.selection = selection or {}
         self._entry = bundle.entry(model_id, subject)
         self.sidecar: dict[str, Any] = bundle.read_json(self._entry["sidecar"])
-        if self.sidecar["features"] != backbone.features:
-            raise BundleIntegrityError(
-                f"{model_id} subject {subject}: the head expects {self.sidecar['features']} features "
-                f"but the bundle's backbone gives {backbone.features}; re-export the bundle")
         bundle.path(self._entry["head_data"])
         self._backbone = backbone
-        self._sessions = _Sessions(bundle.path(self._entry["head"]), num_threads)
+        self._sessions = head_sessions
+        head_width = self._sessions.get(self.device).get_inputs()[0].shape[1]
+        if head_width != backbone.features:
+            raise BundleIntegrityError(
+                f"{model_id} subject {subject}: the head graph takes {head_width} features but the "
+                f"bundle's backbone gives {backbone.features}; re-export the bundle")
         coef = np.load(bundle.path(self._entry["regression_coef"]), mmap_mode="r", allow_pickle=False)
         intercept = np.load(bundle.path(self._entry["regression_intercept"]), allow_pickle=False)
+        expected = (int(self._entry["components"]), int(self._entry["outputs"]))
+        if coef.shape != expected or intercept.shape != expected[1:]:
+            raise BundleIntegrityError(
+                f"{model_id} subject {subject}: regression arrays have shapes {coef.shape} and "
+                f"{intercept.shape}, the manifest says {expected} and {expected[1:]}")
         self._coef = np.ascontiguousarray(coef if columns is None else coef[:, columns], dtype=np.float32)
-        self._intercept = np.ascontiguousarray(intercept if columns is None else intercept[columns])
+        self._intercept = np.ascontiguousarray(intercept if columns is None else intercept[columns],
+                                               dtype=np.float32)
         self._output_shape = output_shape  # per image: (4, channels, times) or ((lh,), (rh,))
-        self._sessions.get(self.device)  # load now, like upstream's get_encoding_model
-        backbone.load(self.device)
+        backbone.load(self.device)  # load now, like upstream's get_encoding_model
 
     def __repr__(self) -> str:
         return (f"<VitEncodingModel {self.model_id} subject={self.subject} outputs={self._coef.shape[1]} "
@@ -177,7 +184,7 @@ class VitEncodingModel(EncodingModel):
         return f"{self.model_id} subject {self.subject}"
 
     def allocate(self, count: int):
-        if self.model_id == "fmri-nsd_fsaverage-vit_b_32":
+        if self.model_id == FSAVERAGE:
             return tuple(np.empty((count, *shape), dtype=np.float32) for shape in self._output_shape)
         return np.empty((count, *self._output_shape), dtype=np.float32)
 
@@ -185,7 +192,7 @@ class VitEncodingModel(EncodingModel):
         features = self._backbone.run(images, device, shared)
         flat = self._sessions.get(device).run(None, {"features": features, "coef_t": self._coef,
                                                      "intercept": self._intercept})[0]
-        if self.model_id == "fmri-nsd_fsaverage-vit_b_32":
+        if self.model_id == FSAVERAGE:
             split = self._output_shape[0][0]
             return flat[:, :split], flat[:, split:]
         return flat.reshape(len(flat), *self._output_shape)
@@ -201,13 +208,18 @@ def encode_models(models: list[EncodingModel], images: Any, device: str = "auto"
     stimulus = images if isinstance(images, Stimulus) else Stimulus(images)
     devices = [model.device if device == "auto" else resolve_device(device) for model in models]
     outputs = [model.allocate(stimulus.count) for model in models]
-    batch_size = min(model.batch_size for model in models)
-    with _progress(stimulus.count, show_progress and stimulus.count > batch_size) as bar:
+    # Decode at the largest batch size, then run each model on slices of its own batch size,
+    # so a large fwRF ROI (batch 1) does not shrink the ViT models' batches.
+    batch_size = max(model.batch_size for model in models)
+    with _progress(stimulus.count, show_progress and stimulus.count > min(m.batch_size for m in models)) as bar:
         for batch in stimulus.batches(batch_size):
             shared: dict = {}
             for model, model_device, output in zip(models, devices, outputs):
-                block = model.run_batch(batch.images, model_device, shared)
-                _store(output, block, batch.start, batch.stop, model)
+                for start in range(0, len(batch.images), model.batch_size):
+                    stop = min(start + model.batch_size, len(batch.images))
+                    shared["position"] = (start, stop)
+                    block = model.run_batch(batch.images[start:stop], model_device, shared)
+                    _store(output, block, batch.start + start, batch.start + stop, model)
             bar.update(batch.stop - batch.start)
     return outputs
 
@@ -228,5 +240,3 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="img", disable=not enabled, desc="encoding")
 
 
-def eeg_output_shape(channels: np.ndarray, times: np.ndarray) -> tuple[int, int, int]:
-    return (catalog.model_entry("eeg-things_eeg_2-vit_b_32")["repetitions"], len(channels), len(times))

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import catalog
-from .errors import InvalidParameterError, ParameterTypeError
+from .errors import InvalidParameterError, ParameterTypeError, ValidationError
 
 EEG = "eeg-things_eeg_2-vit_b_32"
 FSAVERAGE = "fmri-nsd_fsaverage-vit_b_32"
@@ -53,12 +53,14 @@ def eeg_indices(selection: Any) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(chosen, str) or not isinstance(chosen, (list, tuple)):
             raise ParameterTypeError(f"selection['channels'] must be a list of channel names, "
                                      f"got {type(chosen).__name__}")
+        if not all(isinstance(name, str) for name in chosen):
+            raise ParameterTypeError("selection['channels'] must hold channel names (str)")
         unknown = [name for name in chosen if name not in names]
         if unknown:
-            raise InvalidParameterError(f"selection['channels'] has unknown channels {unknown}; "
+            raise ValidationError(f"selection['channels'] has unknown channels {unknown}; "
                                         f"valid channels: {names}")
         if not chosen:
-            raise InvalidParameterError("selection['channels'] is empty; leave it out for all 63 channels")
+            raise ValidationError("selection['channels'] is empty; leave it out for all 63 channels")
         channels = np.array([names.index(name) for name in chosen])
     times = np.arange(entry["times"]["count"])
     if "timepoints" in selection:
@@ -76,6 +78,20 @@ def eeg_columns(channels: np.ndarray, times: np.ndarray) -> np.ndarray:
             + times[None, None, :]).ravel()
 
 
+def eeg_plan(selection: Any) -> tuple[np.ndarray | None, tuple[int, int, int]]:
+    """(regression columns, or None for all; output shape per image [4, channels, times])."""
+    channels, times = eeg_indices(selection)
+    repetitions = catalog.model_entry(EEG)["repetitions"]
+    return (eeg_columns(channels, times) if selection else None), (repetitions, len(channels), len(times))
+
+
+def fsaverage_plan(selection: Any, roi_vertices) -> tuple[np.ndarray | None, tuple]:
+    """(regression columns, or None for all; per-image output shapes ((lh,), (rh,)))."""
+    lh, rh = fsaverage_indices(selection, roi_vertices)
+    vertices = catalog.model_entry(FSAVERAGE)["vertices_per_hemisphere"]
+    return (np.concatenate([lh, rh + vertices]) if selection else None), ((len(lh),), (len(rh),))
+
+
 def fsaverage_indices(selection: Any, roi_vertices) -> tuple[np.ndarray, np.ndarray]:
     """(lh vertex indices, rh vertex indices). ``roi_vertices(name)`` returns an ROI's
     (lh, rh) indices from the subject's metadata."""
@@ -84,14 +100,15 @@ def fsaverage_indices(selection: Any, roi_vertices) -> tuple[np.ndarray, np.ndar
     everything = np.arange(vertices)
     if "roi" in selection:
         if {"lh_vertices", "rh_vertices"} & set(selection):
-            raise InvalidParameterError("give selection['roi'] or vertex masks, not both "
+            raise ValidationError("give selection['roi'] or vertex masks, not both "
                                         "(upstream silently ignored the masks)")
         roi = selection["roi"]
         catalog.require_str("selection['roi']", roi)
-        catalog.require_choice("selection['roi']", roi, catalog.rois(FSAVERAGE) + ["OWFA"])
+        if roi not in catalog.rois(FSAVERAGE) + ["OWFA"]:
+            raise ValidationError(f"selection['roi']={roi!r} is not valid; valid values: {catalog.rois(FSAVERAGE)}")
         lh, rh = roi_vertices(roi)
         if len(lh) + len(rh) == 0:
-            raise InvalidParameterError(f"ROI {roi!r} has no vertices for this subject")
+            raise ValidationError(f"ROI {roi!r} has no vertices in either hemisphere for this subject")
         return lh, rh
     lh = everything if "lh_vertices" not in selection else np.flatnonzero(
         binary_mask("selection['lh_vertices']", selection["lh_vertices"], vertices))
@@ -103,11 +120,14 @@ def fsaverage_indices(selection: Any, roi_vertices) -> tuple[np.ndarray, np.ndar
 def binary_mask(name: str, values: Any, length: int) -> np.ndarray:
     if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple, np.ndarray)):
         raise ParameterTypeError(f"{name} must be a list or array of 0/1 values, got {type(values).__name__}")
-    mask = np.asarray(values)
+    try:
+        mask = np.asarray(values)
+    except ValueError as exc:  # ragged nested lists
+        raise ValidationError(f"{name} must be a flat list of 0/1 values ({exc})") from exc
     if mask.ndim != 1 or len(mask) != length:
-        raise InvalidParameterError(f"{name} must be 1-D with {length} values, got shape {mask.shape}")
+        raise ValidationError(f"{name} must be 1-D with {length} values, got shape {mask.shape}")
     if mask.dtype == object or not np.isin(mask, (0, 1)).all():
-        raise InvalidParameterError(f"{name} must hold only 0 and 1")
+        raise ValidationError(f"{name} must hold only 0 and 1")
     if not mask.any():
-        raise InvalidParameterError(f"{name} selects nothing: it needs at least one 1")
+        raise ValidationError(f"{name} selects nothing: it needs at least one 1")
     return mask.astype(bool)

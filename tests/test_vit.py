@@ -183,6 +183,32 @@ def test_fp16_backbone_is_cuda_only_with_fidelity_recorded(vit_bundle):
         half.get_encoding_model(EEG, subject=1, device="cpu")
 
 
+def test_call_styles_of_both_apis(nest):
+    images = synthetic.synthetic_images(2, 256, seed=12)
+    by_keywords = nest.get_encoding_model(modality="eeg", train_dataset="things_eeg_2", model="vit_b_32",
+                                          subject=1, device="cpu")
+    positional_device = nest.get_encoding_model(EEG, "cpu", {"channels": ["Pz"]}, subject=1)
+    full = nest.encode(model=by_keywords, stimulus=images)[0]
+    np.testing.assert_array_equal(nest.encode(encoding_model=positional_device, images=images),
+                                  full[:, :, [11]])
+    assert nest.get_metadata("eeg", "things_eeg_2", "vit_b_32", 1)["eeg"]["ch_names"][11] == "Pz"
+    with pytest.raises(TypeError, match="pass the model once"):
+        nest.encode(by_keywords, model=by_keywords, images=images)
+    with pytest.raises(ValueError, match="valid model ids"):
+        nest.get_encoding_model("eeg-thing", "cpu", subject=1)
+
+
+def test_rh_mask_with_lh_mask(nest):
+    images = synthetic.synthetic_images(2, 256, seed=13)
+    lh_mask, rh_mask = np.zeros(VERTICES, bool), np.zeros(VERTICES, bool)
+    lh_mask[:3], rh_mask[-2:] = True, True
+    lh, rh = nest.encode(nest.get_encoding_model(FSAVERAGE, subject=1, selection={
+        "lh_vertices": lh_mask, "rh_vertices": rh_mask.astype(int).tolist()}), stimulus=images)
+    full_lh, full_rh = nest.encode(nest.get_encoding_model(FSAVERAGE, subject=1), stimulus=images)
+    np.testing.assert_array_equal(lh, full_lh[:, :3])
+    np.testing.assert_array_equal(rh, full_rh[:, -2:])
+
+
 def test_return_metadata_defaults_follow_the_api(nest):
     images = synthetic.synthetic_images(1, 256)
     legacy = nest.get_encoding_model("eeg", "things_eeg_2", "vit_b_32", 1)
@@ -233,6 +259,11 @@ def test_catalog_queries(nest, capsys):
      ValueError, ["not both"]),
     (lambda n: n.get_encoding_model("fmri-nsd-fwrf", subject=1), ValueError, ["selection={'roi'"]),
     (lambda n: n.get_model_metadata(EEG), ValueError, ["subject is required"]),
+    (lambda n: n.get_model_metadata(EEG, subject=1, roi="V1"), ValueError, ["roi applies to fmri-nsd-fwrf only"]),
+    (lambda n: n.get_encoding_model(EEG, subject=1, selection={"timepoints": [[1], [1, 0]]}), ValueError,
+     ["flat list"]),
+    (lambda n: n.get_encoding_model(EEG, subject=1, selection={"channels": [np.array(["Oz"])]}), TypeError,
+     ["channel names (str)"]),
 ])
 def test_selection_and_model_id_errors(nest, call, kind, words):
     assert_nest_error(lambda: call(nest), kind, words)
@@ -247,6 +278,7 @@ def test_empty_roi_is_an_error(nest, vit_toolkit):
     for name in empty:
         with pytest.raises(ValueError, match="no vertices"):
             nest.get_encoding_model(FSAVERAGE, subject=1, selection={"roi": name})
+    assert empty and one_sided
     for name in one_sided[:1]:
         lh, rh = nest.encode(nest.get_encoding_model(FSAVERAGE, subject=1, selection={"roi": name}),
                              stimulus=synthetic.synthetic_images(2, 256))
@@ -255,10 +287,11 @@ def test_empty_roi_is_an_error(nest, vit_toolkit):
 
 @pytest.fixture
 def bundle_copy(vit_bundle, tmp_path):
-    """A copy to damage; the large weight files (*.data) are linked rather than copied."""
+    """A copy to damage; the large weight files (*.data) are hard-linked rather than copied
+    (onnxruntime refuses external data reached through a symlink that leaves the model folder)."""
     def copy_or_link(source, target):
         if source.endswith(".data"):
-            os.symlink(source, target)
+            os.link(source, target)
         else:
             shutil.copy(source, target)
     return shutil.copytree(vit_bundle, tmp_path / "copy", copy_function=copy_or_link)
@@ -273,16 +306,46 @@ def test_bundle_without_backbone(bundle_copy):
 
 
 def test_head_width_must_match_backbone(bundle_copy):
+    """A head graph built for another feature width (here: a re-exported head of 1000 inputs)."""
+    import onnx
     from nest_rt.bundle import sha256_file
-    sidecar_path = bundle_copy / "eeg-things_eeg_2-vit_b_32" / "sub-01.json"
-    sidecar = json.loads(sidecar_path.read_text())
-    sidecar["features"] = 1000
-    sidecar_path.write_text(json.dumps(sidecar))
+    from nest_rt_export.vit_onnx import head_model, save_with_external_data
+    rng = np.random.default_rng(0)
+    narrow = head_model({"scale_": np.ones(1000), "mean_": np.zeros(1000)},
+                        {"components_": rng.normal(size=(12, 1000)), "mean_": np.zeros(1000)}, 12, doc="")
+    head = bundle_copy / "eeg-things_eeg_2-vit_b_32" / "sub-01.head.onnx"
+    (bundle_copy / "eeg-things_eeg_2-vit_b_32" / "sub-01.head.onnx.data").unlink()
+    save_with_external_data(narrow, head)
     manifest = json.loads((bundle_copy / "bundle.json").read_text())
-    manifest["files"]["eeg-things_eeg_2-vit_b_32/sub-01.json"]["sha256"] = sha256_file(sidecar_path)
+    for name in ("sub-01.head.onnx", "sub-01.head.onnx.data"):
+        manifest["files"][f"eeg-things_eeg_2-vit_b_32/{name}"]["sha256"] = sha256_file(head.parent / name)
     (bundle_copy / "bundle.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="expects 1000 features but the bundle's backbone gives 460800"):
+    assert onnx.load(head, load_external_data=False).graph.input[0].type.tensor_type.shape.dim[1].dim_value == 1000
+    with pytest.raises(ValueError, match="takes 1000 features but the bundle's backbone gives 460800"):
         NEST(bundle_copy).get_encoding_model(EEG, subject=1)
+
+
+def test_regression_arrays_must_match_the_manifest(bundle_copy):
+    from nest_rt.bundle import sha256_file
+    coef = bundle_copy / "eeg-things_eeg_2-vit_b_32" / "sub-02.regression_coef_t.npy"
+    np.save(coef, np.load(coef)[:, :100])
+    manifest = json.loads((bundle_copy / "bundle.json").read_text())
+    manifest["files"]["eeg-things_eeg_2-vit_b_32/sub-02.regression_coef_t.npy"]["sha256"] = sha256_file(coef)
+    (bundle_copy / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"regression arrays have shapes \(12, 100\)"):
+        NEST(bundle_copy).get_encoding_model(EEG, subject=2)
+
+
+def test_export_checks_head_shapes(tmp_path):
+    nest_dir = synthetic_vit.write_vit_toolkit(tmp_path / "tk", eeg_subjects=[1], components=4, seed=2)
+    path = toolkit.eeg_files(nest_dir, 1, "current")["metadata"]
+    metadata = toolkit.load_npy_dict(path)
+    metadata["eeg"]["ch_names"] = metadata["eeg"]["ch_names"][::-1]
+    np.save(path, metadata, allow_pickle=True)
+    with pytest.raises(ValueError, match="ch_names differ"):
+        exporter.export_bundle(nest_dir, tmp_path / "b", vit_weights=nest_dir / synthetic_vit.VIT_WEIGHTS_NAME,
+                               log=quiet)
+    assert not (tmp_path / "b").exists()
 
 
 def test_missing_backbone_file(bundle_copy):

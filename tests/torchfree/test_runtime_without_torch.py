@@ -61,7 +61,7 @@ def test_vit_models_like_the_torch_reference(expected, size, kind):
     images = expected[f"images_{size}"]
     eeg_legacy = nest.get_encoding_model("eeg", "things_eeg_2", "vit_b_32", SUBJECT)
     fsaverage = nest.get_encoding_model("fmri-nsd_fsaverage-vit_b_32", subject=SUBJECT,
-                                        selection={"roi": "V1v"})
+                                        selection={"roi": "V1v"})  # FSAVERAGE_ROI of prepare_bundle.py
     eeg, (lh, rh) = nest.encode_many([eeg_legacy, fsaverage], images)
     assert eeg.shape == (5, 4, 63, 140)
     assert within(compare(expected[f"expected_{size}_eeg"], eeg), VIT_TOLERANCE[kind])
@@ -69,6 +69,20 @@ def test_vit_models_like_the_torch_reference(expected, size, kind):
     reference = np.concatenate([expected[f"expected_{size}_fsaverage_lh"],
                                 expected[f"expected_{size}_fsaverage_rh"]], axis=1)
     assert within(compare(reference, got), VIT_TOLERANCE[kind])
+
+
+def test_encode_many_mixes_fwrf_and_vit_models(expected):
+    """A large fwRF ROI (small internal batches) next to ViT models (batches of 16) gives what
+    each model gives alone."""
+    from nest_rt import NEST
+    nest = NEST(WORK / "bundle")
+    images = np.concatenate([expected["images_300"]] * 4)  # 20 images: more than one ViT batch
+    models = [nest.get_encoding_model("fmri-nsd-fwrf", subject=SUBJECT, selection={"roi": "lateral"}),
+              nest.get_encoding_model("eeg-things_eeg_2-vit_b_32", subject=SUBJECT)]
+    together = nest.encode_many(models, images, show_progress=False)
+    for model, responses in zip(models, together):
+        alone = nest.encode(model=model, stimulus=images)
+        np.testing.assert_allclose(responses, alone, rtol=0, atol=1e-5 * np.abs(alone).max())
 
 
 def test_bad_input_is_still_a_clear_error(expected):
