@@ -9,7 +9,8 @@ from nest_rt import catalog
 
 from . import toolkit
 from .artifacts import ExportError, record_sources, save_flat_npz
-from .fwrf_onnx import INPUT_NAME, OPSET, OUTPUT_NAME, build_fwrf_graph
+from .fwrf_onnx import OUTPUT_NAME, build_fwrf_graph
+from .onnx_graph import INPUT_NAME, OPSET
 from .parity import FWRF_TOLERANCE, compare, within
 
 FWRF = "fmri-nsd-fwrf"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .onnx_graph import INPUT_NAME, OPSET, GraphBuilder, resized_pixels
+from .onnx_graph import GraphBuilder, resized_pixels
 
 INPUT_SIZE = 227
 OUTPUT_NAME = "responses"

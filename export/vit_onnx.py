@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .onnx_graph import INPUT_NAME, OPSET, GraphBuilder, resized_pixels
+from .onnx_graph import OPSET, GraphBuilder, resized_pixels
 
 RESIZE = 256
 CROP = 224
