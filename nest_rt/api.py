@@ -145,7 +145,9 @@ class NEST:
             columns, shape = selections.fsaverage_plan(selection, lambda name: self._fsaverage_roi(subject, name))
         key = (model_id, subject)
         if key not in self._heads:
-            self._heads[key] = Sessions(self.bundle.path(entry["head"]), self.num_threads)
+            # head weights stay memory-mapped: many subjects fit in memory (see create_session)
+            self._heads[key] = Sessions(self.bundle.path(entry["head"]), self.num_threads,
+                                        keep_weights_mapped=True)
         return VitEncodingModel(self.bundle, model_id, subject, columns, shape, self._vit_backbone(),
                                 self._heads[key], device, api=api, selection=selection)
 
