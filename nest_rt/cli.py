@@ -71,16 +71,16 @@ class _ExportExtraMissing(RuntimeError):
 
 
 def _export_stage():
-    """Import the torch-based export package, or explain how to install it."""
-    try:
-        import torch  # noqa: F401
-        import nest_rt_export.exporter as exporter
-        import nest_rt_export.synthetic as synthetic
-    except ImportError as exc:
-        raise _ExportExtraMissing(
-            f"this command needs the export extra ({exc.name} is missing): "
-            "pip install 'nest-rt[export]'") from exc
-    return exporter, synthetic
+    """Import the torch-based export package, or explain how to install it. Only these
+    commands load torch; the runtime never does."""
+    import importlib
+    import importlib.util
+    missing = [name for name in ("torch", "torchvision", "onnx", "sklearn") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise _ExportExtraMissing(f"this command needs the export extra ({', '.join(missing)} missing): "
+                                  "pip install 'nest-rt[export]'")
+    return (importlib.import_module("nest_rt_export.exporter"),
+            importlib.import_module("nest_rt_export.synthetic"))
 
 
 def _synthetic(args) -> None:
