@@ -145,9 +145,7 @@ class NEST:
             columns, shape = selections.fsaverage_plan(selection, lambda name: self._fsaverage_roi(subject, name))
         key = (model_id, subject)
         if key not in self._heads:
-            # head weights stay memory-mapped: many subjects fit in memory (see create_session)
-            self._heads[key] = Sessions(self.bundle.path(entry["head"]), self.num_threads,
-                                        keep_weights_mapped=True)
+            self._heads[key] = Sessions(self.bundle.path(entry["head"]), self.num_threads)
         return VitEncodingModel(self.bundle, model_id, subject, columns, shape, self._vit_backbone(),
                                 self._heads[key], device, api=api, selection=selection)
 

@@ -29,14 +29,12 @@ _VIT_BATCH = 16
 class Sessions:
     """onnxruntime sessions of one graph, created on first use per device."""
 
-    def __init__(self, path, num_threads: int | None, keep_weights_mapped: bool = False):
+    def __init__(self, path, num_threads: int | None):
         self._path, self._num_threads, self._by_device = path, num_threads, {}
-        self._keep_weights_mapped = keep_weights_mapped
 
     def get(self, device: str):
         if device not in self._by_device:
-            self._by_device[device] = create_session(self._path, device, self._num_threads,
-                                                     self._keep_weights_mapped)
+            self._by_device[device] = create_session(self._path, device, self._num_threads)
         return self._by_device[device]
 
 

@@ -26,23 +26,13 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def create_session(graph_path: Path, device: str, num_threads: int | None = None,
-                   keep_weights_mapped: bool = False):
-    """An InferenceSession for one graph on 'cpu' or 'cuda' (already resolved).
-
-    ``keep_weights_mapped`` turns off onnxruntime's weight prepacking, so that weights stored as
-    external data stay memory-mapped from the bundle instead of being copied into a packed
-    layout: a ViT head then costs no anonymous memory and loads instantly, for a slower head
-    GEMM (measured on 2 cores, EEG head, 16 images: 55 ms instead of 32 ms, peak RSS 565 MB
-    instead of 944 MB) - what lets ten subjects share one backbone within upstream's memory.
-    """
+def create_session(graph_path: Path, device: str, num_threads: int | None = None):
+    """An InferenceSession for one graph on 'cpu' or 'cuda' (already resolved)."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if num_threads:
         options.intra_op_num_threads = num_threads
-    if keep_weights_mapped:
-        options.add_session_config_entry("session.disable_prepacking", "1")
     providers = [_PROVIDER[device]] + ([_PROVIDER["cpu"]] if device == "cuda" else [])
     try:
         session = ort.InferenceSession(str(graph_path), sess_options=options, providers=providers)
