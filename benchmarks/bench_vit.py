@@ -4,7 +4,7 @@ file, 63 x 140 x 4 EEG outputs, 2 x 163,842 fsaverage vertices).
 
 Run from the repository root:
 
-    python benchmarks/bench_vit.py             # full run: every case, 2 repeats, 100 images
+    python benchmarks/bench_vit.py             # full run: every case, 3 repeats, 100 images (~20 min)
     python benchmarks/bench_vit.py --quick     # smoke test: 1 repeat, 8 images, 2 EEG subjects
 
 Every measurement runs in a fresh worker process (this same file with ``--worker``), so peak
@@ -116,6 +116,8 @@ def worker_upstream(args) -> dict:
     """Upstream's path: one run per subject (load the ViT and the subject's scikit-learn objects,
     then encode); for several subjects the runs follow one another in this process."""
     imports_started = time.perf_counter()
+    import gc
+
     import numpy as np
     import sklearn  # noqa: F401  (upstream imports it; counted with the other imports)
     import torch
@@ -143,7 +145,11 @@ def worker_upstream(args) -> dict:
         if subject == subjects[-1]:
             _save_responses(args, responses)
         outputs = model["outputs"]
-        del model, responses  # the next "run" starts from an empty model, as a new upstream run would
+        # The next "run" starts from nothing, as a new upstream process would. The feature
+        # extractor (an FX GraphModule) sits in reference cycles: without gc.collect() each dropped
+        # model (ViT + PCA, ~340 MB) lingers until the cyclic collector happens to run.
+        del model, responses
+        gc.collect()
     return {"load_s": sum(r["load_s"] for r in runs),
             "load_to_first_response_s": sum(r["load_to_first_response_s"] for r in runs),
             "encode_s": sum(r["encode_s"] for r in runs), "import_s": import_s,
@@ -491,7 +497,7 @@ def markdown_tables(rows: list[dict], ceiling: float, agreement: dict, goals: li
 def parse_args(argv: list[str]):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    parser.add_argument("--repeats", type=int, default=2, help="fresh worker runs per (path, case)")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh worker runs per (path, case)")
     parser.add_argument("--images", type=int, default=100, help="N for every case but eeg_x10")
     parser.add_argument("--ten-images", type=int, help="N for eeg_x10, both paths (default: --images)")
     parser.add_argument("--ten-subjects", type=int, default=10, help="EEG subjects in eeg_x10 (1..10)")
