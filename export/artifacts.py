@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from nest_rt.bundle import sha256_file
+from nest_rt.bundle import sha256_file, write_nested_npz
 
 
 class ExportError(ValueError):
@@ -15,19 +15,10 @@ class ExportError(ValueError):
 
 def save_flat_npz(path: Path, nested: dict) -> None:
     """Save a nested dict of arrays as npz with 'outer/inner' keys; refuses object arrays."""
-    flat: dict[str, np.ndarray] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(f"{prefix}/{key}" if prefix else str(key), value)
-            return
-        array = np.asarray(node)
-        if array.dtype == object:
-            raise ExportError(f"metadata entry {prefix} holds Python objects; cannot store it pickle-free")
-        flat[prefix] = array
-    walk("", nested)
-    np.savez(path, **flat)
+    try:
+        write_nested_npz(path, nested)
+    except TypeError as exc:
+        raise ExportError(str(exc)) from exc
 
 
 def record_sources(nest_dir: Path, paths: list[Path], manifest: dict) -> list[dict[str, Any]]:

@@ -76,15 +76,37 @@ class Bundle:
         return json.loads(self.path(relative).read_text(encoding="utf-8"))
 
     def read_nested_npz(self, relative: str) -> dict[str, Any]:
-        """Rebuild a nested metadata dict from an npz whose keys are 'outer/inner' paths."""
-        nested: dict[str, Any] = {}
-        with np.load(self.path(relative), allow_pickle=False) as arrays:
-            for key in arrays.files:
-                *parents, leaf = key.split("/")
-                node = nested
-                for part in parents:
-                    node = node.setdefault(part, {})
-                value = arrays[key]
-                # upstream stores names (EEG channels, image files) as lists of str
-                node[leaf] = value.tolist() if value.dtype.kind == "U" and value.ndim == 1 else value
-        return nested
+        return read_nested_npz(self.path(relative))
+
+
+def read_nested_npz(path: str | Path) -> dict[str, Any]:
+    """Rebuild a nested metadata dict from an npz whose keys are 'outer/inner' paths."""
+    nested: dict[str, Any] = {}
+    with np.load(path, allow_pickle=False) as arrays:
+        for key in arrays.files:
+            *parents, leaf = key.split("/")
+            node = nested
+            for part in parents:
+                node = node.setdefault(part, {})
+            value = arrays[key]
+            # upstream stores names (EEG channels, image files) as lists of str
+            node[leaf] = value.tolist() if value.dtype.kind == "U" and value.ndim == 1 else value
+    return nested
+
+
+def write_nested_npz(path: str | Path, nested: dict) -> None:
+    """Save a nested dict of arrays as npz with 'outer/inner' keys (the inverse of
+    read_nested_npz). Object arrays are refused: they could only be stored pickled."""
+    flat: dict[str, np.ndarray] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}/{key}" if prefix else str(key), value)
+            return
+        array = np.asarray(node)
+        if array.dtype == object:
+            raise TypeError(f"metadata entry {prefix} holds Python objects; cannot store it pickle-free")
+        flat[prefix] = array
+    walk("", nested)
+    np.savez(path, **flat)
