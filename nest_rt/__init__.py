@@ -2,11 +2,12 @@
 from .api import NEST
 from .errors import (BundleFileNotFoundError, BundleIntegrityError, InvalidParameterError,
                      ModelLoadError, ModelNotFoundError, NESTError, NonFiniteOutputError,
-                     NotExportedError, ParameterTypeError, StimulusError, StimulusFileNotFoundError,
+                     NotExportedError, OutputWriteError, ParameterTypeError, RunStateError, StimulusError, StimulusFileNotFoundError,
                      StimulusTypeError, ValidationError)
 
 __version__ = "0.1.0"
 
 __all__ = ["NEST", "NESTError", "InvalidParameterError", "ParameterTypeError", "ModelNotFoundError",
            "NotExportedError", "StimulusError", "StimulusTypeError", "StimulusFileNotFoundError", "ValidationError", "ModelLoadError",
-           "BundleFileNotFoundError", "BundleIntegrityError", "NonFiniteOutputError", "__version__"]
+           "BundleFileNotFoundError", "BundleIntegrityError", "NonFiniteOutputError", "RunStateError",
+           "OutputWriteError", "__version__"]

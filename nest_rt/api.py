@@ -142,19 +142,25 @@ class NEST:
         if model_id == EEG:
             columns, shape = selections.eeg_plan(selection)
         else:
-            columns, shape = selections.fsaverage_plan(selection, lambda name: self._fsaverage_roi(subject, name))
+            columns, shape = selections.fsaverage_plan(
+                selection, lambda name: self.fsaverage_roi_vertices(subject, name))
         key = (model_id, subject)
         if key not in self._heads:
             self._heads[key] = Sessions(self.bundle.path(entry["head"]), self.num_threads)
         return VitEncodingModel(self.bundle, model_id, subject, columns, shape, self._vit_backbone(),
                                 self._heads[key], device, api=api, selection=selection)
 
+    def release_heads(self) -> None:
+        """Forget the cached ViT head sessions (each holds its subject's folded PCA matrix,
+        about 460 MB); models loaded earlier keep theirs alive until they are dropped."""
+        self._heads.clear()
+
     def _vit_backbone(self) -> VitBackbone:
         if self._backbone is None:
             self._backbone = VitBackbone(self.bundle, self.num_threads, self.precision)
         return self._backbone
 
-    def _fsaverage_roi(self, subject: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    def fsaverage_roi_vertices(self, subject: int, name: str) -> tuple[np.ndarray, np.ndarray]:
         """An ROI's (lh, rh) vertex indices from the subject's metadata; an ROI listed in one
         hemisphere only is empty in the other."""
         metadata = self.bundle.read_nested_npz(self.bundle.entry(FSAVERAGE, subject)["metadata"])["fmri"]

@@ -3,17 +3,26 @@
 Subcommands:
   demo               build a synthetic toolkit (or use --nest-dir), export it, encode images
   synthetic-toolkit  write a toolkit with random weights in the upstream file formats
-  export             convert a NEST toolkit directory into an ONNX bundle
-User errors end with exit code 2 and a one-line reason on stderr, without a traceback.
+  export             convert a NEST toolkit directory into an ONNX bundle (needs torch)
+  list               the models a bundle holds, as a table
+  info               one model's contract, dimensions, provenance and export parity
+  verify             check a bundle: sha256 of every file, every graph loads and gives finite outputs
+  encode             encode images (files, folders, globs, .npy/.h5 arrays) to response files;
+                     resumable after any interruption, shardable with --shard I/N
+  merge              assemble the shards of one encode run and verify them
+  plot               PNG plots of an encode run's responses
+Exit codes: 0 success; 2 for every user error, with a one-line reason on stderr and no
+traceback; 130 when interrupted (re-run the same encode command to resume).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from . import catalog
-from .errors import NESTError
+from .errors import InvalidParameterError, NESTError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     except (NESTError, ValueError, FileNotFoundError, PermissionError) as exc:
         print(f"nest-rt {args.command}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"nest-rt {args.command}: interrupted" + (
+            "; finished chunks are kept: run the same command again to resume" if args.command == "encode" else ""),
+            file=sys.stderr)
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,7 +77,126 @@ def _parser() -> argparse.ArgumentParser:
                              "their fidelity against fp32 is measured and recorded in bundle.json")
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     export.set_defaults(handler=_export)
+
+    bundle_help = "bundle directory (default: $NEST_RT_BUNDLE)"
+    listing = commands.add_parser("list", help="the models a bundle holds, as a table")
+    listing.add_argument("--bundle", default=os.environ.get("NEST_RT_BUNDLE"), help=bundle_help)
+    listing.set_defaults(handler=_list)
+
+    info = commands.add_parser("info", help="one model: contract, dimensions, provenance, parity at export")
+    info.add_argument("model", help="model id (or fwrf, eeg, fsaverage)")
+    info.add_argument("--bundle", default=os.environ.get("NEST_RT_BUNDLE"), help=bundle_help)
+    info.set_defaults(handler=_info)
+
+    verify = commands.add_parser("verify", help="sha256 of every file; every model loads and gives finite outputs")
+    verify.add_argument("bundle", help="bundle directory")
+    verify.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    verify.set_defaults(handler=_verify)
+
+    encode = commands.add_parser(
+        "encode", help="images -> response files (resumable, shardable)",
+        formatter_class=argparse.RawDescriptionHelpFormatter, description=_ENCODE_HELP)
+    encode.add_argument("inputs", nargs="+", help="image files, folders (recursive, sorted), glob patterns, "
+                                                  "or one .npy/.h5 array of uint8 images")
+    encode.add_argument("--model", dest="models", action="append", required=True, metavar="SPEC",
+                        help="MODEL[:subjects=..][:roi=..][:channels=..][:timepoints=..]; repeat for more")
+    encode.add_argument("--out", type=Path, required=True, help="output folder (resumed if it holds this run)")
+    encode.add_argument("--bundle", default=os.environ.get("NEST_RT_BUNDLE"), help=bundle_help)
+    encode.add_argument("--imageset", default="images", help="name of the image set in the output layout")
+    encode.add_argument("--shard", default="0/1", help="I/N: encode only the I-th of N shards (0-based)")
+    encode.add_argument("--chunk-size", type=int, default=256, help="images per durable chunk (default 256)")
+    encode.add_argument("--h5", action="store_true", help="also write HDF5 files in upstream's layout (needs h5py)")
+    encode.add_argument("--center-crop", action="store_true", help="crop non-square images to their central square")
+    encode.add_argument("--skip-bad-images", action="store_true",
+                        help="leave out unreadable (or non-square) images, listed in run.json, instead of stopping")
+    encode.add_argument("--h5-dataset", help="dataset holding the images in an .h5 input")
+    encode.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    encode.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
+    encode.add_argument("--precision", default="fp32", choices=["fp32", "int8", "fp16"])
+    encode.add_argument("--no-progress", action="store_true", help="no progress bar")
+    encode.set_defaults(handler=_encode)
+
+    merge = commands.add_parser("merge", help="assemble the shards of one encode run")
+    merge.add_argument("shards", nargs="+", type=Path, help="the shard output folders")
+    merge.add_argument("--out", type=Path, required=True, help="new folder for the merged run")
+    merge.set_defaults(handler=_merge)
+
+    plot = commands.add_parser("plot", help="PNG plots of an encode run (needs matplotlib)")
+    plot.add_argument("run", type=Path, help="an encode output folder")
+    plot.add_argument("--out", type=Path, help="folder for the PNG files (default: RUN/plots)")
+    plot.add_argument("--outputs", nargs="+", help="output names from run.json (default: all)")
+    plot.add_argument("--images", type=int, nargs="+", help="rows to show with their thumbnails (up to 8)")
+    plot.add_argument("--max-images", type=int, default=200, help="rows read per output (default 200)")
+    plot.set_defaults(handler=_plot)
     return parser
+
+
+_ENCODE_HELP = """Encode images with one or more models into response files.
+
+Each --model gives a model and what to encode with it:
+  fwrf:subjects=1:roi=V1,FFA-1          fMRI fwRF, subject 1, two ROIs (roi=all: every exported ROI)
+  eeg:subjects=all                      EEG, every exported subject, all 63 channels x 140 times
+  eeg:subjects=1,2:channels=Oz,O1:timepoints=20-79
+  fsaverage:subjects=1:roi=V1v          fsaverage surface, one ROI (no roi: all 327,684 vertices)
+Images are decoded once per batch for all models, and the ViT backbone runs once per batch
+for every EEG and fsaverage model. Output layout and run record: see README ("Encoding at scale").
+Interrupted runs resume when the same command is run again; a different command on the same
+--out is refused.
+"""
+
+
+def _bundle(args) -> str:
+    if not args.bundle:
+        raise InvalidParameterError("--bundle is required (or set NEST_RT_BUNDLE)")
+    return args.bundle
+
+
+def _list(args) -> None:
+    from .bundle import Bundle
+    from .bundle_tools import bundle_rows, format_table
+    bundle = Bundle(_bundle(args))
+    rows = bundle_rows(bundle)
+    print(format_table(rows))
+    print(f"{len(rows)} models in {bundle.root}")
+
+
+def _info(args) -> None:
+    from .bundle import Bundle
+    from .bundle_tools import model_info
+    from .runs import MODEL_ALIASES
+    print(model_info(Bundle(_bundle(args)), MODEL_ALIASES.get(args.model, args.model)))
+
+
+def _verify(args) -> None:
+    from .bundle_tools import verify_bundle
+    count = verify_bundle(args.bundle, device=args.device)
+    print(f"bundle {args.bundle} verified: {count} models")
+
+
+def _encode(args) -> None:
+    from .runs import RunInputs, encode_run, parse_shard
+    shard = parse_shard(args.shard)
+    inputs = RunInputs(args.inputs, center_crop=args.center_crop, skip_bad=args.skip_bad_images,
+                       h5_dataset=args.h5_dataset)
+    record = encode_run(_bundle(args), inputs, args.models, args.out, imageset=args.imageset, shard=shard,
+                        chunk_size=args.chunk_size, h5=args.h5, device=args.device, num_threads=args.threads,
+                        precision=args.precision, show_progress=not args.no_progress)
+    for output in record["outputs"]:
+        for info in output["arrays"].values():
+            print(f"{args.out / info['file']}  {tuple(info['shape'])}")
+    print(f"run record: {args.out / 'run.json'}")
+
+
+def _merge(args) -> None:
+    from .runs import merge_runs
+    merge_runs(args.shards, args.out)
+
+
+def _plot(args) -> None:
+    from .plots import plot_run
+    for path in plot_run(args.run, args.out or args.run / "plots", outputs=args.outputs, images=args.images,
+                         max_images=args.max_images):
+        print(path)
 
 
 class _ExportExtraMissing(RuntimeError):

@@ -58,3 +58,12 @@ class NonFiniteOutputError(NESTError, FloatingPointError):
 
 class StimulusFileNotFoundError(StimulusError, FileNotFoundError):
     """An image path does not exist or cannot be read as an image."""
+
+
+class RunStateError(NESTError, ValueError):
+    """An output directory holds a different, unfinished or inconsistent run (or shards that do
+    not fit together); nothing is mixed or overwritten."""
+
+
+class OutputWriteError(NESTError, OSError):
+    """Response files cannot be written (unwritable folder, disk full); finished chunks are kept."""

@@ -6,7 +6,7 @@ backbone once per batch for all ViT models that use it.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -200,39 +200,49 @@ class VitEncodingModel(EncodingModel):
 
 def encode_models(models: list[EncodingModel], images: Any, device: str = "auto",
                   show_progress: bool = True) -> list:
-    """Responses of every model for the same images, in preallocated arrays.
-
-    Images are validated once and decoded once per batch; models that share the ViT backbone
-    share its features for each batch.
-    """
+    """Responses of every model for the same images, in preallocated arrays."""
     stimulus = images if isinstance(images, Stimulus) else Stimulus(images)
-    devices = [model.device if device == "auto" else resolve_device(device) for model in models]
     outputs = [model.allocate(stimulus.count) for model in models]
-    # Decode at the largest batch size, then run each model on slices of its own batch size,
-    # so a large fwRF ROI (batch 1) does not shrink the ViT models' batches.
-    batch_size = max(model.batch_size for model in models)
     with _progress(stimulus.count, show_progress and stimulus.count > min(m.batch_size for m in models)) as bar:
-        for batch in stimulus.batches(batch_size):
-            shared: dict = {}
-            for model, model_device, output in zip(models, devices, outputs):
-                for start in range(0, len(batch.images), model.batch_size):
-                    stop = min(start + model.batch_size, len(batch.images))
-                    shared["position"] = (start, stop)
-                    block = model.run_batch(batch.images[start:stop], model_device, shared)
-                    _store(output, block, batch.start + start, batch.start + stop, model)
-            bar.update(batch.stop - batch.start)
+        for index, start, stop, block in iter_responses(models, stimulus, device, on_batch=bar.update):
+            pairs = zip(outputs[index], block) if isinstance(block, tuple) else [(outputs[index], block)]
+            for target, values in pairs:
+                target[start:stop] = values
     return outputs
 
 
-def _store(output, block, start: int, stop: int, model: EncodingModel) -> None:
-    pairs = zip(output, block) if isinstance(output, tuple) else [(output, block)]
-    for target, values in pairs:
+def iter_responses(models: list[EncodingModel], stimulus: Stimulus, device: str = "auto",
+                   on_batch: Callable[[int], Any] | None = None) -> Iterator[tuple[int, int, int, Any]]:
+    """Yield ``(model_index, start, stop, block)``: the responses of model ``model_index`` to images
+    ``start:stop``, checked to be finite.
+
+    Images are decoded once per batch; models that share the ViT backbone share its features
+    for each batch. ``on_batch(n)`` is called after each decoded batch of n images.
+    """
+    devices = [model.device if device == "auto" else resolve_device(device) for model in models]
+    # Decode at the largest batch size, then run each model on slices of its own batch size,
+    # so a large fwRF ROI (batch 1) does not shrink the ViT models' batches.
+    batch_size = max(model.batch_size for model in models)
+    for batch in stimulus.batches(batch_size):
+        shared: dict = {}
+        for index, (model, model_device) in enumerate(zip(models, devices)):
+            for start in range(0, len(batch.images), model.batch_size):
+                stop = min(start + model.batch_size, len(batch.images))
+                shared["position"] = (start, stop)
+                block = model.run_batch(batch.images[start:stop], model_device, shared)
+                _check_finite(block, batch.start + start, model)
+                yield index, batch.start + start, batch.start + stop, block
+        if on_batch is not None:
+            on_batch(batch.stop - batch.start)
+
+
+def _check_finite(block, start: int, model: EncodingModel) -> None:
+    for values in block if isinstance(block, tuple) else [block]:
         finite = np.isfinite(values).reshape(len(values), -1).all(axis=1)
         if not finite.all():
             bad = np.flatnonzero(~finite) + start
             raise NonFiniteOutputError(f"{model.describe_output()} produced NaN or infinite responses "
                                        f"for images {bad[:10].tolist()}")
-        target[start:stop] = values
 
 
 def _progress(total: int, enabled: bool):

@@ -1,0 +1,653 @@
+"""Encoding runs that write responses to files: chunked, resumable, shardable, bounded in memory.
+
+``encode_run`` is what ``nest-rt encode`` does. The images (see image_files) are split into
+chunks of ``chunk_size`` rows; a chunk counts as finished only once its rows are written and
+fsync'ed and its index is recorded in ``progress.json`` (replaced atomically). Killing the process
+at any moment therefore loses at most the chunk in flight, and running the same command again
+resumes with the first unfinished chunk. Chunks sit at fixed positions of the full input list
+(shards are runs of whole chunks), so every image is always encoded in the same batch and a
+resumed, or a sharded and merged, run gives the same bytes as one uninterrupted run.
+
+Layout of an output directory (readable without nest_rt: numpy, or h5py for --h5)::
+
+    OUT/run.json                        the run record: inputs in row order, models, bundle sha256,
+                                        versions, status ('running' or 'complete'), file sha256s
+    OUT/progress.json                   finished chunks
+    OUT/modality-M/train_dataset-D/model-X/imageset-I/
+        synthetic_neural_responses_<stem>.npy          fwRF [N, V], EEG [N, 4, C, T] (float32)
+        synthetic_neural_responses_<stem>_lh.npy/_rh.npy   fsaverage [N, vertices]
+        synthetic_neural_responses_<stem>.h5           with --h5: upstream's pregenerated layout
+        synthetic_neural_responses_metadata_<stem>.npz the model's metadata (+ the selection)
+
+``<stem>`` is ``sub-SS`` plus ``_roi-R`` for an ROI or ``_sel-<hash>`` for other selections.
+Response files carry a ``.partial`` suffix until the whole run is complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import catalog, selection as selections
+from .api import NEST
+from .bundle import Bundle, sha256_file, write_nested_npz
+from .errors import InvalidParameterError, OutputWriteError, RunStateError, StimulusError
+from .image_files import ImageList, list_image_files, load_image, open_image_array, scan_images
+from .images import Stimulus
+from .models import EncodingModel, iter_responses
+
+RUN_FORMAT = "nest_rt.run/1"
+RUN_RECORD, PROGRESS, LOCK = "run.json", "progress.json", ".lock"
+PARTIAL = ".partial"
+DEFAULT_CHUNK_SIZE = 256
+MODEL_ALIASES = {"fwrf": selections.FWRF, "eeg": selections.EEG, "fsaverage": selections.FSAVERAGE}
+_FOLDERS = {selections.FWRF: "modality-fmri/train_dataset-nsd/model-fwrf",
+            selections.EEG: "modality-eeg/train_dataset-things_eeg_2/model-vit_b_32",
+            selections.FSAVERAGE: "modality-fmri/train_dataset-nsd_fsaverage/model-vit_b_32"}
+_COPY_BLOCK_BYTES = 64 * 2**20
+
+
+# -- what to encode ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelRequest:
+    model_id: str
+    subject: int
+    selection: dict
+
+
+def parse_model_spec(spec: str, bundle: Bundle) -> list[ModelRequest]:
+    """``MODEL[:key=v1,v2...]...`` -> one request per subject and ROI.
+
+    MODEL is a model id or fwrf / eeg / fsaverage. Keys: ``subjects`` (numbers or ``all``:
+    every exported subject, the default), ``roi`` (fwRF: ROIs or ``all`` exported; fsaverage:
+    ROIs, one output each), ``channels`` (EEG channel names) and ``timepoints`` (EEG time indices
+    and inclusive ranges such as ``0-69``).
+    """
+    name, *fields = spec.split(":")
+    model_id = MODEL_ALIASES.get(name, name)
+    catalog.model_entry(model_id)
+    options: dict[str, list[str]] = {}
+    for item in fields:
+        key, equals, value = item.partition("=")
+        if not equals or not value:
+            raise InvalidParameterError(f"--model {spec!r}: expected key=value after ':', got {item!r}")
+        if key in options:
+            raise InvalidParameterError(f"--model {spec!r}: {key} is given twice")
+        options[key] = value.split(",")
+    allowed = {"subjects"} | selections.ALLOWED_KEYS[model_id] - {"lh_vertices", "rh_vertices"}
+    unknown = set(options) - allowed
+    if unknown:
+        raise InvalidParameterError(f"--model {spec!r}: unknown keys {sorted(unknown)}; {model_id} takes {sorted(allowed)}")
+    exported = sorted(int(s) for s in bundle.manifest.get("models", {}).get(model_id, {}).get("graphs", {}))
+    if not exported:
+        raise InvalidParameterError(f"--model {spec!r}: the bundle has no {model_id} models")
+    subjects = _subjects(spec, options.get("subjects", ["all"]), model_id, exported)
+    requests = []
+    for subject in subjects:
+        base: dict[str, Any] = {}
+        if "channels" in options:
+            base["channels"] = options["channels"]
+        if "timepoints" in options:
+            base["timepoints"] = _time_mask(spec, options["timepoints"], catalog.model_entry(model_id))
+        rois = options.get("roi")
+        if rois == ["all"]:
+            rois = (sorted(bundle.manifest["models"][model_id]["graphs"][str(subject)])
+                    if model_id == selections.FWRF else catalog.rois(model_id))
+        if model_id == selections.FWRF and rois is None:
+            raise InvalidParameterError(f"--model {spec!r}: {model_id} needs roi=NAME[,NAME...] or roi=all")
+        for roi in rois or [None]:
+            requests.append(ModelRequest(model_id, subject, {**base, **({"roi": roi} if roi else {})}))
+    return requests
+
+
+def _subjects(spec: str, values: list[str], model_id: str, exported: list[int]) -> list[int]:
+    if values == ["all"]:
+        return exported
+    try:
+        chosen = [int(value) for value in values]
+    except ValueError:
+        raise InvalidParameterError(f"--model {spec!r}: subjects must be numbers or 'all', got {values}") from None
+    for subject in chosen:
+        catalog.validate_subject(model_id, subject)
+    return chosen
+
+
+def _time_mask(spec: str, values: list[str], entry: dict) -> list[int]:
+    count = entry["times"]["count"]
+    mask = [0] * count
+    for value in values:
+        low, _, high = value.partition("-")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            raise InvalidParameterError(f"--model {spec!r}: timepoints are indices or ranges like 0-69, got {value!r}") from None
+        if not 0 <= first <= last < count:
+            raise InvalidParameterError(f"--model {spec!r}: timepoints {value!r} outside 0-{count - 1}")
+        mask[first:last + 1] = [1] * (last + 1 - first)
+    return mask
+
+
+@dataclass
+class Output:
+    """The files of one (model, subject, selection)."""
+
+    request: ModelRequest
+    model: EncodingModel
+    name: str
+    folder: str
+    stem: str
+    shapes: dict[str, tuple]  # array name -> shape per image
+    axes: dict[str, Any]
+    metadata: dict[str, Any]
+
+    def array_file(self, array: str) -> str:
+        suffix = "" if array == "responses" else f"_{array}"
+        return f"{self.folder}/synthetic_neural_responses_{self.stem}{suffix}.npy"
+
+    @property
+    def metadata_file(self) -> str:
+        return f"{self.folder}/synthetic_neural_responses_metadata_{self.stem}.npz"
+
+    @property
+    def h5_file(self) -> str:
+        return f"{self.folder}/synthetic_neural_responses_{self.stem}.h5"
+
+
+def plan_outputs(nest: NEST, requests: list[ModelRequest], imageset: str, device: str) -> list[Output]:
+    outputs = []
+    for request in requests:
+        model = nest.get_encoding_model(request.model_id, subject=request.subject,
+                                        selection=request.selection or None, device=device)
+        stem = f"sub-{request.subject:02d}"
+        other = {key: value for key, value in request.selection.items() if key != "roi"}
+        if "roi" in request.selection:
+            stem += f"_roi-{request.selection['roi']}"
+        if other:
+            stem += "_sel-" + hashlib.sha256(json.dumps(other, sort_keys=True).encode()).hexdigest()[:8]
+        empty = model.allocate(0)
+        shapes = ({"lh": empty[0].shape[1:], "rh": empty[1].shape[1:]} if isinstance(empty, tuple)
+                  else {"responses": empty.shape[1:]})
+        metadata = model.metadata()
+        axes, chosen = _axes(nest, request, shapes, metadata)
+        name = f"{request.model_id}_{stem}"
+        if any(output.name == name for output in outputs):
+            raise InvalidParameterError(f"--model: {name} is asked for twice")
+        outputs.append(Output(request, model, name, f"{_FOLDERS[request.model_id]}/imageset-{imageset}",
+                              stem, shapes, axes, {**metadata, "selection": chosen}))
+    return outputs
+
+
+def _axes(nest: NEST, request: ModelRequest, shapes: dict, metadata: dict) -> tuple[dict, dict]:
+    """Labels of the output axes for the run record, and the selected indices for the metadata."""
+    if request.model_id == selections.EEG:
+        channels, times = selections.eeg_indices(request.selection or None)
+        names = catalog.model_entry(selections.EEG)["channels"]
+        all_times = np.asarray(metadata["eeg"]["times"], dtype=np.float64)
+        return ({"repetitions": int(shapes["responses"][0]), "channels": [names[i] for i in channels],
+                 "times": all_times[times].round(6).tolist()}, {"channels": channels, "times": times})
+    if request.model_id == selections.FSAVERAGE:
+        lh, rh = selections.fsaverage_indices(
+            request.selection or None, lambda roi: nest.fsaverage_roi_vertices(request.subject, roi))
+        return {"vertices": {"lh": len(lh), "rh": len(rh)}}, {"lh_vertices": lh, "rh_vertices": rh}
+    return {"voxels": int(shapes["responses"][0])}, {"roi": np.array(request.selection["roi"])}
+
+
+# -- the images of a run -----------------------------------------------------------------------
+class RunInputs:
+    """The full ordered input list (files or one array), served as Stimulus blocks by row."""
+
+    def __init__(self, specs: list[str], center_crop: bool = False, skip_bad: bool = False,
+                 h5_dataset: str | None = None):
+        if not specs:
+            raise StimulusError("inputs: give image files, folders, glob patterns or one .npy/.h5 array")
+        self.array = None
+        if len(specs) == 1 and specs[0].lower().endswith((".npy", ".h5", ".hdf5")):
+            self.array, dataset = open_image_array(os.path.abspath(specs[0]), h5_dataset)
+            self.images: ImageList | None = None
+            self.array_info = {"path": os.path.abspath(specs[0]), "dataset": dataset,
+                               "shape": list(self.array.shape)}
+            self.total = int(self.array.shape[0])
+            stat = os.stat(specs[0])
+            self.digest = hashlib.sha256(json.dumps([self.array_info, stat.st_size, stat.st_mtime_ns])
+                                         .encode()).hexdigest()
+        else:
+            self.images = scan_images(list_image_files(specs), center_crop, skip_bad)
+            self.total = len(self.images.paths)
+            self.digest = self.images.digest()
+        if self.total == 0:
+            raise StimulusError("inputs: the array holds no images")
+
+    def stimulus(self, start: int, stop: int) -> tuple[Stimulus, np.ndarray]:
+        """Rows start:stop as a Stimulus, and each Stimulus row's position in that range. Files
+        are grouped by size so that mixed sizes still batch well; arrays keep their order."""
+        if self.array is not None:
+            return Stimulus(np.asarray(self.array[start:stop])), np.arange(stop - start)
+        arrays = [load_image(path) for path in self.images.paths[start:stop]]
+        order = np.argsort([a.shape[1] for a in arrays], kind="stable")
+        return Stimulus([arrays[i] for i in order]), order
+
+    def record(self, start: int, stop: int) -> dict[str, Any]:
+        if self.images is None:
+            return {"kind": "array", "total": self.total, "count": stop - start, "array": self.array_info,
+                    "sha256": self.digest}
+        return {"kind": "files", "total": self.total, "count": stop - start,
+                "items": self.images.paths[start:stop], "converted": self.images.converted,
+                "cropped": self.images.cropped, "rejected": self.images.rejected, "sha256": self.digest}
+
+
+def chunk_ranges(total: int, chunk_size: int, shard: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """(chunk index, start, stop) of this shard's chunks; shards are runs of whole chunks."""
+    index, count = shard
+    chunks = -(-total // chunk_size)
+    first, last = index * chunks // count, (index + 1) * chunks // count
+    if first == last:
+        raise InvalidParameterError(f"--shard {index}/{count} gets no images: {total} images make {chunks} "
+                                    f"chunks of {chunk_size}; use fewer shards or a smaller --chunk-size")
+    return [(k, k * chunk_size, min((k + 1) * chunk_size, total)) for k in range(first, last)]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    index, slash, count = text.partition("/")
+    try:
+        index_value, count_value = int(index), int(count)
+    except ValueError:
+        raise InvalidParameterError(f"--shard must look like I/N (for example 0/4), got {text!r}") from None
+    if not slash or count_value < 1 or not 0 <= index_value < count_value:
+        raise InvalidParameterError(f"--shard {text!r}: need 0 <= I < N (shards are numbered from 0)")
+    return index_value, count_value
+
+
+# -- response files ----------------------------------------------------------------------------
+class NpyRows:
+    """A float32 .npy file filled block by block with positioned writes. Not a memory map: a
+    map's written pages would count towards the process's memory for the whole run."""
+
+    def __init__(self, path: Path, shape: tuple, create: bool):
+        self.path = path
+        if create:
+            with open(path, "wb") as handle:
+                np.lib.format.write_array_header_1_0(
+                    handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                             "fortran_order": False, "shape": tuple(shape)})
+                self.offset = handle.tell()
+                handle.truncate(self.offset + int(np.prod(shape)) * 4)
+        else:
+            found, self.offset = npy_header(path)
+            if found != tuple(shape):
+                raise RunStateError(f"{path} has shape {found}, this run needs {tuple(shape)}; "
+                                    "remove the output folder to start again")
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * 4
+        self._fd = os.open(path, os.O_RDWR)
+
+    def write(self, row: int, block: np.ndarray) -> None:
+        data = np.ascontiguousarray(block, dtype=np.float32)
+        _write_all(self._fd, memoryview(data).cast("B"), self.offset + row * self.row_bytes, self.path)
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _write_all(fd: int, data: memoryview, offset: int, path: Path) -> None:
+    try:
+        while data:
+            written = os.pwrite(fd, data, offset)
+            data, offset = data[written:], offset + written
+    except OSError as exc:
+        raise OutputWriteError(f"writing {path} failed ({exc.strerror}); finished chunks are kept: "
+                               "fix the cause and run the same command again to resume") from exc
+
+
+def npy_header(path: Path) -> tuple[tuple, int]:
+    """(shape, data offset) of a float32 C-order .npy file."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                  else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = reader(handle)
+        if fortran or dtype != np.float32:
+            raise RunStateError(f"{path} is not a float32 C-order array")
+        return tuple(shape), handle.tell()
+
+
+def iter_npy_blocks(path: Path, max_bytes: int = _COPY_BLOCK_BYTES) -> Iterator[np.ndarray]:
+    """Rows of a float32 .npy in blocks of at most ``max_bytes``, read with plain file reads."""
+    shape, offset = npy_header(path)
+    row_values = int(np.prod(shape[1:], dtype=np.int64))
+    rows_per_block = max(1, max_bytes // max(1, row_values * 4))
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        for start in range(0, shape[0], rows_per_block):
+            rows = min(rows_per_block, shape[0] - start)
+            block = np.fromfile(handle, dtype=np.float32, count=rows * row_values)
+            yield block.reshape(rows, *shape[1:])
+
+
+def write_h5(arrays: dict[str, Path], target: Path) -> None:
+    """Copy finished .npy arrays into one HDF5 file laid out like upstream's pregenerated
+    responses: dataset 'synthetic_neural_responses' (or 'lh' and 'rh'). Written to a temporary
+    name first, so an interrupted copy leaves no .h5 behind."""
+    try:
+        import h5py
+    except ImportError as exc:
+        raise InvalidParameterError("--h5 needs h5py: pip install 'nest-rt[h5]'") from exc
+    temporary = target.with_name(target.name + PARTIAL)
+    with h5py.File(temporary, "w") as handle:
+        for name, path in arrays.items():
+            shape, _ = npy_header(path)
+            dataset = handle.create_dataset("synthetic_neural_responses" if name == "responses" else name,
+                                            shape=shape, dtype=np.float32,
+                                            chunks=(min(shape[0], 64), *shape[1:]) if shape[0] else None)
+            row = 0
+            for block in iter_npy_blocks(path):
+                dataset[row:row + len(block)] = block
+                row += len(block)
+    os.replace(temporary, target)
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself durable
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextmanager
+def locked(out: Path):
+    """Refuse a second process writing the same output folder at the same time."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(out / LOCK, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RunStateError(f"another nest-rt process is writing {out}; wait for it to finish") from None
+        yield
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+
+    from . import __version__
+    return {"nest_rt": __version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+# -- the run -----------------------------------------------------------------------------------
+def encode_run(bundle_dir: str | Path, inputs: RunInputs, model_specs: list[str], out: str | Path,
+               imageset: str, shard: tuple[int, int] = (0, 1), chunk_size: int = DEFAULT_CHUNK_SIZE,
+               h5: bool = False, device: str = "auto", num_threads: int | None = None,
+               precision: str = "fp32", show_progress: bool = True, log=print) -> dict[str, Any]:
+    """Encode ``inputs`` with every requested model into ``out``; resume a matching unfinished
+    run there. Returns the finished run record."""
+    if chunk_size < 1:
+        raise InvalidParameterError(f"--chunk-size must be >= 1, got {chunk_size}")
+    if not imageset or "/" in imageset or imageset.startswith("."):
+        raise InvalidParameterError(f"--imageset must be a plain folder name, got {imageset!r}")
+    out = Path(out)
+    nest = NEST(bundle_dir, num_threads=num_threads, precision=precision)
+    requests = [request for spec in model_specs for request in parse_model_spec(spec, nest.bundle)]
+    if not requests:
+        raise InvalidParameterError("--model: give at least one model")
+    chunks = chunk_ranges(inputs.total, chunk_size, shard)
+    start, stop = chunks[0][1], chunks[-1][2]
+    outputs = plan_outputs(nest, requests, imageset, device)
+    identity = {
+        "format": RUN_FORMAT, "imageset": imageset, "inputs_sha256": inputs.digest, "total": inputs.total,
+        "shard": {"index": shard[0], "count": shard[1], "start": start, "stop": stop},
+        "chunk_size": chunk_size, "precision": precision, "h5": h5,
+        "bundle_sha256": sha256_file(nest.bundle.root / "bundle.json"),
+        "outputs": [[o.name, o.request.selection] for o in outputs],
+    }
+    record = {"format": RUN_FORMAT, "status": "running", "identity": identity, "imageset": imageset,
+              "inputs": inputs.record(start, stop), "shard": identity["shard"], "chunk_size": chunk_size,
+              "bundle": {"path": str(nest.bundle.root.resolve()), "manifest_sha256": identity["bundle_sha256"]},
+              "outputs": [_output_record(o, stop - start, h5) for o in outputs], "versions": versions()}
+    _prepare_folder(out)
+    with locked(out):
+        done = _resume_state(out, identity)
+        if done is None:  # the run is already complete
+            log(f"{out} already holds this complete run; nothing to do")
+            return json.loads((out / RUN_RECORD).read_text())
+        todo = [chunk for chunk in chunks if chunk[0] not in done]
+        write_json_atomically(out / RUN_RECORD, _json_ready(record))
+        if todo:  # (none left: an earlier process was interrupted while finishing)
+            files = _open_files(out, outputs, stop - start, create=not done)
+            if not done:
+                write_json_atomically(out / PROGRESS, {"chunks_done": []})
+            rejected = len(inputs.images.rejected) if inputs.images else 0
+            log(f"encoding {stop - start} images ({len(todo)} of {len(chunks)} chunks to do"
+                + (f", {rejected} rejected images listed in run.json" if rejected else "")
+                + f") with {len(outputs)} model outputs into {out}")
+            try:
+                _encode_chunks(inputs, outputs, files, todo, done, start, out, device, show_progress,
+                               total_rows=stop - start)
+            finally:
+                for per_output in files:
+                    for handle in per_output.values():
+                        handle.close()
+        return _finish(out, outputs, record, h5)
+
+
+def _output_record(output: Output, rows: int, h5: bool) -> dict[str, Any]:
+    return {"name": output.name, "model_id": output.request.model_id, "subject": output.request.subject,
+            "selection": output.request.selection,
+            "arrays": {array: {"file": output.array_file(array), "shape": [rows, *shape], "dtype": "float32"}
+                       for array, shape in output.shapes.items()},
+            "axes": output.axes, "metadata": output.metadata_file, "h5": output.h5_file if h5 else None}
+
+
+def _json_ready(value):
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _prepare_folder(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputWriteError(f"--out {out} is not writable ({exc.strerror})") from exc
+    if not (out / RUN_RECORD).exists() and any(p.name != LOCK for p in out.iterdir()):
+        raise RunStateError(f"--out {out} is not empty and holds no nest-rt run; choose a new folder")
+
+
+def _resume_state(out: Path, identity: dict) -> set[int] | None:
+    """Finished chunk indices of a matching earlier run (empty for a new run), or None if that
+    run is complete. A different earlier run is refused, never mixed with this one."""
+    record_path = out / RUN_RECORD
+    if not record_path.exists():
+        return set()
+    previous = json.loads(record_path.read_text(encoding="utf-8"))
+    if previous.get("identity") != identity:
+        differing = sorted(key for key in identity if previous.get("identity", {}).get(key) != identity[key])
+        raise RunStateError(f"--out {out} holds a different run (differs in: {', '.join(differing)}); "
+                            "use a new --out folder, or repeat the original command to resume it")
+    if previous.get("status") == "complete":
+        return None
+    progress = json.loads((out / PROGRESS).read_text()) if (out / PROGRESS).exists() else {"chunks_done": []}
+    return set(progress["chunks_done"])
+
+
+def _open_files(out: Path, outputs: list[Output], rows: int, create: bool) -> list[dict[str, NpyRows]]:
+    files = []
+    for output in outputs:
+        (out / output.folder).mkdir(parents=True, exist_ok=True)
+        metadata_path = out / output.metadata_file
+        if not metadata_path.exists():
+            temporary = metadata_path.with_name("tmp_" + metadata_path.name)
+            write_nested_npz(temporary, output.metadata)
+            os.replace(temporary, metadata_path)
+        files.append({array: NpyRows(out / (output.array_file(array) + PARTIAL), (rows, *shape),
+                                     create or not (out / (output.array_file(array) + PARTIAL)).exists())
+                      for array, shape in output.shapes.items()})
+    return files
+
+
+def _encode_chunks(inputs: RunInputs, outputs: list[Output], files: list[dict[str, NpyRows]], todo,
+                   done: set[int], first_row: int, out: Path, device: str, show_progress: bool,
+                   total_rows: int) -> None:
+    from tqdm.auto import tqdm
+    models = [output.model for output in outputs]
+    with tqdm(total=total_rows, initial=total_rows - sum(stop - start for _, start, stop in todo),
+              unit="img", desc="encoding", disable=not show_progress, smoothing=0.1) as bar:
+        for chunk, start, stop in todo:
+            stimulus, order = inputs.stimulus(start, stop)
+            for index, block_start, block_stop, block in iter_responses(models, stimulus, device,
+                                                                         on_batch=bar.update):
+                rows = order[block_start:block_stop] + (start - first_row)
+                arrays = dict(zip(outputs[index].shapes, block if isinstance(block, tuple) else (block,)))
+                for array, values in arrays.items():
+                    _write_rows(files[index][array], rows, values)
+            for per_output in files:
+                for handle in per_output.values():
+                    handle.sync()
+            done.add(chunk)
+            write_json_atomically(out / PROGRESS, {"chunks_done": sorted(done)})
+
+
+def _write_rows(handle: NpyRows, rows: np.ndarray, values: np.ndarray) -> None:
+    """Write values to possibly scattered rows, one contiguous run at a time."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    for run_start, run_stop in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
+        handle.write(int(rows[run_start]), values[run_start:run_stop])
+
+
+def _finish(out: Path, outputs: list[Output], record: dict, h5: bool) -> dict[str, Any]:
+    """Rename the finished files into place, add HDF5 copies, and mark the run complete. Safe to
+    repeat after an interruption: each step checks what is already done."""
+    for output, entry in zip(outputs, record["outputs"]):
+        for array, info in entry["arrays"].items():
+            final = out / info["file"]
+            partial = final.with_name(final.name + PARTIAL)
+            if partial.exists():
+                os.replace(partial, final)
+            elif not final.exists():
+                raise RunStateError(f"{partial} is missing; remove {out} and run again")
+            info["sha256"] = sha256_file(final)
+        if h5 and not (out / output.h5_file).exists():
+            write_h5({array: out / info["file"] for array, info in entry["arrays"].items()}, out / output.h5_file)
+    record["status"] = "complete"
+    write_json_atomically(out / RUN_RECORD, _json_ready(record))
+    return record
+
+
+# -- merging shards ------------------------------------------------------------------------------
+def merge_runs(shard_dirs: list[str | Path], out: str | Path, log=print) -> dict[str, Any]:
+    """Assemble complete shard runs into one run, as if it had run unsharded. Checks that the
+    shards are one run (same inputs, models, bundle and settings), complete, each file intact
+    (sha256), and that their rows cover the inputs with no gap and no overlap."""
+    out = Path(out)
+    records = [_complete_record(Path(folder)) for folder in shard_dirs]
+    if not records:
+        raise InvalidParameterError("merge: give the shard output folders")
+    first = records[0]["identity"]
+    for folder, record in zip(shard_dirs, records):
+        identity = record["identity"]
+        differing = sorted(key for key in first if key != "shard" and identity.get(key) != first[key])
+        if differing:
+            raise RunStateError(f"merge: {folder} is not a shard of the same run as {shard_dirs[0]} "
+                                f"(differs in: {', '.join(differing)})")
+    order = sorted(range(len(records)), key=lambda i: records[i]["shard"]["index"])
+    count, total = records[0]["shard"]["count"], first["total"]
+    indices = [records[i]["shard"]["index"] for i in order]
+    if indices != list(range(count)) or any(r["shard"]["count"] != count for r in records):
+        missing = sorted(set(range(count)) - set(indices))
+        repeated = sorted({i for i in indices if indices.count(i) > 1})
+        raise RunStateError(f"merge: need shards 0..{count - 1} once each; missing {missing}, repeated {repeated}")
+    row = 0
+    for i in order:
+        shard = records[i]["shard"]
+        if shard["start"] != row:
+            raise RunStateError(f"merge: shard {shard['index']} starts at row {shard['start']}, expected {row}")
+        row = shard["stop"]
+    if row != total:
+        raise RunStateError(f"merge: the shards cover {row} of {total} rows")
+    if out.exists():
+        raise RunStateError(f"merge: --out {out} exists; choose a new folder")
+    staging = out.with_name(out.name + PARTIAL)
+    if staging.exists():  # left by an interrupted merge: only ever our own staging folder
+        import shutil
+        shutil.rmtree(staging)
+    merged = json.loads(json.dumps(records[order[0]]))
+    merged["identity"]["shard"] = merged["shard"] = {"index": 0, "count": 1, "start": 0, "stop": total}
+    inputs = merged["inputs"]
+    inputs["count"] = total
+    if inputs["kind"] == "files":
+        inputs["items"] = [item for i in order for item in records[i]["inputs"]["items"]]
+    for position, entry in enumerate(merged["outputs"]):
+        (staging / entry["metadata"]).parent.mkdir(parents=True, exist_ok=True)
+        _copy_identical([Path(shard_dirs[i]) / entry["metadata"] for i in order], staging / entry["metadata"])
+        for array, info in entry["arrays"].items():
+            info["shape"][0] = total
+            target = NpyRows(staging / info["file"], tuple(info["shape"]), create=True)
+            row = 0
+            for i in order:
+                source = Path(shard_dirs[i]) / info["file"]
+                expected = records[i]["outputs"][position]["arrays"][array]["sha256"]
+                if sha256_file(source) != expected:
+                    raise RunStateError(f"merge: {source} does not match the sha256 in its run.json (modified or damaged)")
+                for block in iter_npy_blocks(source):
+                    target.write(row, block)
+                    row += len(block)
+            target.sync()
+            target.close()
+            info["sha256"] = sha256_file(staging / info["file"])
+        if entry["h5"]:
+            write_h5({array: staging / info["file"] for array, info in entry["arrays"].items()},
+                     staging / entry["h5"])
+    write_json_atomically(staging / RUN_RECORD, merged)
+    write_json_atomically(staging / PROGRESS, {"chunks_done": list(range(-(-total // merged["chunk_size"])))})
+    os.replace(staging, out)
+    log(f"merged {count} shards ({total} images, {len(merged['outputs'])} outputs) into {out}")
+    return merged
+
+
+def _complete_record(folder: Path) -> dict[str, Any]:
+    path = folder / RUN_RECORD
+    if not path.is_file():
+        raise RunStateError(f"merge: {folder} holds no {RUN_RECORD}: not a nest-rt encode output")
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if record.get("format") != RUN_FORMAT:
+        raise RunStateError(f"merge: {path} has format {record.get('format')!r}, expected {RUN_FORMAT!r}")
+    if record.get("status") != "complete":
+        raise RunStateError(f"merge: the run in {folder} is not complete; resume it with its encode command first")
+    return record
+
+
+def _copy_identical(sources: list[Path], target: Path) -> None:
+    digests = {sha256_file(source) for source in sources}
+    if len(digests) != 1:
+        raise RunStateError(f"merge: the shards' metadata files {target.name} differ")
+    target.write_bytes(sources[0].read_bytes())
