@@ -58,3 +58,8 @@ class NonFiniteOutputError(NESTError, FloatingPointError):
 
 class StimulusFileNotFoundError(StimulusError, FileNotFoundError):
     """An image path does not exist or cannot be read as an image."""
+
+
+class MissingExtraError(NESTError, ImportError):
+    """An optional dependency of the feature asked for is not installed (the message says
+    which extra to install)."""
