@@ -67,3 +67,8 @@ class RunStateError(NESTError, ValueError):
 
 class OutputWriteError(NESTError, OSError):
     """Response files cannot be written (unwritable folder, disk full); finished chunks are kept."""
+
+
+class MissingExtraError(NESTError, ImportError):
+    """An optional dependency of the feature asked for is not installed (the message says
+    which extra to install)."""

@@ -1,0 +1,246 @@
+"""PNG plots of the responses that ``nest-rt encode`` wrote into a run directory (see run.json).
+
+Only the rows being plotted are read, through memory maps, so a plot of a 20,000-image run costs
+no more memory than a plot of a 200-image one. matplotlib is an optional extra: ``nest-rt[plot]``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InvalidParameterError, MissingExtraError
+
+RUN_FORMAT = "nest_rt.run/1"
+MAX_THUMBNAILS = 8  # more thumbnails than this would be too small to recognise
+DPI = 120
+MAP_COLUMNS = 2000  # at most about this many voxel columns are drawn in a map
+
+
+def plot_run(run_dir, out_dir, outputs=None, images=None, max_images=200) -> list[Path]:
+    """Write one ``<name>.png`` per output of the run in ``run_dir`` (plus ``<name>_images.png``,
+    thumbnails beside their responses, when 1 to 8 ``images`` are given). Returns the paths."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise MissingExtraError("nest-rt plot needs matplotlib: pip install 'nest-rt[plot]'") from None
+    run_dir = Path(run_dir)
+    run = _read_run(run_dir)
+    chosen = _choose_outputs(run["outputs"], outputs)
+    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
+        raise InvalidParameterError(f"max_images: expected a positive int, got {max_images!r}")
+    count = int(run["inputs"]["count"])
+    rows = _choose_rows(images, count, max_images)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for output in chosen:
+        parts = {label: _read_rows(run_dir, spec["file"], rows) for label, spec in output["arrays"].items()}
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", output["name"])
+        title = _title(run, output, rows, count, picked=images is not None)
+        eeg = next(iter(parts.values())).ndim == 4
+        draw_summary, draw_images = (_eeg_summary, _eeg_images) if eeg else (_fmri_summary, _fmri_images)
+        figure = Figure(figsize=(13, 5), dpi=DPI, layout="constrained")
+        draw_summary(figure, output, parts, rows)
+        figure.suptitle(title)
+        written.append(_save(figure, out_dir / f"{name}.png"))
+        if images is not None and len(rows) <= MAX_THUMBNAILS:
+            thumbnails = [_thumbnail(run_dir, run, row) for row in rows]
+            figure = Figure(figsize=(11, 1.2 + 1.9 * len(rows)), dpi=DPI, layout="constrained")
+            draw_images(figure, output, parts, rows, thumbnails)
+            figure.suptitle(title)
+            written.append(_save(figure, out_dir / f"{name}_images.png"))
+    return written
+
+
+def _read_run(run_dir: Path) -> dict:
+    path = run_dir / "run.json"
+    if not path.is_file():
+        raise InvalidParameterError(f"run_dir: expected a directory written by 'nest-rt encode --out', "
+                                    f"but {path} does not exist")
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidParameterError(f"run_dir: cannot read {path}: {exc}") from None
+    if not isinstance(run, dict) or run.get("format") != RUN_FORMAT:
+        raise InvalidParameterError(f"run_dir: {path} is not a run record of format {RUN_FORMAT!r}")
+    if run.get("status") != "complete":
+        raise InvalidParameterError(f"run_dir: the run in {run_dir} is {run.get('status')!r}, not 'complete'; "
+                                    "finish or resume it with 'nest-rt encode' before plotting")
+    return run
+
+
+def _choose_outputs(available: list[dict], names) -> list[dict]:
+    if names is None:
+        return available
+    names = [names] if isinstance(names, str) else list(names)
+    by_name = {output["name"]: output for output in available}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise InvalidParameterError(f"outputs: unknown {unknown}; this run has {sorted(by_name)}")
+    return [by_name[name] for name in names]
+
+
+def _choose_rows(images, count: int, max_images: int) -> list[int]:
+    if count < 1:
+        raise InvalidParameterError("run_dir: the run encoded no images, so there is nothing to plot")
+    if images is None:
+        return list(range(min(count, max_images)))
+    rows = list(images)
+    if not rows or any(isinstance(r, bool) or not isinstance(r, (int, np.integer)) for r in rows):
+        raise InvalidParameterError(f"images: expected a non-empty list of row indices, got {images!r}")
+    bad = [int(r) for r in rows if not 0 <= r < count]
+    if bad:
+        raise InvalidParameterError(f"images: rows {bad} out of range; this run has rows 0..{count - 1}")
+    if len(rows) > max_images:
+        raise InvalidParameterError(f"images: {len(rows)} rows given but max_images is {max_images}")
+    return [int(r) for r in rows]
+
+
+def _read_rows(run_dir: Path, file: str, rows: list[int]) -> np.ndarray:
+    """A float32 copy of ``rows`` only; the memory map keeps the rest of the file on disk."""
+    path = run_dir / file
+    if not path.is_file():
+        raise InvalidParameterError(f"run_dir: run.json lists {file}, but {path} does not exist")
+    return np.asarray(np.load(path, mmap_mode="r")[rows], dtype=np.float32)
+
+
+def _thumbnail(run_dir: Path, run: dict, row: int):
+    """The image of ``row`` as an RGB array, or None when its file is no longer readable."""
+    from PIL import Image
+    inputs = run["inputs"]
+    try:
+        if inputs["kind"] == "files":
+            with Image.open(run_dir / inputs["items"][row]) as image:
+                image = image.convert("RGB")
+        else:
+            array = inputs["array"]
+            pixels = np.load(run_dir / array["path"], mmap_mode="r")[run["shard"]["start"] + row]
+            pixels = pixels.transpose(1, 2, 0) if array["layout"] == "NCHW" else pixels
+            image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+        image.thumbnail((160, 160))
+        return np.asarray(image)
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
+def _title(run: dict, output: dict, rows: list[int], count: int, picked: bool) -> str:
+    selection = ", ".join(f"{key} {_short(value)}" for key, value in output["selection"].items())
+    if picked:
+        shown = f"images {_short(rows)}"
+    else:
+        shown = f"all {count} images" if len(rows) == count else f"first {len(rows)} of {count} images"
+    return (f"{output['name']}\nmodel {output['model_id']}, subject {output['subject']}, "
+            f"selection: {selection or 'all'}; {shown} of '{run.get('imageset', '?')}'")
+
+
+def _short(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) if len(value) <= 4 else f"({len(value)} selected)"
+    return str(value)
+
+
+def _eeg_axes(output: dict, channel_count: int, time_count: int):
+    axes = output.get("axes", {})
+    times = np.asarray(axes.get("times") or np.arange(time_count), dtype=float)
+    channels = axes.get("channels") or [str(c) for c in range(channel_count)]
+    return times, channels
+
+
+def _butterfly(ax, times, courses: np.ndarray, label: str) -> None:
+    """One thin line per channel, the mean across channels bold."""
+    ax.plot(times, courses.T, linewidth=0.6, alpha=0.6)
+    ax.plot(times, courses.mean(axis=0), color="black", linewidth=2.2, label="mean of channels")
+    ax.axhline(0, color="grey", linewidth=0.5)
+    ax.set(xlabel="time (s)", ylabel="response (a.u.)", title=label, xlim=(times[0], times[-1]))
+    ax.legend(loc="upper right", fontsize="small")
+
+
+def _eeg_summary(figure, output: dict, parts: dict, rows: list[int]) -> None:
+    mean = parts["responses"].mean(axis=(0, 1))  # [N, 4, C, T] -> [C, T]: images and repetitions
+    times, channels = _eeg_axes(output, *mean.shape)
+    left, right = figure.subplots(1, 2, width_ratios=[1, 1.2])
+    _butterfly(left, times, mean, f"butterfly: {len(channels)} channels, mean of images and repetitions")
+    limit = float(np.abs(mean).max()) or 1.0
+    image = right.imshow(mean, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest",
+                         extent=(times[0], times[-1], len(channels) - 0.5, -0.5))
+    if len(channels) <= 70:
+        right.set_yticks(range(len(channels)), channels, fontsize=6 if len(channels) > 20 else 9)
+    right.set(xlabel="time (s)", ylabel="channel", title="channel x time (mean of images and repetitions)")
+    figure.colorbar(image, ax=right, label="response (a.u.)")
+
+
+def _eeg_images(figure, output: dict, parts: dict, rows: list[int], thumbnails: list) -> None:
+    responses = parts["responses"].mean(axis=1)  # [N, 4, C, T] -> [N, C, T]: repetitions averaged
+    times, channels = _eeg_axes(output, *responses.shape[1:])
+    grid = figure.subplots(len(rows), 2, width_ratios=[1, 5], squeeze=False)
+    for (thumb_ax, curve_ax), row, thumbnail, courses in zip(grid, rows, thumbnails, responses):
+        _show_thumbnail(thumb_ax, thumbnail, row, titled=True)
+        _butterfly(curve_ax, times, courses, f"image {row}: {len(channels)} channels, mean of repetitions")
+
+
+def _show_thumbnail(ax, thumbnail, row: int, titled: bool) -> None:
+    ax.set_axis_off()
+    if thumbnail is None:  # the input file moved since the run: still show the responses
+        ax.text(0.5, 0.5, f"image {row}\n(not readable)", ha="center", va="center", transform=ax.transAxes)
+        return
+    ax.imshow(thumbnail)
+    if titled:  # beside an fMRI map the map's row labels name the image, and titles would misalign rows
+        ax.set_title(f"image {row}", fontsize=9)
+
+
+def _fmri_units(label: str) -> str:
+    return "voxels" if label == "responses" else f"{label} vertices"
+
+
+def _fmri_maps(figure, axes, parts: dict, rows: list[int]) -> None:
+    # A figure is ~1500 pixels wide: drawing every column of 163,842 vertices only costs time and memory.
+    steps = {label: -(-part.shape[1] // MAP_COLUMNS) for label, part in parts.items()}
+    shown = {label: part[:, ::steps[label]] for label, part in parts.items()}
+    # Shared colour limits (both hemispheres); percentiles so a few outliers don't wash out the map.
+    low, high = np.percentile(np.concatenate([part.ravel() for part in shown.values()]), [1, 99])
+    for ax, (label, part) in zip(axes, shown.items()):
+        units, total, step = _fmri_units(label), parts[label].shape[1], steps[label]
+        image = ax.imshow(part, aspect="auto", cmap="viridis", vmin=low, vmax=max(high, low + 1e-6),
+                          interpolation="nearest", extent=(0, total, len(rows) - 0.5, -0.5))
+        sampled = f", 1 in {step} drawn" if step > 1 else ""
+        ax.set(xlabel=f"{units} (index)", title=f"image x {units} ({total}{sampled})")
+        ax.locator_params(axis="x", nbins=5)  # indices up to 163,842 need room
+        if len(rows) <= 30:
+            ax.set_yticks(range(len(rows)), rows)
+    axes[0].set_ylabel("image (row)")
+    figure.colorbar(image, ax=list(axes), label="response (a.u.)")
+
+
+def _fmri_summary(figure, output: dict, parts: dict, rows: list[int]) -> None:
+    hist_ax, *map_axes = figure.subplots(1, 1 + len(parts), width_ratios=[1.2] + [2] * len(parts))
+    span = (min(part.min() for part in parts.values()), max(part.max() for part in parts.values()))
+    for label, part in parts.items():  # the same bins for both hemispheres, so their bars compare
+        hist_ax.hist(part.ravel(), bins=60, range=span, alpha=0.6, label=_fmri_units(label))
+    units = "voxels" if "responses" in parts else "vertices"
+    hist_ax.set(xlabel="response (a.u.)", ylabel=f"count ({units} x images)", title="response histogram")
+    hist_ax.legend(fontsize="small")
+    _fmri_maps(figure, map_axes, parts, rows)
+
+
+def _fmri_images(figure, output: dict, parts: dict, rows: list[int], thumbnails: list) -> None:
+    # Thumbnails in their own column, one grid row per image, so each sits beside its map row.
+    grid = figure.add_gridspec(len(rows), 1 + len(parts), width_ratios=[1] + [4] * len(parts))
+    for index, (row, thumbnail) in enumerate(zip(rows, thumbnails)):
+        _show_thumbnail(figure.add_subplot(grid[index, 0]), thumbnail, row, titled=False)
+    map_axes = [figure.add_subplot(grid[:, 1 + column]) for column in range(len(parts))]
+    _fmri_maps(figure, map_axes, parts, rows)
+
+
+def _save(figure, path: Path) -> Path:
+    """Write through a temporary file in the same folder, so a crash never leaves half a PNG."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        figure.savefig(temporary, format="png", dpi=DPI)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
