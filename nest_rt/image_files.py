@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import StimulusError, StimulusFileNotFoundError
+from .errors import MissingExtraError, StimulusError, StimulusFileNotFoundError
 
 ARRAY_SUFFIXES = (".npy", ".h5", ".hdf5")
 
@@ -139,7 +139,7 @@ def _open_h5_dataset(path: str, dataset: str | None):
     try:
         import h5py
     except ImportError as exc:
-        raise StimulusError("inputs: reading .h5 images needs h5py: pip install 'nest-rt[h5]'") from exc
+        raise MissingExtraError("inputs: reading .h5 images needs h5py: pip install 'nest-rt[h5]'") from exc
     handle = h5py.File(path, "r")  # kept open for the run, read one batch at a time
     if dataset is None:
         candidates = [name for name, item in handle.items() if isinstance(item, h5py.Dataset) and item.ndim == 4]

@@ -38,7 +38,7 @@ import numpy as np
 from . import catalog, selection as selections
 from .api import NEST
 from .bundle import Bundle, sha256_file, write_nested_npz
-from .errors import InvalidParameterError, OutputWriteError, RunStateError, StimulusError
+from .errors import InvalidParameterError, MissingExtraError, OutputWriteError, RunStateError, StimulusError
 from .image_files import ImageList, list_image_files, load_image, open_image_array, scan_images
 from .images import Stimulus
 from .models import EncodingModel, iter_responses
@@ -339,7 +339,7 @@ def write_h5(arrays: dict[str, Path], target: Path) -> None:
     try:
         import h5py
     except ImportError as exc:
-        raise InvalidParameterError("--h5 needs h5py: pip install 'nest-rt[h5]'") from exc
+        raise MissingExtraError("--h5 needs h5py: pip install 'nest-rt[h5]'") from exc
     temporary = target.with_name(target.name + PARTIAL)
     with h5py.File(temporary, "w") as handle:
         for name, path in arrays.items():

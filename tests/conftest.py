@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="these tests need the export extra")
 
 from nest_rt import NEST  # noqa: E402
-from nest_rt_export import exporter, synthetic, toolkit  # noqa: E402
+from nest_rt_export import exporter, synthetic, synthetic_vit, toolkit  # noqa: E402
 from nest_rt_export.fwrf_torch import FwrfReference  # noqa: E402
 
 VOXELS = 25
@@ -62,3 +62,18 @@ def reference(toolkit_dir):
                 [toolkit.load_checkpoint(p) for p in files["weights"]], SUBJECT)
         return cache[key]
     return get
+
+
+@pytest.fixture(scope="session")
+def vit_toolkit(tmp_path_factory) -> Path:
+    """EEG subjects 1-2 and fsaverage subject 1 with 12 PCA components (instead of 250)."""
+    return synthetic_vit.write_vit_toolkit(tmp_path_factory.mktemp("vit_toolkit"), eeg_subjects=[1, 2],
+                                           fsaverage_subjects=[1], components=12, seed=4)
+
+
+@pytest.fixture(scope="session")
+def vit_bundle(vit_toolkit, tmp_path_factory) -> Path:
+    """The real-size ViT-B/32 backbone (random weights), exported once per session."""
+    return exporter.export_bundle(vit_toolkit, tmp_path_factory.mktemp("vit_bundle") / "bundle",
+                                  vit_weights=vit_toolkit / synthetic_vit.VIT_WEIGHTS_NAME,
+                                  precisions=("int8", "fp16"), log=quiet)

@@ -10,7 +10,7 @@ export_venv="${NEST_RT_VENV:-$repo/.venv}"
 runtime_venv="$repo/.venv-notorch"
 
 python3 -m venv "$export_venv"
-"$export_venv/bin/pip" install --quiet --disable-pip-version-check -e ".[export,dev]"
+"$export_venv/bin/pip" install --quiet --disable-pip-version-check -e ".[export,dev,h5,plot]"
 "$export_venv/bin/python" -m pytest --ignore=tests/torchfree tests
 
 work="$(mktemp -d)"
@@ -19,7 +19,7 @@ trap 'rm -rf "$work"' EXIT
 
 rm -rf "$runtime_venv"  # always fresh, so nothing from an export install can leak in
 python3 -m venv "$runtime_venv"
-"$runtime_venv/bin/pip" install --quiet --disable-pip-version-check ".[dev]"
+"$runtime_venv/bin/pip" install --quiet --disable-pip-version-check ".[dev,h5]"
 # Run from outside the repository so that the installed package, not the source tree, is tested.
 cd "$work"
 NEST_RT_TORCHFREE_DIR="$work" "$runtime_venv/bin/pytest" --noconftest --rootdir "$repo" \

@@ -26,19 +26,6 @@ VERTICES = 163842
 
 
 @pytest.fixture(scope="module")
-def vit_toolkit(tmp_path_factory):
-    return synthetic_vit.write_vit_toolkit(tmp_path_factory.mktemp("vit_toolkit"), eeg_subjects=[1, 2],
-                                           fsaverage_subjects=[1], components=12, seed=4)
-
-
-@pytest.fixture(scope="module")
-def vit_bundle(vit_toolkit, tmp_path_factory):
-    return exporter.export_bundle(vit_toolkit, tmp_path_factory.mktemp("vit_bundle") / "bundle",
-                                  vit_weights=vit_toolkit / synthetic_vit.VIT_WEIGHTS_NAME, precisions=("int8", "fp16"),
-                                  log=quiet)
-
-
-@pytest.fixture(scope="module")
 def nest(vit_bundle):
     return NEST(vit_bundle)
 
