@@ -58,3 +58,12 @@ class NonFiniteOutputError(NESTError, FloatingPointError):
 
 class StimulusFileNotFoundError(StimulusError, FileNotFoundError):
     """An image path does not exist or cannot be read as an image."""
+
+
+class ResponsesNotFoundError(InvalidParameterError, FileNotFoundError):
+    """Requested in silico responses (or their metadata) are not on disk. A ValueError for an
+    unknown imageset, as upstream, and a FileNotFoundError for a missing file, as h5py's."""
+
+
+class MissingDependencyError(NESTError, ImportError):
+    """An optional dependency (an extra) is needed for this call and is not installed."""
