@@ -25,6 +25,7 @@ from .artifacts import ExportError
 from .fwrf_export import FWRF, export_fwrf, fwrf_jobs
 from .onnx_graph import OPSET
 from .parity import FWRF_TOLERANCE, VIT_TOLERANCE
+from .pregenerated import convert_pregenerated_metadata
 from .vit_export import EEG, FSAVERAGE, export_vit, vit_jobs
 
 __all__ = ["ExportError", "export_bundle"]
@@ -33,14 +34,16 @@ __all__ = ["ExportError", "export_bundle"]
 def export_bundle(nest_dir: str | Path, out: str | Path, models: list[str] | None = None,
                   subjects: list[int] | None = None, rois: list[str] | None = None,
                   vit_weights: str | Path | None = None, precisions: tuple[str, ...] = (),
-                  overwrite: bool = False, log: Callable[[str], None] = print) -> Path:
+                  overwrite: bool = False, pregenerated: bool = False,
+                  log: Callable[[str], None] = print) -> Path:
     """Export the requested models (default: every model found in the toolkit).
 
     ``subjects`` applies to every model (subjects a model does not have are skipped), ``rois``
     to the fwRF model. ``vit_weights`` is a torchvision vit_b_32 state dict; without it the ViT
     models use torchvision's ImageNet weights, downloaded or cached as upstream does.
     ``precisions`` adds opt-in backbones ('int8' for the CPU, 'fp16' for CUDA), each with its
-    fidelity against fp32 recorded.
+    fidelity against fp32 recorded. ``pregenerated`` converts the legacy toolkit's pregenerated
+    response metadata to npz in the bundle (the .h5 responses stay in the toolkit).
     """
     nest_dir, out = Path(nest_dir).resolve(), Path(out).resolve()
     if not nest_dir.is_dir():
@@ -64,6 +67,9 @@ def export_bundle(nest_dir: str | Path, out: str | Path, models: list[str] | Non
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:
         manifest = _new_manifest(nest_dir)
+        if pregenerated:  # first: cheap, and fails early on a toolkit without pregenerated files
+            log("converting the pregenerated responses' metadata to npz")
+            manifest["pregenerated"] = convert_pregenerated_metadata(nest_dir, staging)
         for subject, roi in fwrf:
             log(f"exporting {FWRF} subject {subject} roi {roi}")
             export_fwrf(nest_dir, staging, manifest, subject, roi)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nest_rt import catalog
+from nest_rt import catalog, responses
 
 from .fwrf_torch import FwrfEncoder, FwrfReadout
 from .toolkit import LAYOUT_CURRENT, LAYOUT_LEGACY, fwrf_files
@@ -51,8 +51,13 @@ def voxel_counts(voxels: int | None) -> dict[str, int]:
 
 
 def write_toolkit(nest_dir: Path, subjects: list[int] | None = None, rois: list[str] | None = None,
-                  voxels: int | None = None, seed: int = 0, layout: str = LAYOUT_CURRENT) -> Path:
-    """Write a synthetic toolkit with fwRF models for ``subjects`` x ``rois``; returns nest_dir."""
+                  voxels: int | None = None, seed: int = 0, layout: str = LAYOUT_CURRENT,
+                  pregenerated_images: int = 0) -> Path:
+    """Write a synthetic toolkit with fwRF models for ``subjects`` x ``rois``; returns nest_dir.
+
+    ``pregenerated_images`` > 0 (legacy layout only, as upstream) also writes pregenerated
+    responses to that many images per image set (upstream: 73,000 / 50,000 / 26,107).
+    """
     nest_dir = Path(nest_dir)
     entry = catalog.model_entry("fmri-nsd-fwrf")
     subjects = [catalog.validate_subject("fmri-nsd-fwrf", s) for s in (subjects or entry["subjects"])]
@@ -60,15 +65,51 @@ def write_toolkit(nest_dir: Path, subjects: list[int] | None = None, rois: list[
     counts = voxel_counts(voxels)
     if layout not in (LAYOUT_CURRENT, LAYOUT_LEGACY):
         raise ValueError(f"layout must be {LAYOUT_CURRENT!r} or {LAYOUT_LEGACY!r}, got {layout!r}")
+    check_pregenerated(pregenerated_images, layout)
     _write_layout_markers(nest_dir, layout)
     for subject in subjects:
         rng = np.random.default_rng([seed, subject])
         stim_mean = rng.uniform(0.35, 0.55, size=(1, 3, 1, 1)).astype(np.float32)
         base = _calibrated_encoder(stim_mean, seed=seed * 1000 + subject)
+        # its own generator, so that the weights are the same with or without pregenerated files
+        pregenerated_rng = np.random.default_rng([seed, subject, 1])
         for roi in rois:
-            _write_fwrf_roi(nest_dir, subject, roi, counts[roi], base, stim_mean, rng,
-                            split=roi in entry["split_rois"])
+            metadata = _write_fwrf_roi(nest_dir, subject, roi, counts[roi], base, stim_mean, rng,
+                                       split=roi in entry["split_rois"])
+            if pregenerated_images:
+                write_pregenerated(nest_dir, "fmri-nsd-fwrf", subject, roi, (counts[roi],), metadata,
+                                   pregenerated_images, pregenerated_rng)
     return nest_dir
+
+
+def check_pregenerated(images: int, layout: str) -> None:
+    if isinstance(images, bool) or not isinstance(images, int) or images < 0:
+        raise ValueError(f"pregenerated_images must be an int >= 0, got {images!r}")
+    if images and layout != LAYOUT_LEGACY:
+        raise ValueError("pregenerated responses exist only in the legacy toolkit layout (layout='legacy')")
+
+
+def write_pregenerated(nest_dir: Path, model_id: str, subject: int, roi: str | None,
+                       response_shape: tuple[int, ...], model_metadata: dict, images: int,
+                       rng: np.random.Generator) -> None:
+    """Upstream's pregenerated responses of one model for each image set: an HDF5 file with
+    random float32 responses [images, *response_shape] and a pickled metadata dict.
+
+    What upstream's metadata files hold is unverified (NEST_REFERENCE §6.3). This writes a
+    plausible guess: the model's own metadata plus the image set's name and, per response
+    row, the index of its image in that set.
+    """
+    import h5py  # the export stage needs it only for these synthetic files
+    folder = Path(nest_dir) / responses.PREGENERATED_DIR / responses.model_dir(model_id)
+    stem = responses.file_stem(subject, roi)
+    for imageset in responses.UPSTREAM_IMAGESETS:
+        target = folder / f"imageset-{imageset}"
+        target.mkdir(parents=True, exist_ok=True)
+        values = rng.normal(0, 1, (images, *response_shape)).astype(np.float32)
+        with h5py.File(target / responses.responses_file(stem, ".h5"), "w") as handle:
+            handle.create_dataset(responses.DATASET, data=values)
+        metadata = {**model_metadata, "imageset": imageset, "image_index": np.arange(images)}
+        np.save(target / responses.metadata_file(stem, ".npy"), metadata, allow_pickle=True)
 
 
 def _write_layout_markers(nest_dir: Path, layout: str) -> None:
@@ -125,7 +166,7 @@ def _readout_state(voxels: int, rng: np.random.Generator) -> dict[str, torch.Ten
 
 
 def _write_fwrf_roi(nest_dir: Path, subject: int, roi: str, voxels: int, base: FwrfEncoder,
-                    stim_mean: np.ndarray, rng: np.random.Generator, split: bool) -> None:
+                    stim_mean: np.ndarray, rng: np.random.Generator, split: bool) -> dict:
     files = fwrf_files(nest_dir, subject, roi)
     mask = np.zeros(VOLUME_SHAPE, dtype=bool)
     mask.flat[np.sort(rng.choice(mask.size, size=voxels, replace=False))] = True
@@ -155,7 +196,7 @@ def _write_fwrf_roi(nest_dir: Path, subject: int, roi: str, voxels: int, base: F
             "stim_mean": split_mean.copy(),
             "betas_info": {subject: betas_info},
         }, path)
-    _write_fwrf_metadata(files["metadata"], mask, betas_info, rng)
+    return _write_fwrf_metadata(files["metadata"], mask, betas_info, rng)
 
 
 def _training_args(subject: int, roi: str, split: bool, index: int, nest_dir: Path):
@@ -184,7 +225,7 @@ def _betas_info(mask: np.ndarray, rng: np.random.Generator) -> dict:
 
 
 def _write_fwrf_metadata(path: Path, mask: np.ndarray, betas_info: dict,
-                         rng: np.random.Generator) -> None:
+                         rng: np.random.Generator) -> dict:
     ncsnr = betas_info["ncsnr"]
     voxels = ncsnr.size
     r2 = np.clip(rng.uniform(-0.2, 0.7, voxels), 0, None) ** 2
@@ -202,3 +243,4 @@ def _write_fwrf_metadata(path: Path, mask: np.ndarray, betas_info: dict,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, metadata, allow_pickle=True)
+    return metadata

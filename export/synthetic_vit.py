@@ -16,7 +16,7 @@ from torchvision.models import vit_b_32
 
 from nest_rt import catalog
 
-from .synthetic import synthetic_images
+from .synthetic import check_pregenerated, synthetic_images, write_pregenerated
 from .toolkit import LAYOUT_CURRENT, LAYOUT_LEGACY, eeg_files, fsaverage_files
 from .vit_torch import FEATURES, VitFeatures, reference_features
 
@@ -37,15 +37,19 @@ def write_vit_weights(nest_dir: Path, seed: int = 0) -> Path:
 
 def write_vit_toolkit(nest_dir: Path, eeg_subjects: list[int] = (), fsaverage_subjects: list[int] = (),
                       layout: str = LAYOUT_CURRENT, components: int = 250, legacy_components: int = 1000,
-                      seed: int = 0) -> Path:
+                      seed: int = 0, pregenerated_images: int = 0) -> Path:
+    """``pregenerated_images`` > 0 (legacy layout) also writes pregenerated EEG responses, as
+    ``synthetic.write_toolkit`` does for the fwRF."""
     nest_dir = Path(nest_dir)
+    check_pregenerated(pregenerated_images, layout)
     weights_path = write_vit_weights(nest_dir, seed)
     vit = vit_b_32()
     vit.load_state_dict(torch.load(weights_path, weights_only=True))
     features = reference_features(VitFeatures(vit.eval()), synthetic_images(_CALIBRATION_IMAGES, 256, seed))
     rng = np.random.default_rng(seed)
     if eeg_subjects:
-        _write_eeg(nest_dir, list(eeg_subjects), layout, components, legacy_components, features, rng)
+        _write_eeg(nest_dir, list(eeg_subjects), layout, components, legacy_components, features, rng,
+                   pregenerated_images, seed)
     if fsaverage_subjects:
         if layout == LAYOUT_LEGACY:
             raise ValueError("the fsaverage model exists only in the current toolkit layout")
@@ -97,7 +101,8 @@ def _eeg_metadata(rng) -> dict:
     }
 
 
-def _write_eeg(nest_dir, subjects, layout, components, legacy_components, features, rng) -> None:
+def _write_eeg(nest_dir, subjects, layout, components, legacy_components, features, rng,
+               pregenerated_images=0, seed=0) -> None:
     outputs = 63 * 140
     if layout == LAYOUT_LEGACY:
         files = eeg_files(nest_dir, subjects[0], LAYOUT_LEGACY)
@@ -111,7 +116,11 @@ def _write_eeg(nest_dir, subjects, layout, components, legacy_components, featur
         else:
             _save(files["weights"], {"scaler_param": _scaler(features, rng),
                                      "pca_param": _pca(rng, components, 16540), "reg_param": regressions})
-        _save(files["metadata"], _eeg_metadata(rng))
+        metadata = _eeg_metadata(rng)
+        _save(files["metadata"], metadata)
+        if pregenerated_images:
+            write_pregenerated(nest_dir, EEG, subject, None, (4, 63, 140), metadata, pregenerated_images,
+                               np.random.default_rng([seed, subject, 1]))
 
 
 def _write_fsaverage(nest_dir, subject, components, features, rng) -> None:

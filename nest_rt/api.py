@@ -6,9 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from . import catalog, selection as selections
+from . import catalog, responses, selection as selections
 from .bundle import Bundle
-from .errors import InvalidParameterError, ParameterTypeError, StimulusError, ValidationError
+from .errors import (InvalidParameterError, ParameterTypeError, ResponsesNotFoundError, StimulusError,
+                     ValidationError)
 from .models import EncodingModel, FwrfEncodingModel, Sessions, VitBackbone, VitEncodingModel, encode_models
 
 FWRF, EEG, FSAVERAGE = selections.FWRF, selections.EEG, selections.FSAVERAGE
@@ -234,6 +235,35 @@ class NEST:
         elif roi is not None:
             raise InvalidParameterError(f"roi applies to {FWRF} only; the metadata of {model_id} is per subject")
         return self.bundle.read_nested_npz(self.bundle.entry(model_id, subject, roi)["metadata"])
+
+    # -- stored responses ----------------------------------------------------------------------------
+    def load_insilico_neural_responses(self, modality: str, train_dataset: str, model: str, imageset: str,
+                                       subject: int, roi: str | None = None, return_metadata: bool = True,
+                                       responses_dir: str | Path | None = None):
+        """Upstream's pregenerated responses, or those written by ``nest-rt encode``.
+
+        Looks in ``responses_dir`` when given (an encode OUT folder or a legacy toolkit), else in
+        the bundle's converted metadata and the exported toolkit's
+        ``pregenerated_insilico_neural_responses``. Returns a lazy h5py Dataset (or a
+        memory-mapped array for encode outputs without --h5; fsaverage: (lh, rh)) and, with
+        ``return_metadata``, the metadata dict. ``imageset`` is 'nsd', 'imagenet_val' or 'things'
+        for upstream's files, or the name given to ``nest-rt encode``.
+        """
+        request = responses.parse_request(modality, train_dataset, model, imageset, subject, roi,
+                                          return_metadata)
+        if responses_dir is not None:
+            roots = responses.response_roots(responses_dir)
+        else:
+            candidates = [self.bundle.root / responses.PREGENERATED_DIR]
+            nest_dir = self.bundle.manifest.get("source", {}).get("nest_dir")
+            if nest_dir:
+                candidates.append(Path(nest_dir) / responses.PREGENERATED_DIR)
+            roots = [folder for folder in candidates if folder.is_dir()]
+            if not roots:
+                raise ResponsesNotFoundError(
+                    f"no {responses.PREGENERATED_DIR} in the bundle or its toolkit ({[str(c) for c in candidates]}); "
+                    "pass responses_dir= (a nest-rt encode output or a legacy toolkit)")
+        return responses.load_request(roots, request, self.bundle)
 
     def _resolve(self, modality, train_dataset, model, subject, roi):
         catalog.require_str("modality", modality)

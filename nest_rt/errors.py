@@ -72,3 +72,8 @@ class OutputWriteError(NESTError, OSError):
 class MissingExtraError(NESTError, ImportError):
     """An optional dependency of the feature asked for is not installed (the message says
     which extra to install)."""
+
+
+class ResponsesNotFoundError(InvalidParameterError, FileNotFoundError):
+    """Requested in silico responses (or their metadata) are not on disk. A ValueError for an
+    unknown imageset, as upstream, and a FileNotFoundError for a missing file, as h5py's."""

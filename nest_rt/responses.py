@@ -1,0 +1,247 @@
+"""Read in silico responses stored on disk: upstream's pregenerated ones (legacy toolkit) and
+those written by ``nest-rt encode``, which use the same directory layout.
+
+::
+
+    ROOT/modality-M/train_dataset-D/model-X/imageset-I/
+        synthetic_neural_responses_<stem>.h5            dataset 'synthetic_neural_responses'
+                                                        (fsaverage: datasets 'lh' and 'rh')
+        synthetic_neural_responses_<stem>.npy           nest-rt encode only (fsaverage: _lh/_rh.npy)
+        synthetic_neural_responses_metadata_<stem>.npz  pickle-free metadata (bundle or encode output)
+        synthetic_neural_responses_metadata_<stem>.npy  upstream's pickled metadata: never read here
+
+where ``<stem>`` is ``sub-SS`` plus ``_roi-R`` for an ROI. The runtime never unpickles, so
+upstream's metadata is read only after ``nest-rt export --pregenerated`` converted it to npz.
+"""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+from . import catalog
+from .bundle import Bundle, read_nested_npz
+from .errors import (BundleIntegrityError, InvalidParameterError, MissingExtraError,
+                     NESTError, ParameterTypeError, ResponsesNotFoundError)
+from .selection import EEG, FSAVERAGE, FWRF
+
+PREGENERATED_DIR = "pregenerated_insilico_neural_responses"
+UPSTREAM_IMAGESETS = ["nsd", "imagenet_val", "things"]
+DATASET = "synthetic_neural_responses"
+# Upstream pregenerated no fsaverage responses; nest-rt encode writes them under this triple.
+_ENCODE_ONLY_TRIPLES = {("fmri", "nsd_fsaverage", "vit_b_32"): FSAVERAGE}
+
+
+def model_triple(model_id: str) -> tuple[str, str, str]:
+    """(modality, train_dataset, model) naming a model's response folders."""
+    for triple, encode_only in _ENCODE_ONLY_TRIPLES.items():
+        if model_id == encode_only:
+            return triple
+    legacy = catalog.model_entry(model_id)["legacy"]
+    return legacy["modality"], legacy["train_dataset"], legacy["model"]
+
+
+def model_dir(model_id: str) -> str:
+    modality, train_dataset, model = model_triple(model_id)
+    return f"modality-{modality}/train_dataset-{train_dataset}/model-{model}"
+
+
+def file_stem(subject: int, roi: str | None = None) -> str:
+    return f"sub-{subject:02d}" + (f"_roi-{roi}" if roi else "")
+
+
+def responses_file(stem: str, suffix: str) -> str:
+    return f"{DATASET}_{stem}{suffix}"
+
+
+def metadata_file(stem: str, suffix: str) -> str:
+    return f"{DATASET}_metadata_{stem}{suffix}"
+
+
+class Request(NamedTuple):
+    model_id: str
+    imageset: str
+    stem: str
+    return_metadata: bool
+
+    @property
+    def directory(self) -> str:
+        return f"{model_dir(self.model_id)}/imageset-{self.imageset}"
+
+
+def parse_request(modality: Any, train_dataset: Any, model: Any, imageset: Any, subject: Any,
+                  roi: Any = None, return_metadata: Any = True) -> Request:
+    """Validate the arguments in upstream's order; the imageset is checked against the disk later."""
+    for name, value in (("modality", modality), ("train_dataset", train_dataset), ("model", model)):
+        catalog.require_str(name, value)
+    model_id = (_ENCODE_ONLY_TRIPLES.get((modality, train_dataset, model))
+                or catalog.model_id_for_legacy(modality, train_dataset, model))
+    catalog.require_str("imageset", imageset)
+    if imageset in ("", ".", "..") or Path(imageset).name != imageset:
+        raise InvalidParameterError(f"imageset must be a plain folder name such as {UPSTREAM_IMAGESETS}, "
+                                    f"got {imageset!r}")
+    subject = catalog.validate_subject(model_id, subject)
+    if model_id == FWRF or (model_id == FSAVERAGE and roi is not None):
+        roi = catalog.validate_roi(model_id, roi)
+    elif model_id == EEG:
+        roi = None  # upstream ignores roi for EEG
+    if not isinstance(return_metadata, bool):
+        raise ParameterTypeError(f"return_metadata must be a bool, got {type(return_metadata).__name__}")
+    return Request(model_id, imageset, file_stem(subject, roi), return_metadata)
+
+
+def response_roots(responses_dir: Any) -> list[Path]:
+    """Folders that hold ``modality-*`` folders: each given folder itself, or its
+    ``pregenerated_insilico_neural_responses`` subfolder (a legacy toolkit or a bundle)."""
+    given = [responses_dir] if isinstance(responses_dir, (str, Path)) else responses_dir
+    if not isinstance(given, (list, tuple)) or not given or \
+            not all(isinstance(p, (str, Path)) for p in given):
+        raise ParameterTypeError("responses_dir must be a str or Path (or a list of them), "
+                                 f"got {type(responses_dir).__name__}")
+    roots = []
+    for folder in map(Path, given):
+        if not folder.is_dir():
+            raise ResponsesNotFoundError(f"responses_dir {str(folder)!r} is not a directory")
+        roots.append(folder / PREGENERATED_DIR if (folder / PREGENERATED_DIR).is_dir() else folder)
+    return roots
+
+
+def find_responses(roots: Sequence[Path], request: Request) -> Path:
+    """The first root's .h5 (upstream's format, preferred) or .npy of the request."""
+    _check_imageset(roots, request)
+    suffixes = [".h5", "_lh.npy" if request.model_id == FSAVERAGE else ".npy"]
+    for root in roots:
+        for suffix in suffixes:
+            path = root / request.directory / responses_file(request.stem, suffix)
+            if path.is_file():
+                return path
+    present = sorted({p.name for root in roots for p in (root / request.directory).glob(f"{DATASET}_sub-*")})
+    raise ResponsesNotFoundError(
+        f"no responses {responses_file(request.stem, '.h5 / .npy')} in imageset {request.imageset!r} "
+        f"of {_folders(roots, request.directory)}; files there: {present}")
+
+
+def find_metadata(roots: Sequence[Path], request: Request) -> Path:
+    """The pickle-free .npz metadata of the request, from whichever root has it."""
+    candidates = [root / request.directory / metadata_file(request.stem, ".npz") for root in roots]
+    for path in candidates:
+        if path.is_file():
+            return path
+    pickled = [root / request.directory / metadata_file(request.stem, ".npy") for root in roots]
+    pickled = [path for path in pickled if path.is_file()]
+    if pickled:
+        toolkit = _toolkit_of(pickled[0])
+        raise ResponsesNotFoundError(
+            f"the metadata of these responses exists only as upstream's pickled {pickled[0]}, which "
+            f"nest_rt never unpickles; convert it once with: nest-rt export --nest-dir {toolkit} "
+            "--out BUNDLE --pregenerated, then read through NEST(BUNDLE) (or pass return_metadata=False)")
+    raise ResponsesNotFoundError(f"no metadata {metadata_file(request.stem, '.npz')} in "
+                                 f"{_folders(roots, request.directory)}; pass return_metadata=False")
+
+
+def open_responses(path: Path, request: Request):
+    """Lazy responses: an h5py Dataset (the file stays open, as upstream) or a read-only
+    memory-mapped array; fsaverage gives the tuple (lh, rh)."""
+    if path.suffix == ".h5":
+        names = ["lh", "rh"] if request.model_id == FSAVERAGE else [DATASET]
+        datasets = _open_h5(path, names)
+        return tuple(datasets) if request.model_id == FSAVERAGE else datasets[0]
+    if request.model_id == FSAVERAGE:
+        stem_path = str(path)[:-len("_lh.npy")]
+        return tuple(_open_npy(Path(f"{stem_path}_{side}.npy")) for side in ("lh", "rh"))
+    return _open_npy(path)
+
+
+def read_metadata(path: Path, bundle: Bundle | None = None) -> dict[str, Any]:
+    """Read an npz without unpickling; through ``bundle`` (sha256-checked) when it lists the file."""
+    try:
+        if bundle is not None and path.resolve().is_relative_to(bundle.root.resolve()):
+            relative = path.resolve().relative_to(bundle.root.resolve()).as_posix()
+            if relative in bundle.manifest.get("files", {}):
+                return bundle.read_nested_npz(relative)
+        return read_nested_npz(path)
+    except NESTError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise BundleIntegrityError(f"metadata {path} is not a pickle-free npz ({_first_line(exc)})") from exc
+
+
+def load_insilico_neural_responses(responses_dir: str | Path | Sequence[str | Path], modality: str,
+                                   train_dataset: str, model: str, imageset: str, subject: int,
+                                   roi: str | None = None, return_metadata: bool = True, *,
+                                   bundle: Bundle | None = None):
+    """Upstream's ``load_insilico_neural_responses`` over explicit folders.
+
+    ``responses_dir``: a ``nest-rt encode`` OUT folder, a legacy toolkit, a bundle, or a list of
+    them (searched in order; responses and metadata may come from different ones). Returns the
+    lazy responses (h5py Dataset, or memory-mapped array for encode outputs without --h5;
+    fsaverage: (lh, rh)), and with ``return_metadata`` the metadata dict. Metadata inside
+    ``bundle`` is checked against the bundle's sha256 list.
+    """
+    request = parse_request(modality, train_dataset, model, imageset, subject, roi, return_metadata)
+    return load_request(response_roots(responses_dir), request, bundle)
+
+
+def load_request(roots: Sequence[Path], request: Request, bundle: Bundle | None = None):
+    responses_path = find_responses(roots, request)
+    # find the metadata before opening the h5, so that a refusal leaves no file open
+    metadata_path = find_metadata(roots, request) if request.return_metadata else None
+    responses = open_responses(responses_path, request)
+    if metadata_path is None:
+        return responses
+    return responses, read_metadata(metadata_path, bundle)
+
+
+def _check_imageset(roots: Sequence[Path], request: Request) -> None:
+    if any((root / request.directory).is_dir() for root in roots):
+        return
+    available = sorted({p.name.removeprefix("imageset-") for root in roots
+                        for p in (root / model_dir(request.model_id)).glob("imageset-*") if p.is_dir()})
+    raise ResponsesNotFoundError(
+        f"imageset={request.imageset!r}: no such image set for {model_dir(request.model_id)} in "
+        f"{[str(r) for r in roots]}; available imagesets: {available}")
+
+
+def _open_h5(path: Path, names: list[str]) -> list:
+    try:
+        import h5py
+    except ImportError as exc:
+        raise MissingExtraError(f"reading {path.name} needs h5py: pip install 'nest-rt[h5]'") from exc
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise BundleIntegrityError(f"{path} is not a readable HDF5 file ({_first_line(exc)})") from exc
+    missing = [name for name in names if name not in handle]
+    if missing:
+        listed = list(handle)
+        handle.close()
+        raise BundleIntegrityError(f"{path} has no dataset {missing[0]!r}; it holds {listed}")
+    return [handle[name] for name in names]
+
+
+def _open_npy(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise ResponsesNotFoundError(f"responses file missing: {path}")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise BundleIntegrityError(f"{path} is not a plain numeric .npy ({_first_line(exc)})") from exc
+
+
+def _toolkit_of(path: Path) -> str:
+    """The toolkit folder above a pregenerated file (for the conversion hint)."""
+    for parent in path.parents:
+        if parent.name == PREGENERATED_DIR:
+            return str(parent.parent)
+    return "TOOLKIT"
+
+
+def _folders(roots: Sequence[Path], directory: str) -> list[str]:
+    return [str(root / directory) for root in roots]
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
