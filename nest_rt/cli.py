@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--voxels", type=int, help="voxels per ROI (default: subject 1's real counts)")
     synth.add_argument("--layout", choices=["current", "legacy"], default="current")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--pregenerated-images", type=int, default=0,
+                       help="legacy layout: also write upstream-style pregenerated responses for this many images")
     synth.set_defaults(handler=_synthetic)
 
     export = commands.add_parser("export", help="toolkit directory -> ONNX bundle (needs torch)")
@@ -75,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--precisions", nargs="+", choices=["int8", "fp16"], default=[],
                         help="also write these ViT backbones: int8 (CPU) and/or fp16 (CUDA only); "
                              "their fidelity against fp32 is measured and recorded in bundle.json")
+    export.add_argument("--pregenerated", action="store_true",
+                        help="also convert the toolkit's pregenerated-response metadata (pickles) into pickle-free "
+                             ".npz files in the bundle, for NEST.load_insilico_neural_responses")
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     export.set_defaults(handler=_export)
 
@@ -219,7 +224,7 @@ def _export_stage():
 def _synthetic(args) -> None:
     _, synthetic = _export_stage()
     synthetic.write_toolkit(args.out, subjects=args.subjects, rois=args.rois, voxels=args.voxels,
-                            seed=args.seed, layout=args.layout)
+                            seed=args.seed, layout=args.layout, pregenerated_images=args.pregenerated_images)
     print(f"synthetic toolkit written to {args.out}")
 
 
@@ -227,7 +232,7 @@ def _export(args) -> None:
     exporter, _ = _export_stage()
     exporter.export_bundle(args.nest_dir, args.out, models=args.models, subjects=args.subjects,
                            rois=args.rois, vit_weights=args.vit_weights, precisions=args.precisions,
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, pregenerated=args.pregenerated)
 
 
 def _demo(args) -> None:

@@ -38,7 +38,9 @@ def plot_run(run_dir, out_dir, outputs=None, images=None, max_images=200) -> lis
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for output in chosen:
-        parts = {label: _read_rows(run_dir, spec["file"], rows) for label, spec in output["arrays"].items()}
+        # a hemisphere without vertices in the selected ROI has nothing to draw
+        parts = {label: _read_rows(run_dir, spec["file"], rows) for label, spec in output["arrays"].items()
+                 if all(spec["shape"][1:])}
         name = re.sub(r"[^A-Za-z0-9._-]", "_", output["name"])
         title = _title(run, output, rows, count, picked=images is not None)
         eeg = next(iter(parts.values())).ndim == 4

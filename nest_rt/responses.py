@@ -15,6 +15,7 @@ upstream's metadata is read only after ``nest-rt export --pregenerated`` convert
 """
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -24,7 +25,7 @@ import numpy as np
 from . import catalog
 from .bundle import Bundle, read_nested_npz
 from .errors import (BundleIntegrityError, InvalidParameterError, MissingExtraError,
-                     NESTError, ParameterTypeError, ResponsesNotFoundError)
+                     NESTError, ParameterTypeError, ResponsesNotFoundError, RunStateError)
 from .selection import EEG, FSAVERAGE, FWRF
 
 PREGENERATED_DIR = "pregenerated_insilico_neural_responses"
@@ -104,8 +105,19 @@ def response_roots(responses_dir: Any) -> list[Path]:
     for folder in map(Path, given):
         if not folder.is_dir():
             raise ResponsesNotFoundError(f"responses_dir {str(folder)!r} is not a directory")
+        _require_finished_run(folder)
         roots.append(folder / PREGENERATED_DIR if (folder / PREGENERATED_DIR).is_dir() else folder)
     return roots
+
+
+def _require_finished_run(folder: Path) -> None:
+    """An encode output folder is read only once its run is complete."""
+    record = folder / "run.json"
+    if record.is_file():
+        status = json.loads(record.read_text(encoding="utf-8")).get("status")
+        if status != "complete":
+            raise RunStateError(f"responses_dir {str(folder)!r} holds an unfinished nest-rt encode run "
+                                f"(status {status!r}); run its encode command again to finish it")
 
 
 def find_responses(roots: Sequence[Path], request: Request) -> Path:

@@ -42,15 +42,13 @@ from .errors import InvalidParameterError, MissingExtraError, OutputWriteError, 
 from .image_files import ImageList, list_image_files, load_image, open_image_array, scan_images
 from .images import Stimulus
 from .models import EncodingModel, iter_responses
+from .responses import file_stem, metadata_file, model_dir, responses_file
 
 RUN_FORMAT = "nest_rt.run/1"
 RUN_RECORD, PROGRESS, LOCK = "run.json", "progress.json", ".lock"
 PARTIAL = ".partial"
 DEFAULT_CHUNK_SIZE = 256
 MODEL_ALIASES = {"fwrf": selections.FWRF, "eeg": selections.EEG, "fsaverage": selections.FSAVERAGE}
-_FOLDERS = {selections.FWRF: "modality-fmri/train_dataset-nsd/model-fwrf",
-            selections.EEG: "modality-eeg/train_dataset-things_eeg_2/model-vit_b_32",
-            selections.FSAVERAGE: "modality-fmri/train_dataset-nsd_fsaverage/model-vit_b_32"}
 _COPY_BLOCK_BYTES = 64 * 2**20
 
 
@@ -148,16 +146,15 @@ class Output:
     metadata: dict[str, Any]
 
     def array_file(self, array: str) -> str:
-        suffix = "" if array == "responses" else f"_{array}"
-        return f"{self.folder}/synthetic_neural_responses_{self.stem}{suffix}.npy"
+        return f"{self.folder}/" + responses_file(self.stem, ".npy" if array == "responses" else f"_{array}.npy")
 
     @property
     def metadata_file(self) -> str:
-        return f"{self.folder}/synthetic_neural_responses_metadata_{self.stem}.npz"
+        return f"{self.folder}/" + metadata_file(self.stem, ".npz")
 
     @property
     def h5_file(self) -> str:
-        return f"{self.folder}/synthetic_neural_responses_{self.stem}.h5"
+        return f"{self.folder}/" + responses_file(self.stem, ".h5")
 
 
 def plan_outputs(nest: NEST, requests: list[ModelRequest], imageset: str, device: str) -> list[Output]:
@@ -165,10 +162,8 @@ def plan_outputs(nest: NEST, requests: list[ModelRequest], imageset: str, device
     for request in requests:
         model = nest.get_encoding_model(request.model_id, subject=request.subject,
                                         selection=request.selection or None, device=device)
-        stem = f"sub-{request.subject:02d}"
+        stem = file_stem(request.subject, request.selection.get("roi"))
         other = {key: value for key, value in request.selection.items() if key != "roi"}
-        if "roi" in request.selection:
-            stem += f"_roi-{request.selection['roi']}"
         if other:
             stem += "_sel-" + hashlib.sha256(json.dumps(other, sort_keys=True).encode()).hexdigest()[:8]
         empty = model.allocate(0)
@@ -179,7 +174,7 @@ def plan_outputs(nest: NEST, requests: list[ModelRequest], imageset: str, device
         name = f"{request.model_id}_{stem}"
         if any(output.name == name for output in outputs):
             raise InvalidParameterError(f"--model: {name} is asked for twice")
-        outputs.append(Output(request, model, name, f"{_FOLDERS[request.model_id]}/imageset-{imageset}",
+        outputs.append(Output(request, model, name, f"{model_dir(request.model_id)}/imageset-{imageset}",
                               stem, shapes, axes, {**metadata, "selection": chosen}))
     return outputs
 
@@ -288,6 +283,8 @@ class NpyRows:
 
     def write(self, row: int, block: np.ndarray) -> None:
         data = np.ascontiguousarray(block, dtype=np.float32)
+        if data.size == 0:  # e.g. an ROI with no vertices in one hemisphere
+            return
         _write_all(self._fd, memoryview(data).cast("B"), self.offset + row * self.row_bytes, self.path)
 
     def sync(self) -> None:
@@ -346,7 +343,7 @@ def write_h5(arrays: dict[str, Path], target: Path) -> None:
             shape, _ = npy_header(path)
             dataset = handle.create_dataset("synthetic_neural_responses" if name == "responses" else name,
                                             shape=shape, dtype=np.float32,
-                                            chunks=(min(shape[0], 64), *shape[1:]) if shape[0] else None)
+                                            chunks=(min(shape[0], 64), *shape[1:]) if all(shape) else None)
             row = 0
             for block in iter_npy_blocks(path):
                 dataset[row:row + len(block)] = block

@@ -66,9 +66,12 @@ def reference(toolkit_dir):
 
 @pytest.fixture(scope="session")
 def vit_toolkit(tmp_path_factory) -> Path:
-    """EEG subjects 1-2 and fsaverage subject 1 with 12 PCA components (instead of 250)."""
-    return synthetic_vit.write_vit_toolkit(tmp_path_factory.mktemp("vit_toolkit"), eeg_subjects=[1, 2],
-                                           fsaverage_subjects=[1], components=12, seed=4)
+    """EEG subjects 1-2 and fsaverage subject 1 with 12 PCA components (instead of 250), and
+    fwRF subject 1 (V1 and lateral, 20 voxels), so that one bundle holds all three families."""
+    nest_dir = synthetic.write_toolkit(tmp_path_factory.mktemp("vit_toolkit"), subjects=[SUBJECT],
+                                       rois=["V1", "lateral"], voxels=20, seed=4)
+    return synthetic_vit.write_vit_toolkit(nest_dir, eeg_subjects=[1, 2], fsaverage_subjects=[1],
+                                           components=12, seed=4)
 
 
 @pytest.fixture(scope="session")
