@@ -98,3 +98,29 @@ def test_export_command_explains_the_missing_extra(tmp_path):
                              "--out", str(tmp_path / "b")], capture_output=True, text=True)
     assert result.returncode == 2
     assert "pip install 'nest-rt[export]'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_encodes_shards_merges_and_reads_back_without_torch(expected, tmp_path):
+    """The command-line path at scale (encode -> shards -> merge -> HDF5 -> load) with the
+    runtime alone; responses equal the API's on the same images."""
+    from nest_rt import NEST
+    images = np.concatenate([expected["images_300"]] * 2)  # 10 images
+    np.save(tmp_path / "images.npy", images)
+    common = ["--bundle", str(WORK / "bundle"), "--model", "fwrf:roi=V1", "--model", f"eeg:subjects={SUBJECT}",
+              "--chunk-size", "3", "--h5", "--no-progress", "--imageset", "probe"]
+    for shard in ("0/2", "1/2"):
+        result = subprocess.run([sys.executable, "-m", "nest_rt.cli", "encode", str(tmp_path / "images.npy"),
+                                 *common, "--shard", shard, "--out", str(tmp_path / shard.replace("/", "of"))],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    merged = subprocess.run([sys.executable, "-m", "nest_rt.cli", "merge", str(tmp_path / "0of2"),
+                             str(tmp_path / "1of2"), "--out", str(tmp_path / "merged")], capture_output=True, text=True)
+    assert merged.returncode == 0, merged.stderr
+    nest = NEST(WORK / "bundle")
+    stored, metadata = nest.load_insilico_neural_responses("eeg", "things_eeg_2", "vit_b_32", "probe", SUBJECT,
+                                                           responses_dir=tmp_path / "merged")
+    eeg = nest.get_encoding_model("eeg-things_eeg_2-vit_b_32", subject=SUBJECT)
+    direct = nest.encode(eeg, images, show_progress=False)
+    np.testing.assert_allclose(stored[:], direct, rtol=0, atol=1e-5 * np.abs(direct).max())
+    assert metadata["eeg"]["ch_names"][:3] == ["Fp1", "F3", "F7"]
+    assert "torch" not in sys.modules
