@@ -35,7 +35,8 @@ def main() -> None:
         int8_backbone(BUNDLE / "vit_b_32" / "backbone.onnx", int8_path)
     images = np.load(WORK / "images_100x425_seed2024.npy")[:IMAGES]
     head = session(HEAD / "sub-01.head.onnx")
-    weights = {"coef_t": np.load(HEAD / "sub-01.regression_coef_t.npy"),
+    weights = {"pca_matrix": np.load(HEAD / "sub-01.pca_matrix.npy"), "pca_bias": np.load(HEAD / "sub-01.pca_bias.npy"),
+               "coef_t": np.load(HEAD / "sub-01.regression_coef_t.npy"),
                "intercept": np.load(HEAD / "sub-01.regression_intercept.npy")}
 
     def encode(backbone: ort.InferenceSession) -> np.ndarray:

@@ -169,28 +169,32 @@ def _check_head(model_id: str, subject: int, weights: dict, blocks: list, metada
 def _export_head(nest_dir, staging, manifest, model_id, subject, probes):
     """Write one subject's head; returns (label, features -> responses) for precision checks."""
     import onnxruntime as ort
-    from .vit_onnx import COEF_NAME, FEATURES_NAME, INTERCEPT_NAME, head_model, save_with_external_data
+    import onnx
+    from .vit_onnx import (COEF_NAME, FEATURES_NAME, INTERCEPT_NAME, PCA_BIAS_NAME, PCA_MATRIX_NAME,
+                           folded_pca, head_model)
     from .vit_torch import reference_eeg, reference_fsaverage
     weights, blocks, metadata_path, sources, layout = _head_parts(nest_dir, model_id, subject)
     metadata = toolkit.load_npy_dict(metadata_path)
     used = _check_head(model_id, subject, weights, blocks, metadata, sources)
     coef_t = np.ascontiguousarray(np.concatenate([np.asarray(b["coef_"], np.float32) for b in blocks]).T)
     intercept = np.concatenate([np.asarray(b["intercept_"], np.float32) for b in blocks])
+    pca_matrix, pca_bias = folded_pca(weights["scaler_param"], weights["pca_param"], used)
     names = {key: pattern.format(subject=subject)
              for key, pattern in catalog.model_entry(model_id)["bundle_files"].items()}
     head_path = staging / names["head"]
     head_path.parent.mkdir(parents=True, exist_ok=True)
-    written = save_with_external_data(
-        head_model(weights["scaler_param"], weights["pca_param"], used, doc=f"NEST {model_id} subject {subject}"),
-        head_path)
+    onnx.save(head_model(pca_matrix.shape[0], used, doc=f"NEST {model_id} subject {subject}"), head_path)
+    np.save(staging / names["pca_matrix"], pca_matrix)
+    np.save(staging / names["pca_bias"], pca_bias)
     np.save(staging / names["regression_coef"], coef_t)
     np.save(staging / names["regression_intercept"], intercept)
     save_flat_npz(staging / names["metadata"], metadata)
 
     session = ort.InferenceSession(str(head_path), providers=["CPUExecutionProvider"])
+    inputs = {PCA_MATRIX_NAME: pca_matrix, PCA_BIAS_NAME: pca_bias, COEF_NAME: coef_t, INTERCEPT_NAME: intercept}
     parity = {}
     for size, (reference_features, onnx_features, _) in probes.items():
-        got = session.run(None, {FEATURES_NAME: onnx_features, COEF_NAME: coef_t, INTERCEPT_NAME: intercept})[0]
+        got = session.run(None, {FEATURES_NAME: onnx_features, **inputs})[0]
         if model_id == EEG:
             expected = reference_eeg(reference_features, weights).reshape(len(got), -1)
         else:
@@ -209,7 +213,8 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, probes):
         "components": int(used), "outputs": int(outputs),
         "output_layout": ("rows r*8820 + c*140 + t for repetition r, channel c, time t -> [N, 4, 63, 140]"
                           if model_id == EEG else "lh vertices 0..163841 then rh vertices 0..163841"),
-        "inputs": {FEATURES_NAME: ["N", "features"], COEF_NAME: [int(used), "O"], INTERCEPT_NAME: ["O"]},
+        "inputs": {FEATURES_NAME: ["N", "features"], PCA_MATRIX_NAME: ["features", int(used)],
+                   PCA_BIAS_NAME: [int(used)], COEF_NAME: [int(used), "O"], INTERCEPT_NAME: ["O"]},
         "opset": OPSET,
         "provenance": {"sources": source_records},
         "parity": parity,
@@ -217,9 +222,9 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, probes):
     (staging / names["sidecar"]).write_text(json.dumps(sidecar, indent=1), encoding="utf-8")
     graphs = manifest["models"].setdefault(model_id, {"graphs": {}})["graphs"]
     graphs.setdefault(str(subject), {})["all"] = {
-        **names, "head_data": written[1].relative_to(staging).as_posix(), "backbone": "vit_b_32",
+        **names, "backbone": "vit_b_32",
         "components": int(used), "outputs": int(outputs), "parity": parity}
 
     def responses(features: np.ndarray) -> np.ndarray:
-        return session.run(None, {FEATURES_NAME: features, COEF_NAME: coef_t, INTERCEPT_NAME: intercept})[0]
+        return session.run(None, {FEATURES_NAME: features, **inputs})[0]
     return f"{model_id} subject {subject}", responses

@@ -5,9 +5,10 @@ backbone.onnx: images uint8 [N, 3, S, S] -> features float32 [N, 460800]. Upstre
   centre crop 224, /255, ImageNet normalisation) is written by hand in front of torchvision's
   vit_b_32 feature extractor, which torch.onnx (dynamo) exports.
 head: features [N, 460800] -> responses [N, O]: StandardScaler and PCA folded into one matrix
-  and bias (NEST_REFERENCE §3.6), then the regression, whose weights are graph inputs. They are
-  stored beside the head as plain .npy arrays ([K, O] and [O]), so the runtime can keep only the
-  output columns a selection needs and every subject's rows stay memory-mappable.
+  and bias (NEST_REFERENCE §3.6), then the regression. All four weight arrays are graph inputs,
+  stored beside the head as plain .npy files (pca_matrix [D, K], pca_bias [K], coef_t [K, O],
+  intercept [O]): the runtime keeps only the output columns a selection needs, and it can read a
+  subject's 460 MB matrix when it needs it rather than hold every subject's at once.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PIXELS = "pixels"
 FEATURES_NAME = "features"
 COMPONENTS_NAME = "components"
+PCA_MATRIX_NAME = "pca_matrix"
+PCA_BIAS_NAME = "pca_bias"
 COEF_NAME = "coef_t"
 INTERCEPT_NAME = "intercept"
 RESPONSES_NAME = "responses"
@@ -77,24 +80,28 @@ def _rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
         node.input[:] = [new if name == old else name for name in node.input]
 
 
-def head_model(scaler: dict, pca: dict, used: int, doc: str) -> onnx.ModelProto:
-    """features [N, D] -> responses [N, O] for one subject.
-
-    The StandardScaler and the first ``used`` PCA components fold into f @ A + a with
-    A = diag(1/scale) W^T and a = -(mean/scale + pca_mean) W^T (computed in float64, stored in
-    float32). The regression weights are inputs (``coef_t`` [K, O], ``intercept`` [O]) so that
-    the runtime passes only the output rows a selection needs; the components are float32 before
-    the regression, as upstream casts them.
-    """
+def folded_pca(scaler: dict, pca: dict, used: int) -> tuple[np.ndarray, np.ndarray]:
+    """The StandardScaler and the first ``used`` PCA components as one affine map f @ A + a,
+    A = diag(1/scale) W^T and a = -(mean/scale + pca_mean) W^T, computed in float64 and returned
+    in float32 (the components are float32 before the regression, as upstream casts them)."""
     components = np.asarray(pca["components_"][:used], np.float64)           # [K, D]
     scale = np.asarray(scaler["scale_"], np.float64)
     matrix = (components / scale).T                                          # [D, K]
     bias = -(np.asarray(scaler["mean_"], np.float64) / scale + np.asarray(pca["mean_"], np.float64)) @ components.T
+    return np.ascontiguousarray(matrix, dtype=np.float32), bias.astype(np.float32)
+
+
+def head_model(features: int, used: int, doc: str) -> onnx.ModelProto:
+    """features [N, D] -> responses [N, O] for one subject: (f @ pca_matrix + pca_bias) @ coef_t
+    + intercept. Every weight is an input (see the module docstring), so the graph is a few
+    hundred bytes and the same for every subject of a model."""
     g = GraphBuilder()
-    product = g.op("MatMul", [FEATURES_NAME, g.const("pca_matrix", matrix.astype(np.float32))])
-    reduced = g.op("Add", [product, g.const("pca_bias", bias.astype(np.float32))], name=COMPONENTS_NAME)
+    product = g.op("MatMul", [FEATURES_NAME, PCA_MATRIX_NAME])
+    reduced = g.op("Add", [product, PCA_BIAS_NAME], name=COMPONENTS_NAME)
     g.op("Add", [g.op("MatMul", [reduced, COEF_NAME]), INTERCEPT_NAME], name=RESPONSES_NAME)
-    inputs = [helper.make_tensor_value_info(FEATURES_NAME, TensorProto.FLOAT, ["N", matrix.shape[0]]),
+    inputs = [helper.make_tensor_value_info(FEATURES_NAME, TensorProto.FLOAT, ["N", features]),
+              helper.make_tensor_value_info(PCA_MATRIX_NAME, TensorProto.FLOAT, [features, used]),
+              helper.make_tensor_value_info(PCA_BIAS_NAME, TensorProto.FLOAT, [used]),
               helper.make_tensor_value_info(COEF_NAME, TensorProto.FLOAT, [used, "O"]),
               helper.make_tensor_value_info(INTERCEPT_NAME, TensorProto.FLOAT, ["O"])]
     return g.model("nest_vit_head", doc, RESPONSES_NAME, ["N", "O"], graph_inputs=inputs)

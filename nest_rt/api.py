@@ -10,7 +10,7 @@ from . import catalog, responses, selection as selections
 from .bundle import Bundle
 from .errors import (InvalidParameterError, ParameterTypeError, ResponsesNotFoundError, StimulusError,
                      ValidationError)
-from .models import EncodingModel, FwrfEncodingModel, Sessions, VitBackbone, VitEncodingModel, encode_models
+from .models import EncodingModel, FwrfEncodingModel, VitBackbone, VitEncodingModel, VitHead, encode_models
 
 FWRF, EEG, FSAVERAGE = selections.FWRF, selections.EEG, selections.FSAVERAGE
 
@@ -45,7 +45,7 @@ class NEST:
         self.num_threads = num_threads
         self.precision = precision
         self._backbone: VitBackbone | None = None  # one per NEST object, shared by all ViT models
-        self._heads: dict[tuple[str, int], Sessions] = {}  # one per subject, shared by its selections
+        self._heads: dict[tuple[str, int], VitHead] = {}  # one per subject, shared by its selections
 
     # -- catalog queries (legacy which_* methods) --------------------------------------------
     def which_modalities(self) -> list[str]:
@@ -139,7 +139,7 @@ class NEST:
         if model_id == FWRF:
             roi = roi or selections.fwrf_roi(selection)
             return FwrfEncodingModel(self.bundle, subject, roi, device, self.num_threads, api=api)
-        entry = self.bundle.entry(model_id, subject)  # a clear NotExportedError before anything else
+        self.bundle.entry(model_id, subject)  # a clear NotExportedError before anything else
         if model_id == EEG:
             columns, shape = selections.eeg_plan(selection)
         else:
@@ -147,13 +147,13 @@ class NEST:
                 selection, lambda name: self.fsaverage_roi_vertices(subject, name))
         key = (model_id, subject)
         if key not in self._heads:
-            self._heads[key] = Sessions(self.bundle.path(entry["head"]), self.num_threads)
+            self._heads[key] = VitHead(self.bundle, model_id, subject, self.num_threads)
         return VitEncodingModel(self.bundle, model_id, subject, columns, shape, self._vit_backbone(),
                                 self._heads[key], device, api=api, selection=selection)
 
     def release_heads(self) -> None:
-        """Forget the cached ViT head sessions (each holds its subject's folded PCA matrix,
-        about 460 MB); models loaded earlier keep theirs alive until they are dropped."""
+        """Forget the cached ViT heads (each may hold its subject's folded PCA matrix, about
+        460 MB); models loaded earlier keep theirs alive until they are dropped."""
         self._heads.clear()
 
     def _vit_backbone(self) -> VitBackbone:

@@ -11,7 +11,7 @@ import numpy as np
 from .errors import (BundleFileNotFoundError, BundleIntegrityError, NotExportedError)
 
 BUNDLE_MANIFEST = "bundle.json"
-BUNDLE_FORMAT = "nest_rt.bundle/1"
+BUNDLE_FORMAT = "nest_rt.bundle/2"  # 2: the ViT heads take their PCA matrix as an input
 
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:

@@ -236,10 +236,12 @@ def _export(args) -> None:
 
 
 def _demo(args) -> None:
+    import shutil
+
     import numpy as np
     from PIL import Image
 
-    from .api import NEST
+    from .runs import RunInputs, encode_run
     exporter, synthetic = _export_stage()
     out = args.out
     nest_dir = args.nest_dir
@@ -258,19 +260,19 @@ def _demo(args) -> None:
         paths.append(image_dir / f"image_{index:03d}.png")
         Image.fromarray(image.transpose(1, 2, 0)).save(paths[-1])
     print(f"3/4 wrote {len(paths)} images to {image_dir}")
-    nest = NEST(bundle_dir)
     response_dir = out / "responses"
-    response_dir.mkdir(parents=True, exist_ok=True)
-    print(f"4/4 encoding them with nest_rt (torch-free onnxruntime) into {response_dir}")
-    for roi in args.rois:
-        model = nest.get_encoding_model("fmri", "nsd", "fwrf", subject=1, roi=roi, device="auto")
-        responses, metadata = nest.encode(model, paths, return_metadata=True)
-        target = response_dir / f"sub-01_roi-{roi}.npy"
-        np.save(target, responses)
-        print(f"    {roi:>8}: responses {responses.shape} {responses.dtype}, mean {responses.mean():+.3f}, "
-              f"std {responses.std():.3f}; mask volume {metadata['fmri']['roi_mask_volume'].shape} "
-              f"-> {target}")
-    print("done. Load them with numpy.load; see README for the NEST API.")
+    if (response_dir / "run.json").is_file():  # the previous demo's run: replace it
+        shutil.rmtree(response_dir)
+    print(f"4/4 encoding them with nest_rt (torch-free onnxruntime), as `nest-rt encode` does, into {response_dir}")
+    record = encode_run(bundle_dir, RunInputs([str(image_dir)]), [f"fwrf:subjects=1:roi={','.join(args.rois)}"],
+                        response_dir, imageset="demo", log=lambda message: print("    " + message))
+    for output in record["outputs"]:
+        info = output["arrays"]["responses"]
+        responses = np.load(response_dir / info["file"])
+        print(f"    {output['selection']['roi']:>8}: responses {responses.shape} {responses.dtype}, "
+              f"mean {responses.mean():+.3f}, std {responses.std():.3f} -> {response_dir / info['file']}")
+    print(f"done. Read them with numpy.load or NEST.load_insilico_neural_responses; plot them with: "
+          f"nest-rt plot {response_dir}")
 
 
 if __name__ == "__main__":

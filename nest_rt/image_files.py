@@ -61,7 +61,7 @@ def list_image_files(specs: list[str]) -> list[str]:
                                     f"(looked for {', '.join(sorted(suffixes)[:8])}, ...)")
         elif os.path.isfile(spec):
             matches = [spec]
-        elif glob.has_magic(spec):
+        elif any(character in spec for character in "*?["):
             matches = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
             if not matches:
                 raise StimulusError(f"inputs: pattern {spec!r} matches no files")

@@ -22,8 +22,15 @@ from .sessions import create_session, resolve_device
 _READOUT_BYTES_PER_IMAGE_VOXEL = 256 * 4 * 6
 _BATCH_MEMORY_BUDGET = 80 * 2**20
 _MAX_BATCH = 32
-# ViT: a batch of 16 holds 29 MB of backbone features (460,800 floats per image).
+# ViT: the backbone runs 16 images per call (29 MB of features; 460,800 floats per image).
 _VIT_BATCH = 16
+# ViT head weights (a subject's folded PCA matrix alone is 461 MB) stay in memory while those of
+# the models encoded together fit this budget. Beyond it (ten EEG subjects: 4.6 GB) the features
+# of a chunk of _STREAMED_CHUNK images are kept instead (472 MB) and each head's weights are read
+# from disk when its turn comes, then dropped: memory stays near one subject's, and each read is
+# shared by 256 images.
+_RESIDENT_WEIGHT_BYTES = 1536 * 2**20
+_STREAMED_CHUNK = 256
 
 
 class Sessions:
@@ -127,11 +134,49 @@ class VitBackbone:
         self._sessions.get(device)
 
     def run(self, images: np.ndarray, device: str, shared: dict) -> np.ndarray:
+        """Features of ``images``, computed once per batch position for every model sharing them."""
         key = (id(self), device, shared.get("position"))
         if key not in shared:
             self.load(device)
-            shared[key] = self._sessions.get(device).run(None, {"images": images})[0]
+            session = self._sessions.get(device)
+            blocks = [session.run(None, {"images": images[start:start + _VIT_BATCH]})[0]
+                      for start in range(0, len(images), _VIT_BATCH)]
+            shared[key] = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
         return shared[key]
+
+
+class VitHead:
+    """One subject's head graph and folded PCA weights, shared by every selection of it.
+
+    The graph takes all its weights as inputs. The PCA matrix is read from its .npy file (not
+    memory-mapped: mapped pages would count towards the process as long as the map lives) and
+    either kept or dropped after use, as the encode loop decides.
+    """
+
+    def __init__(self, bundle: Bundle, model_id: str, subject: int, num_threads: int | None):
+        entry = bundle.entry(model_id, subject)
+        self.sessions = Sessions(bundle.path(entry["head"]), num_threads)
+        self._matrix_path, self._bias_path = bundle.path(entry["pca_matrix"]), bundle.path(entry["pca_bias"])
+        shape = np.load(self._matrix_path, mmap_mode="r", allow_pickle=False).shape
+        bias_shape = np.load(self._bias_path, mmap_mode="r", allow_pickle=False).shape
+        expected = int(entry["components"])
+        if len(shape) != 2 or shape[1] != expected or bias_shape != (expected,):
+            raise BundleIntegrityError(f"{model_id} subject {subject}: PCA arrays have shapes {shape} and "
+                                       f"{bias_shape}, the manifest says [features, {expected}] and [{expected}]")
+        self.features, self.components = shape
+        self.nbytes = 4 * self.features * self.components
+        self._kept: tuple[np.ndarray, np.ndarray] | None = None
+
+    def projection(self, keep: bool) -> tuple[np.ndarray, np.ndarray]:
+        if self._kept is not None:
+            return self._kept
+        arrays = (np.load(self._matrix_path, allow_pickle=False), np.load(self._bias_path, allow_pickle=False))
+        if keep:
+            self._kept = arrays
+        return arrays
+
+    def release(self) -> None:
+        self._kept = None
 
 
 class VitEncodingModel(EncodingModel):
@@ -144,41 +189,38 @@ class VitEncodingModel(EncodingModel):
     batch_size = _VIT_BATCH
 
     def __init__(self, bundle: Bundle, model_id: str, subject: int, columns: np.ndarray | None,
-                 output_shape: tuple, backbone: VitBackbone, head_sessions: "Sessions", device: str,
+                 output_shape: tuple, backbone: VitBackbone, head: VitHead, device: str,
                  api: str = "legacy", selection: dict | None = None):
         super().__init__(bundle, subject, device, api)
         self.model_id = model_id
         self.selection = selection or {}
         self._entry = bundle.entry(model_id, subject)
         self.sidecar: dict[str, Any] = bundle.read_json(self._entry["sidecar"])
-        bundle.path(self._entry["head_data"])
-        self._backbone = backbone
-        self._sessions = head_sessions
-        head_width = self._sessions.get(self.device).get_inputs()[0].shape[1]
-        if head_width != backbone.features:
+        self._backbone, self.head = backbone, head
+        head_width = head.sessions.get(self.device).get_inputs()[0].shape[1]
+        if head_width != backbone.features or head.features != backbone.features:
             raise BundleIntegrityError(
-                f"{model_id} subject {subject}: the head graph takes {head_width} features but the "
-                f"bundle's backbone gives {backbone.features}; re-export the bundle")
-        coef = np.load(bundle.path(self._entry["regression_coef"]), mmap_mode="r", allow_pickle=False)
-        intercept = np.load(bundle.path(self._entry["regression_intercept"]), allow_pickle=False)
+                f"{model_id} subject {subject}: the head takes {head_width} features (PCA matrix: "
+                f"{head.features}) but the bundle's backbone gives {backbone.features}; re-export the bundle")
+        self._coef_path = bundle.path(self._entry["regression_coef"])
+        self._intercept_path = bundle.path(self._entry["regression_intercept"])
+        coef = np.load(self._coef_path, mmap_mode="r", allow_pickle=False)
+        intercept = np.load(self._intercept_path, mmap_mode="r", allow_pickle=False)
         expected = (int(self._entry["components"]), int(self._entry["outputs"]))
         if coef.shape != expected or intercept.shape != expected[1:]:
             raise BundleIntegrityError(
                 f"{model_id} subject {subject}: regression arrays have shapes {coef.shape} and "
                 f"{intercept.shape}, the manifest says {expected} and {expected[1:]}")
-        self._coef = np.ascontiguousarray(coef if columns is None else coef[:, columns], dtype=np.float32)
-        self._intercept = np.ascontiguousarray(intercept if columns is None else intercept[columns],
-                                               dtype=np.float32)
+        self._columns = columns
+        self.outputs = int(expected[1] if columns is None else len(columns))
+        self.weight_bytes = 4 * self.outputs * (expected[0] + 1)  # the selected regression columns
+        self._regression: tuple[np.ndarray, np.ndarray] | None = None
         self._output_shape = output_shape  # per image: (4, channels, times) or ((lh,), (rh,))
         backbone.load(self.device)  # load now, like upstream's get_encoding_model
 
     def __repr__(self) -> str:
-        return (f"<VitEncodingModel {self.model_id} subject={self.subject} outputs={self._coef.shape[1]} "
+        return (f"<VitEncodingModel {self.model_id} subject={self.subject} outputs={self.outputs} "
                 f"device={self.device!r}>")
-
-    @property
-    def outputs(self) -> int:
-        return int(self._coef.shape[1])
 
     def describe_output(self) -> str:
         return f"{self.model_id} subject {self.subject}"
@@ -188,10 +230,32 @@ class VitEncodingModel(EncodingModel):
             return tuple(np.empty((count, *shape), dtype=np.float32) for shape in self._output_shape)
         return np.empty((count, *self._output_shape), dtype=np.float32)
 
+    def regression(self, keep: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The selected columns of the regression weights (and intercept)."""
+        if self._regression is not None:
+            return self._regression
+        coef = np.load(self._coef_path, mmap_mode="r", allow_pickle=False)
+        intercept = np.load(self._intercept_path, allow_pickle=False)
+        selected = (np.ascontiguousarray(coef if self._columns is None else coef[:, self._columns], dtype=np.float32),
+                    np.ascontiguousarray(intercept if self._columns is None else intercept[self._columns],
+                                         dtype=np.float32))
+        del coef  # close the map: only the copy stays
+        if keep:
+            self._regression = selected
+        return selected
+
+    def release_weights(self) -> None:
+        self._regression = None
+        self.head.release()
+
     def run_batch(self, images: np.ndarray, device: str, shared: dict):
         features = self._backbone.run(images, device, shared)
-        flat = self._sessions.get(device).run(None, {"features": features, "coef_t": self._coef,
-                                                     "intercept": self._intercept})[0]
+        keep = not shared.get("stream_heads", False)
+        matrix, bias = self.head.projection(keep)
+        coef, intercept = self.regression(keep)
+        flat = self.head.sessions.get(device).run(None, {"features": features, "pca_matrix": matrix,
+                                                         "pca_bias": bias, "coef_t": coef,
+                                                         "intercept": intercept})[0]
         if self.model_id == FSAVERAGE:
             split = self._output_shape[0][0]
             return flat[:, :split], flat[:, split:]
@@ -220,20 +284,35 @@ def iter_responses(models: list[EncodingModel], stimulus: Stimulus, device: str 
     for each batch. ``on_batch(n)`` is called after each decoded batch of n images.
     """
     devices = [model.device if device == "auto" else resolve_device(device) for model in models]
+    stream_heads = _stream_heads(models)
     # Decode at the largest batch size, then run each model on slices of its own batch size,
-    # so a large fwRF ROI (batch 1) does not shrink the ViT models' batches.
-    batch_size = max(model.batch_size for model in models)
+    # so a large fwRF ROI (batch 1) does not shrink the ViT models' batches. Streamed ViT heads
+    # run once over the whole decoded chunk, so that each read of their weights serves 256 images.
+    batch_size = _STREAMED_CHUNK if stream_heads else max(model.batch_size for model in models)
     for batch in stimulus.batches(batch_size):
-        shared: dict = {}
+        shared: dict = {"stream_heads": stream_heads}
         for index, (model, model_device) in enumerate(zip(models, devices)):
-            for start in range(0, len(batch.images), model.batch_size):
-                stop = min(start + model.batch_size, len(batch.images))
+            step = len(batch.images) if stream_heads and isinstance(model, VitEncodingModel) else model.batch_size
+            for start in range(0, len(batch.images), step):
+                stop = min(start + step, len(batch.images))
                 shared["position"] = (start, stop)
                 block = model.run_batch(batch.images[start:stop], model_device, shared)
                 _check_finite(block, batch.start + start, model)
                 yield index, batch.start + start, batch.start + stop, block
         if on_batch is not None:
             on_batch(batch.stop - batch.start)
+
+
+def _stream_heads(models: list[EncodingModel]) -> bool:
+    """Whether the ViT heads of these models are too large to keep in memory together."""
+    vit = [model for model in models if isinstance(model, VitEncodingModel)]
+    heads = {id(model.head): model.head for model in vit}
+    total = sum(head.nbytes for head in heads.values()) + sum(model.weight_bytes for model in vit)
+    if len(vit) < 2 or total <= _RESIDENT_WEIGHT_BYTES:
+        return False
+    for model in vit:  # weights kept by earlier calls would defeat the purpose
+        model.release_weights()
+    return True
 
 
 def _check_finite(block, start: int, model: EncodingModel) -> None:

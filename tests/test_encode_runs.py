@@ -208,6 +208,17 @@ def test_a_different_command_on_the_same_output_is_refused(vit_bundle, images, c
         encode(vit_bundle, changed, tmp_path / "busy", specs=["fwrf:roi=V1"])
 
 
+def test_a_second_process_on_the_same_output_is_refused(vit_bundle, images, tmp_path):
+    import fcntl
+    out = tmp_path / "busy_run"
+    out.mkdir()
+    with open(out / ".lock", "w") as held:  # as a running nest-rt encode holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RunStateError, match="another nest-rt process is writing"):
+            encode(vit_bundle, images, out, specs=["fwrf:roi=V1"])
+    encode(vit_bundle, images, out, specs=["fwrf:roi=V1"])  # free again once released
+
+
 def test_disk_full_keeps_finished_chunks_and_resumes(vit_bundle, images, complete_run, tmp_path, monkeypatch):
     out = tmp_path / "full"
     real_pwrite = os.pwrite

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,6 +142,43 @@ def test_encode_many_shares_the_backbone(nest, monkeypatch):
     np.testing.assert_array_equal(together[1], separate[1])
     for a, b in zip(together[2], separate[2]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_large_heads_are_streamed_per_chunk_with_the_same_results(nest, monkeypatch):
+    """Heads too large to keep together (here: a budget of 0 bytes) are read per chunk of images
+    whose features are kept, run once per chunk, and dropped; the responses do not change."""
+    from nest_rt import models as model_module
+    images = synthetic.synthetic_images(13, 256, seed=5)
+    models = [nest.get_encoding_model(EEG, subject=s) for s in (1, 2)]
+    models.append(nest.get_encoding_model(FSAVERAGE, subject=1, selection={"roi": "V2d"}))
+    resident = nest.encode_many(models, images, show_progress=False)
+    assert all(m.head._kept is not None for m in models), "within the budget, weights stay loaded"
+    monkeypatch.setattr(model_module, "_RESIDENT_WEIGHT_BYTES", 0)
+    monkeypatch.setattr(model_module, "_STREAMED_CHUNK", 8)
+    reads = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda path, *a, **k: reads.append(
+        (Path(path).name, k.get("mmap_mode"))) or real_load(path, *a, **k))
+    head_calls = []
+    for model in models[:1]:
+        session = model.head.sessions.get("cpu")
+
+        class CountingHead:
+            def run(self, outputs, feeds, session=session):
+                head_calls.append(len(feeds["features"]))
+                return session.run(outputs, feeds)
+
+            def get_inputs(self, session=session):
+                return session.get_inputs()
+        monkeypatch.setitem(model.head.sessions._by_device, "cpu", CountingHead())
+    streamed = nest.encode_many(models, images, show_progress=False)
+    assert head_calls == [8, 5], "one head call per chunk of 8 images"
+    matrix_reads = [name for name, mode in reads if name.endswith("pca_matrix.npy") and mode is None]
+    assert len(matrix_reads) == 2 * 3, "each head's PCA matrix is read once per chunk"
+    assert all(m.head._kept is None and m._regression is None for m in models), "nothing kept after"
+    for got, want in zip(streamed, resident):
+        for a, b in zip(got if isinstance(got, tuple) else [got], want if isinstance(want, tuple) else [want]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max(initial=1))
 
 
 def test_int8_backbone_is_opt_in_and_its_fidelity_recorded(nest, vit_bundle, tmp_path):
@@ -293,22 +331,18 @@ def test_bundle_without_backbone(bundle_copy):
 
 
 def test_head_width_must_match_backbone(bundle_copy):
-    """A head graph built for another feature width (here: a re-exported head of 1000 inputs)."""
+    """A head built for another feature width (here: a re-exported head of 1000 inputs)."""
     import onnx
     from nest_rt.bundle import sha256_file
-    from nest_rt_export.vit_onnx import head_model, save_with_external_data
-    rng = np.random.default_rng(0)
-    narrow = head_model({"scale_": np.ones(1000), "mean_": np.zeros(1000)},
-                        {"components_": rng.normal(size=(12, 1000)), "mean_": np.zeros(1000)}, 12, doc="")
-    head = bundle_copy / "eeg-things_eeg_2-vit_b_32" / "sub-01.head.onnx"
-    (bundle_copy / "eeg-things_eeg_2-vit_b_32" / "sub-01.head.onnx.data").unlink()
-    save_with_external_data(narrow, head)
+    from nest_rt_export.vit_onnx import head_model
+    folder = bundle_copy / "eeg-things_eeg_2-vit_b_32"
+    onnx.save(head_model(1000, 12, doc=""), folder / "sub-01.head.onnx")
+    np.save(folder / "sub-01.pca_matrix.npy", np.zeros((1000, 12), np.float32))
     manifest = json.loads((bundle_copy / "bundle.json").read_text())
-    for name in ("sub-01.head.onnx", "sub-01.head.onnx.data"):
-        manifest["files"][f"eeg-things_eeg_2-vit_b_32/{name}"]["sha256"] = sha256_file(head.parent / name)
+    for name in ("sub-01.head.onnx", "sub-01.pca_matrix.npy"):
+        manifest["files"][f"eeg-things_eeg_2-vit_b_32/{name}"]["sha256"] = sha256_file(folder / name)
     (bundle_copy / "bundle.json").write_text(json.dumps(manifest))
-    assert onnx.load(head, load_external_data=False).graph.input[0].type.tensor_type.shape.dim[1].dim_value == 1000
-    with pytest.raises(ValueError, match="takes 1000 features but the bundle's backbone gives 460800"):
+    with pytest.raises(ValueError, match="takes 1000 features .PCA matrix: 1000. but the bundle's backbone gives 460800"):
         NEST(bundle_copy).get_encoding_model(EEG, subject=1)
 
 
