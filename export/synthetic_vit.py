@@ -68,10 +68,13 @@ def _scaler(features: np.ndarray, rng) -> dict:
 
 
 def _pca(rng, components: int, samples: int) -> dict:
+    # Fitted on float32 features (the scaler returns float32 for float32 input), scikit-learn's
+    # PCA keeps float32 for components_, mean_ and the variances. A float64 mean_ here would make
+    # scikit-learn upcast the components on every transform and slow the upstream benchmark path.
     rows = rng.normal(0, 1, (components, FEATURES)).astype(np.float32)
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    variance = np.sort(rng.uniform(1, 100, components))[::-1]
-    return {"components_": rows, "mean_": rng.normal(0, 0.05, FEATURES),
+    variance = np.sort(rng.uniform(1, 100, components))[::-1].astype(np.float32)
+    return {"components_": rows, "mean_": rng.normal(0, 0.05, FEATURES).astype(np.float32),
             "explained_variance_": variance, "explained_variance_ratio_": variance / variance.sum() / 2,
             "singular_values_": np.sqrt(variance * (samples - 1)), "n_components_": components,
             "n_samples_": samples, "noise_variance_": np.float64(0.5), "n_features_in_": FEATURES}
