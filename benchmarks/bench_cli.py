@@ -1,6 +1,7 @@
 """``nest-rt encode`` over a folder of JPEG files vs upstream's way of running the same models.
 
-    python benchmarks/bench_cli.py            # ~30 min on 2 cores; writes benchmarks/results/cli.json
+    python benchmarks/bench_cli.py            # ~35 min on 2 cores; writes benchmarks/results/cli.json
+    python benchmarks/bench_cli.py --cases eeg_nest_rt memory_1000   # rerun some, update cli.json
 
 Cases (2 threads each, every run in a fresh process, one run per case: each lasts minutes):
 - fMRI fwRF, subject 1, five ROIs (V1, V2, V3, hV4, FFA-1 at subject 1's real voxel counts):
@@ -11,7 +12,7 @@ Cases (2 threads each, every run in a fresh process, one run per case: each last
   ten runs (load ViT + scikit-learn objects, encode) on the first 200 files (upstream needs
   ~20 min per 1,000 images for ten subjects here; images/s does not depend on the count).
 - Memory: peak RSS of ``nest-rt encode`` (fwRF V1) over 1,000 and 20,000 files (the 2,000
-  files listed ten times through symlinks).
+  files listed ten times through symlinks), and of fsaverage with all vertices over 1,000.
 Upstream-style timings include JPEG decoding, as ``nest-rt encode``'s do.
 """
 from __future__ import annotations
@@ -135,11 +136,15 @@ def prepare() -> dict:
             for path in image_paths(folder):
                 os.symlink(path, large / f"copy_{copy:02d}" / Path(path).name)
     toolkit, bundle = WORK_DIR / "toolkit_fwrf", WORK_DIR / "bundle_fwrf"
-    if not (bundle / "bundle.json").is_file():
-        from nest_rt_export.exporter import export_bundle
+    if not (toolkit / "encoding_models").is_dir():
         from nest_rt_export.synthetic import write_toolkit
-        log("writing and exporting a five-ROI fwRF toolkit (once)")
+        log("writing a five-ROI fwRF toolkit (once)")
         write_toolkit(toolkit, subjects=[1], rois=FWRF_ROIS)
+    from nest_rt.bundle import BUNDLE_FORMAT
+    manifest = bundle / "bundle.json"
+    if not manifest.is_file() or json.loads(manifest.read_text())["format"] != BUNDLE_FORMAT:
+        from nest_rt_export.exporter import export_bundle
+        log("exporting it (once per bundle format)")
         export_bundle(toolkit, bundle, overwrite=True, log=log)
     import bench_vit
     vit = bench_vit.prepare_work_dir(VIT_WORK_DIR, [], reuse=True)
@@ -147,8 +152,17 @@ def prepare() -> dict:
             "eeg_toolkit": vit["toolkit_current"], "eeg_bundle": vit["bundle_current"]}
 
 
-def encode_command(inputs: str, bundle: Path, model: str, name: str) -> str:
-    return json.dumps(["encode", inputs, "--bundle", str(bundle), "--model", model, "--threads", str(THREADS),
+def worker_setup(args) -> dict:
+    """Setup runs in a worker too: Linux carries a parent's peak RSS into its children's
+    ru_maxrss, so the parent must never load torch or models itself."""
+    return {key: str(value) for key, value in prepare().items()} | {"images": 0, "wall_s": 1.0}
+
+
+WORKERS["setup"] = worker_setup
+
+
+def encode_command(inputs: str, bundle: str, model: str, name: str) -> str:
+    return json.dumps(["encode", inputs, "--bundle", bundle, "--model", model, "--threads", str(THREADS),
                        "--out", str(WORK_DIR / f"out_{name}"), "--no-progress"])
 
 
@@ -160,31 +174,53 @@ def run(kind: str, **options) -> dict:
     return result
 
 
-def main() -> None:
-    paths = prepare()
+def cases(paths: dict) -> dict:
+    """Each case: (worker kind, its options)."""
     rois = ",".join(FWRF_ROIS)
-    results = {
-        "fwrf_nest_rt": run("encode", command=encode_command(str(paths["folder"]), paths["fwrf_bundle"],
-                                                             f"fwrf:subjects=1:roi={rois}", "fwrf")),
-        "fwrf_upstream": run("upstream_fwrf", folder=paths["folder"], toolkit=paths["fwrf_toolkit"],
-                             count=UPSTREAM_FWRF_FILES),
-        "eeg_nest_rt": run("encode", command=encode_command(str(paths["folder"]), paths["eeg_bundle"],
-                                                            "eeg:subjects=all", "eeg")),
-        "eeg_upstream": run("upstream_eeg", folder=paths["folder"], toolkit=paths["eeg_toolkit"],
-                            count=UPSTREAM_EEG_FILES),
+    first_1000 = str(Path(paths["folder"]) / "image_00???.jpg")
+    return {
+        "fwrf_nest_rt": ("encode", {"command": encode_command(paths["folder"], paths["fwrf_bundle"],
+                                                              f"fwrf:subjects=1:roi={rois}", "fwrf")}),
+        "fwrf_upstream": ("upstream_fwrf", {"folder": paths["folder"], "toolkit": paths["fwrf_toolkit"],
+                                            "count": UPSTREAM_FWRF_FILES}),
+        "eeg_nest_rt": ("encode", {"command": encode_command(paths["folder"], paths["eeg_bundle"],
+                                                             "eeg:subjects=all", "eeg")}),
+        "eeg_upstream": ("upstream_eeg", {"folder": paths["folder"], "toolkit": paths["eeg_toolkit"],
+                                          "count": UPSTREAM_EEG_FILES}),
+        "memory_1000": ("encode", {"command": encode_command(first_1000, paths["fwrf_bundle"],
+                                                             "fwrf:subjects=1:roi=V1", "memory_1000")}),
+        "memory_20000": ("encode", {"command": encode_command(paths["large"], paths["fwrf_bundle"],
+                                                              "fwrf:subjects=1:roi=V1", "memory_20000")}),
+        # the largest outputs: 2 x 163,842 vertices per image (1.3 MB)
+        "memory_fsaverage_1000": ("encode", {"command": encode_command(
+            first_1000, paths["eeg_bundle"], "fsaverage:subjects=1", "memory_fsaverage")}),
     }
-    for count in MEMORY_COUNTS:
-        source = paths["folder"] if count <= FILES else paths["large"]
-        inputs = str(source) if count in (FILES, MEMORY_COUNTS[1]) else str(source / "image_00???.jpg")
-        results[f"memory_{count}"] = run("encode", command=encode_command(
-            inputs, paths["fwrf_bundle"], "fwrf:subjects=1:roi=V1", f"memory_{count}"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", nargs="+", help="run only these cases and update them in cli.json")
+    args = parser.parse_args()
+    paths = run("setup")
+    plan = cases(paths)
+    unknown = set(args.cases or []) - set(plan)
+    if unknown:
+        parser.error(f"unknown cases {sorted(unknown)}; cases: {sorted(plan)}")
+    results = json.loads(RESULT_FILE.read_text()) if args.cases and RESULT_FILE.is_file() else {}
+    for name in args.cases or plan:
+        kind, options = plan[name]
+        results[name] = run(kind, **options)
     for case in ("fwrf", "eeg"):
-        results[f"{case}_speedup"] = results[f"{case}_nest_rt"]["images_per_s"] / results[f"{case}_upstream"]["images_per_s"]
+        if f"{case}_nest_rt" in results and f"{case}_upstream" in results:
+            results[f"{case}_speedup"] = (results[f"{case}_nest_rt"]["images_per_s"]
+                                          / results[f"{case}_upstream"]["images_per_s"])
     results["environment"] = _common.environment(THREADS)
     RESULT_FILE.write_text(json.dumps(results, indent=1, default=str))
-    log(f"fwRF 5 ROIs: {results['fwrf_speedup']:.2f}x, EEG 10 subjects: {results['eeg_speedup']:.2f}x; "
-        f"peak RSS {results['memory_1000']['peak_rss_mb']:.0f} MB at 1,000 images, "
-        f"{results['memory_20000']['peak_rss_mb']:.0f} MB at 20,000; written to {RESULT_FILE}")
+    log(f"written to {RESULT_FILE}")
+    for name, result in results.items():
+        if isinstance(result, dict) and "wall_s" in result:
+            log(f"{name:>22}: {result['images']:>6} images, {result['images_per_s']:6.2f} img/s, "
+                f"peak RSS {result['vm_hwm_mb']:.0f} MB (VmHWM; ru_maxrss {result['peak_rss_mb']:.0f})")
 
 
 def worker_main(argv: list[str]) -> None:

@@ -27,6 +27,7 @@ class ImageList:
     """The images of a run in row order, with what was converted or rejected on the way."""
 
     paths: list[str]
+    sides: list[int] = field(default_factory=list)  # square side after any crop, from the header
     converted: list[dict[str, Any]] = field(default_factory=list)  # {path, mode}
     cropped: list[dict[str, Any]] = field(default_factory=list)  # {path, size}
     rejected: list[dict[str, Any]] = field(default_factory=list)  # {path, reason}
@@ -91,6 +92,7 @@ def scan_images(paths: list[str], center_crop: bool, skip_bad: bool) -> ImageLis
         if mode != "RGB":
             images.converted.append({"path": path, "mode": mode})
         images.paths.append(path)
+        images.sides.append(min(width, height))
     if images.rejected and not skip_bad:
         first = images.rejected[0]
         raise StimulusError(f"inputs: {len(images.rejected)} image(s) cannot be encoded, first "

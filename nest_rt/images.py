@@ -43,6 +43,15 @@ class Stimulus:
             self._items = _validate_items(images, name)
             self.count = len(self._items)
 
+    @classmethod
+    def lazy(cls, sides: Sequence[int], load: Callable[[int], np.ndarray], name: str = "images") -> "Stimulus":
+        """Images known by their square side and decoded only when their batch comes:
+        ``load(i)`` returns image i as uint8 [3, S, S] (the caller has validated them)."""
+        stimulus = cls.__new__(cls)
+        stimulus._name, stimulus._array, stimulus.count = name, None, len(sides)
+        stimulus._items = [_Item(side, lambda index=index: load(index)) for index, side in enumerate(sides)]
+        return stimulus
+
     def batches(self, batch_size: int) -> Iterator[Batch]:
         """Yield consecutive batches of at most ``batch_size`` equally sized images."""
         if self._array is not None:

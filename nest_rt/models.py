@@ -139,9 +139,14 @@ class VitBackbone:
         if key not in shared:
             self.load(device)
             session = self._sessions.get(device)
-            blocks = [session.run(None, {"images": images[start:start + _VIT_BATCH]})[0]
-                      for start in range(0, len(images), _VIT_BATCH)]
-            shared[key] = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+            if len(images) <= _VIT_BATCH:
+                shared[key] = session.run(None, {"images": images})[0]
+            else:  # a streamed chunk: fill one buffer (concatenating blocks would hold them twice)
+                features = np.empty((len(images), self.features), dtype=np.float32)
+                for start in range(0, len(images), _VIT_BATCH):
+                    block = images[start:start + _VIT_BATCH]
+                    features[start:start + len(block)] = session.run(None, {"images": block})[0]
+                shared[key] = features
         return shared[key]
 
 
@@ -215,6 +220,7 @@ class VitEncodingModel(EncodingModel):
         self.outputs = int(expected[1] if columns is None else len(columns))
         self.weight_bytes = 4 * self.outputs * (expected[0] + 1)  # the selected regression columns
         self._regression: tuple[np.ndarray, np.ndarray] | None = None
+        self._device_values: dict[str, dict] = {}
         self._output_shape = output_shape  # per image: (4, channels, times) or ((lh,), (rh,))
         backbone.load(self.device)  # load now, like upstream's get_encoding_model
 
@@ -246,20 +252,53 @@ class VitEncodingModel(EncodingModel):
 
     def release_weights(self) -> None:
         self._regression = None
+        self._device_values.clear()
         self.head.release()
+
+    def _weights(self, keep: bool) -> dict[str, np.ndarray]:
+        matrix, bias = self.head.projection(keep)
+        coef, intercept = self.regression(keep)
+        return {"pca_matrix": matrix, "pca_bias": bias, "coef_t": coef, "intercept": intercept}
+
+    def _weights_on_device(self, device: str, keep: bool) -> dict:
+        """The weights as OrtValues on ``device``, copied there once while they are kept (not
+        per batch, as numpy inputs would be: 461 MB host-to-device per call)."""
+        import onnxruntime as ort
+        if device in self._device_values:
+            return self._device_values[device]
+        values = {name: ort.OrtValue.ortvalue_from_numpy(array, device, 0)
+                  for name, array in self._weights(keep).items()}
+        if keep:
+            self._device_values[device] = values
+        return values
 
     def run_batch(self, images: np.ndarray, device: str, shared: dict):
         features = self._backbone.run(images, device, shared)
         keep = not shared.get("stream_heads", False)
-        matrix, bias = self.head.projection(keep)
-        coef, intercept = self.regression(keep)
-        flat = self.head.sessions.get(device).run(None, {"features": features, "pca_matrix": matrix,
-                                                         "pca_bias": bias, "coef_t": coef,
-                                                         "intercept": intercept})[0]
+        session = self.head.sessions.get(device)
+        if device in _DEVICE_BOUND_WEIGHTS:
+            flat = _run_bound(session, features, self._weights_on_device(device, keep))
+        else:  # CPU: numpy inputs are used in place, without a copy
+            flat = session.run(None, {"features": features, **self._weights(keep)})[0]
         if self.model_id == FSAVERAGE:
             split = self._output_shape[0][0]
             return flat[:, :split], flat[:, split:]
         return flat.reshape(len(flat), *self._output_shape)
+
+
+# Devices whose head weights are bound as device-resident OrtValues (see _weights_on_device).
+_DEVICE_BOUND_WEIGHTS = {"cuda"}
+
+
+def _run_bound(session, features: np.ndarray, weights: dict) -> np.ndarray:
+    """Run a head whose weights are OrtValues already on the session's device."""
+    binding = session.io_binding()
+    binding.bind_cpu_input("features", features)
+    for name, value in weights.items():
+        binding.bind_ortvalue_input(name, value)
+    binding.bind_output(session.get_outputs()[0].name, "cpu")
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()[0]
 
 
 def encode_models(models: list[EncodingModel], images: Any, device: str = "auto",

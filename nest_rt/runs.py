@@ -224,9 +224,10 @@ class RunInputs:
         are grouped by size so that mixed sizes still batch well; arrays keep their order."""
         if self.array is not None:
             return Stimulus(np.asarray(self.array[start:stop])), np.arange(stop - start)
-        arrays = [load_image(path) for path in self.images.paths[start:stop]]
-        order = np.argsort([a.shape[1] for a in arrays], kind="stable")
-        return Stimulus([arrays[i] for i in order]), order
+        paths = self.images.paths[start:stop]
+        order = np.argsort(self.images.sides[start:stop], kind="stable")
+        sides = [self.images.sides[start + i] for i in order]
+        return Stimulus.lazy(sides, lambda i: load_image(paths[order[i]])), order
 
     def record(self, start: int, stop: int) -> dict[str, Any]:
         if self.images is None:
@@ -419,17 +420,24 @@ def encode_run(bundle_dir: str | Path, inputs: RunInputs, model_specs: list[str]
         "chunk_size": chunk_size, "precision": precision, "h5": h5,
         "bundle_sha256": sha256_file(nest.bundle.root / "bundle.json"),
         "outputs": [[o.name, o.request.selection] for o in outputs],
+        # responses of other versions may differ in the last bits: never mixed in one run
+        "versions": {name: version for name, version in versions().items() if name in ("nest_rt", "onnxruntime")},
     }
     record = {"format": RUN_FORMAT, "status": "running", "identity": identity, "imageset": imageset,
               "inputs": inputs.record(start, stop), "shard": identity["shard"], "chunk_size": chunk_size,
               "bundle": {"path": str(nest.bundle.root.resolve()), "manifest_sha256": identity["bundle_sha256"]},
-              "outputs": [_output_record(o, stop - start, h5) for o in outputs], "versions": versions()}
+              "outputs": [_output_record(o, stop - start, h5) for o in outputs], "versions": versions(),
+              "devices": sorted({o.model.device for o in outputs})}
     _prepare_folder(out)
     with locked(out):
         done = _resume_state(out, identity)
         if done is None:  # the run is already complete
             log(f"{out} already holds this complete run; nothing to do")
             return json.loads((out / RUN_RECORD).read_text())
+        partial_files = [out / (o.array_file(a) + PARTIAL) for o in outputs for a in o.shapes]
+        if done and not all(path.exists() for path in partial_files) and not _finishing(out, outputs):
+            log(f"{out}: response files of the earlier run are missing; starting it again")
+            done = set()
         todo = [chunk for chunk in chunks if chunk[0] not in done]
         write_json_atomically(out / RUN_RECORD, _json_ready(record))
         if todo:  # (none left: an earlier process was interrupted while finishing)
@@ -448,6 +456,11 @@ def encode_run(bundle_dir: str | Path, inputs: RunInputs, model_specs: list[str]
                     for handle in per_output.values():
                         handle.close()
         return _finish(out, outputs, record, h5)
+
+
+def _finishing(out: Path, outputs: list[Output]) -> bool:
+    """Whether an earlier process was interrupted while renaming finished files into place."""
+    return any((out / o.array_file(a)).exists() for o in outputs for a in o.shapes)
 
 
 def _output_record(output: Output, rows: int, h5: bool) -> dict[str, Any]:

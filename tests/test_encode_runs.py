@@ -219,22 +219,34 @@ def test_a_second_process_on_the_same_output_is_refused(vit_bundle, images, tmp_
     encode(vit_bundle, images, out, specs=["fwrf:roi=V1"])  # free again once released
 
 
-def test_disk_full_keeps_finished_chunks_and_resumes(vit_bundle, images, complete_run, tmp_path, monkeypatch):
-    out = tmp_path / "full"
-    real_pwrite = os.pwrite
-
-    def failing_pwrite(fd, data, offset):  # the disk fills up once the first chunk is recorded
+def disk_full_after_first_chunk(out: Path, real_pwrite):
+    """os.pwrite as on a disk that fills up once the first chunk of ``out`` is recorded."""
+    def pwrite(fd, data, offset):
         progress = out / "progress.json"
         if progress.exists() and json.loads(progress.read_text())["chunks_done"]:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_pwrite(fd, data, offset)
-    monkeypatch.setattr(os, "pwrite", failing_pwrite)
-    with pytest.raises(OutputWriteError, match="No space left on device.*resume"):
-        encode(vit_bundle, images, out, chunk_size=4, h5=True)
-    monkeypatch.setattr(os, "pwrite", real_pwrite)
-    assert json.loads((out / "progress.json").read_text())["chunks_done"] == [0]
-    encode(vit_bundle, images, out, chunk_size=4, h5=True)
-    assert output_files(out) == output_files(complete_run)
+    return pwrite
+
+
+def test_disk_full_keeps_finished_chunks_and_resumes(vit_bundle, images, complete_run, tmp_path, monkeypatch):
+    real_pwrite = os.pwrite
+    for out in (tmp_path / "full", tmp_path / "gone"):
+        monkeypatch.setattr(os, "pwrite", disk_full_after_first_chunk(out, real_pwrite))
+        with pytest.raises(OutputWriteError, match="No space left on device.*resume"):
+            encode(vit_bundle, images, out, chunk_size=4, h5=True)
+        monkeypatch.setattr(os, "pwrite", real_pwrite)
+        assert json.loads((out / "progress.json").read_text())["chunks_done"] == [0]
+    encode(vit_bundle, images, tmp_path / "full", chunk_size=4, h5=True)
+    assert output_files(tmp_path / "full") == output_files(complete_run)
+
+    # a partial file removed behind the run's back: the run starts again rather than trust it
+    next((tmp_path / "gone").rglob("*roi-V1.npy.partial")).unlink()
+    messages: list[str] = []
+    encode_run(vit_bundle, RunInputs([str(images)], center_crop=True), ALL_SPECS, tmp_path / "gone",
+               imageset="set", chunk_size=4, h5=True, show_progress=False, log=messages.append)
+    assert any("starting it again" in m for m in messages) and any("(3 of 3 chunks to do)" in m for m in messages)
+    assert output_files(tmp_path / "gone") == output_files(complete_run)
 
 
 def test_array_inputs_match_file_inputs(vit_bundle, tmp_path):

@@ -181,6 +181,20 @@ def test_large_heads_are_streamed_per_chunk_with_the_same_results(nest, monkeypa
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max(initial=1))
 
 
+def test_device_bound_head_weights_give_the_same_responses(nest, monkeypatch):
+    """The CUDA path binds head weights as device OrtValues once (IO binding); run here with
+    CPU OrtValues, it must give exactly what plain numpy inputs give."""
+    from nest_rt import models as model_module
+    images = synthetic.synthetic_images(3, 256, seed=9)
+    model = nest.get_encoding_model(FSAVERAGE, subject=1, selection={"roi": "V2d"})
+    plain = nest.encode(model, stimulus=images)
+    monkeypatch.setattr(model_module, "_DEVICE_BOUND_WEIGHTS", {"cpu"})
+    bound = nest.encode(model, stimulus=images)
+    assert set(model._device_values) == {"cpu"}, "the weights are bound once and kept"
+    for a, b in zip(bound, plain):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_int8_backbone_is_opt_in_and_its_fidelity_recorded(nest, vit_bundle, tmp_path):
     manifest = json.loads((vit_bundle / "bundle.json").read_text())
     int8 = manifest["backbones"]["vit_b_32"]["precisions"]["int8"]
