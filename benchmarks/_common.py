@@ -6,6 +6,7 @@ peak RSS, an idle CPU, the GEMM ceiling), not about any one model.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -122,6 +123,24 @@ def image_file(work_dir: Path, count: int, size: int, seed: int) -> Path:
         np.save(partial, synthetic_images(count, size, seed=seed))
         partial.rename(path)
     return path
+
+
+# -- worker processes ------------------------------------------------------------------------------
+def worker_main(argv: list[str], workers: dict, options: list[str]) -> None:
+    """A worker process: ``--worker KIND --option value ...`` -> one result line on stdout."""
+    parser = argparse.ArgumentParser(description="internal: one measurement")
+    parser.add_argument("--worker", choices=sorted(workers), required=True)
+    for option in options:
+        parser.add_argument(option)
+    args = parser.parse_args(argv)
+    emit_result(workers[args.worker](args))
+
+
+def default_output(args, result_file: Path) -> None:
+    """Where the raw JSON goes: --output, else the results file (``*_quick.json`` for --quick,
+    so that a smoke test never overwrites the real results)."""
+    if args.output is None:
+        args.output = result_file.with_name(result_file.stem + "_quick.json") if args.quick else result_file
 
 
 # -- running workers -------------------------------------------------------------------------------

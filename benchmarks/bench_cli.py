@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
-from _common import emit_result, log  # noqa: E402
+from _common import log  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORK_DIR = REPO_ROOT / "benchmarks" / "results" / "work_cli"
@@ -76,7 +76,7 @@ def worker_upstream_fwrf(args) -> dict:
     from nest_rt_export.fwrf_torch import FwrfReference
     from nest_rt_export.toolkit import fwrf_files, load_checkpoint
     torch.set_num_threads(THREADS)
-    paths = image_paths(Path(args.folder))[:args.count]
+    paths = image_paths(Path(args.folder))[:int(args.count)]
     start = time.perf_counter()
     images = decode_files(paths)
     for roi in FWRF_ROIS:
@@ -93,7 +93,7 @@ def worker_upstream_eeg(args) -> dict:
     import torch
     from bench_vit import upstream_encode, upstream_load
     torch.set_num_threads(THREADS)
-    paths = image_paths(Path(args.folder))[:args.count]
+    paths = image_paths(Path(args.folder))[:int(args.count)]
     start = time.perf_counter()
     images = decode_files(paths)
     for subject in range(1, 11):
@@ -223,19 +223,8 @@ def main() -> None:
                 f"peak RSS {result['vm_hwm_mb']:.0f} MB (VmHWM; ru_maxrss {result['peak_rss_mb']:.0f})")
 
 
-def worker_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description="internal: one measurement")
-    parser.add_argument("--worker", choices=sorted(WORKERS), required=True)
-    parser.add_argument("--command")
-    parser.add_argument("--folder")
-    parser.add_argument("--toolkit")
-    parser.add_argument("--count", type=int)
-    args = parser.parse_args(argv)
-    emit_result(WORKERS[args.worker](args))
-
-
 if __name__ == "__main__":
     if "--worker" in sys.argv:
-        worker_main(sys.argv[1:])
+        _common.worker_main(sys.argv[1:], WORKERS, ["--command", "--folder", "--toolkit", "--count"])
     else:
         main()

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import _common
-from _common import current_rss_mb, emit_result, exporter_source_sha256, log, spread
+from _common import current_rss_mb, exporter_source_sha256, log, spread
 
 # -- what is benchmarked ----------------------------------------------------------------------
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -159,17 +159,8 @@ WORKERS = {"nest_rt": worker_nest_rt, "upstream": worker_upstream, "gemm": worke
 
 
 def run_worker_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description="internal: one measurement")
-    parser.add_argument("--worker", choices=sorted(WORKERS), required=True)
-    parser.add_argument("--roi")
-    parser.add_argument("--images-file")
-    parser.add_argument("--bundle")
-    parser.add_argument("--toolkit")
-    parser.add_argument("--responses-file")
-    parser.add_argument("--work-dir")
-    parser.add_argument("--image-counts")
-    args = parser.parse_args(argv)
-    emit_result(WORKERS[args.worker](args))
+    _common.worker_main(argv, WORKERS, ["--roi", "--images-file", "--bundle", "--toolkit", "--responses-file",
+                                        "--work-dir", "--image-counts"])
 
 
 # =============================================================================================
@@ -344,8 +335,7 @@ def parse_args(argv: list[str]):
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.images, args.large_images = 1, 40, 80
-    if args.output is None:  # a smoke test must not overwrite the real results
-        args.output = DEFAULT_RESULT_FILE.with_name("fwrf_quick.json") if args.quick else DEFAULT_RESULT_FILE
+    _common.default_output(args, DEFAULT_RESULT_FILE)
     return args
 
 

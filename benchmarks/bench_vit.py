@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import _common
-from _common import REPO_ROOT, current_rss_mb, emit_result, exporter_source_sha256, log, spread
+from _common import REPO_ROOT, current_rss_mb, exporter_source_sha256, log, spread
 
 DEFAULT_WORK_DIR = REPO_ROOT / "benchmarks" / "results" / "work_vit"
 DEFAULT_RESULT_FILE = REPO_ROOT / "benchmarks" / "results" / "vit.json"
@@ -281,20 +281,9 @@ WORKERS = {"nest_rt": worker_nest_rt, "upstream": worker_upstream, "gemm": worke
 
 
 def run_worker_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description="internal: one measurement")
-    parser.add_argument("--worker", choices=sorted(WORKERS), required=True)
-    parser.add_argument("--case", choices=sorted(CASES))
-    parser.add_argument("--subjects")
-    parser.add_argument("--images-file")
-    parser.add_argument("--bundle")
-    parser.add_argument("--toolkit")
-    parser.add_argument("--responses-file")
-    parser.add_argument("--work-dir")
-    parser.add_argument("--image-counts")
-    parser.add_argument("--cases")
-    parser.add_argument("--reuse-setup")
-    args = parser.parse_args(argv)
-    emit_result(WORKERS[args.worker](args))
+    _common.worker_main(argv, WORKERS, ["--case", "--subjects", "--images-file", "--bundle", "--toolkit",
+                                        "--responses-file", "--work-dir", "--image-counts", "--cases",
+                                        "--reuse-setup"])
 
 
 # =============================================================================================
@@ -515,8 +504,7 @@ def parse_args(argv: list[str]):
     args.ten_images = args.ten_images or args.images
     if not 1 <= args.ten_subjects <= len(EEG_SUBJECTS):
         parser.error(f"--ten-subjects must be 1..{len(EEG_SUBJECTS)}")
-    if args.output is None:  # a smoke test must not overwrite the real results
-        args.output = DEFAULT_RESULT_FILE.with_name("vit_quick.json") if args.quick else DEFAULT_RESULT_FILE
+    _common.default_output(args, DEFAULT_RESULT_FILE)
     return args
 
 

@@ -2,7 +2,8 @@
 
 Uses the bundle and images that bench_vit.py set up (run it first); quantises that bundle's
 backbone with the exporter's own function into the work folder, then times backbone + head on
-32 images of 425x425 in batches of 16 (median of 3) and compares the int8 responses with fp32.
+64 images of 425x425, batched as the runtime batches them (backbone 16 images per call, head 64),
+median of 3, and compares the int8 responses with fp32.
 
     python benchmarks/bench_vit_int8.py
 """
@@ -14,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from nest_rt.models import _VIT_BATCH, _VIT_HEAD_BATCH
 from nest_rt_export.parity import compare
 from nest_rt_export.vit_onnx import int8_backbone
 
 WORK = Path(__file__).resolve().parent / "results" / "work_vit"
 BUNDLE = WORK / "bundle_current"
 HEAD = BUNDLE / "eeg-things_eeg_2-vit_b_32"
-IMAGES, BATCH, THREADS = 32, 16, 2
+IMAGES, THREADS = 64, 2
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -40,9 +42,12 @@ def main() -> None:
                "intercept": np.load(HEAD / "sub-01.regression_intercept.npy")}
 
     def encode(backbone: ort.InferenceSession) -> np.ndarray:
-        return np.concatenate([
-            head.run(None, {"features": backbone.run(None, {"images": images[i:i + BATCH]})[0], **weights})[0]
-            for i in range(0, IMAGES, BATCH)])
+        blocks = []
+        for i in range(0, IMAGES, _VIT_HEAD_BATCH):
+            features = np.concatenate([backbone.run(None, {"images": images[j:j + _VIT_BATCH]})[0]
+                                       for j in range(i, min(i + _VIT_HEAD_BATCH, IMAGES), _VIT_BATCH)])
+            blocks.append(head.run(None, {"features": features, **weights})[0])
+        return np.concatenate(blocks)
 
     results = {}
     for name, path in (("fp32", BUNDLE / "vit_b_32" / "backbone.onnx"), ("int8", int8_path)):

@@ -4,8 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from nest_rt.bundle import sha256_file, write_nested_npz
 
 

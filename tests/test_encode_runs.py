@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nest_rt import NEST, OutputWriteError, RunStateError, StimulusError
+from nest_rt import NEST, OutputWriteError, RunStateError
 from nest_rt.image_files import load_image
 from nest_rt.runs import RunInputs, encode_run, merge_runs
 
