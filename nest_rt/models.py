@@ -144,7 +144,7 @@ class VitBackbone:
             session = self._sessions.get(device)
             if len(images) <= _VIT_BATCH:
                 shared[key] = session.run(None, {"images": images})[0]
-            else:  # a streamed chunk: fill one buffer (concatenating blocks would hold them twice)
+            else:  # a head batch (64) or streamed chunk (256): one buffer, filled 16 images at a time
                 features = np.empty((len(images), self.features), dtype=np.float32)
                 for start in range(0, len(images), _VIT_BATCH):
                     block = images[start:start + _VIT_BATCH]
