@@ -8,8 +8,8 @@ import numpy as np
 
 from . import catalog
 from .api import NEST
-from .bundle import Bundle, sha256_file
-from .errors import BundleFileNotFoundError, BundleIntegrityError, NotExportedError
+from .bundle import Bundle
+from .errors import NotExportedError
 
 
 def parity_summary(parity: dict[str, dict]) -> tuple[float, float]:
@@ -77,16 +77,12 @@ _OUTPUT = {"fwrf": "float32 [N, voxels] per ROI",
 def verify_bundle(bundle_dir: str | Path, device: str = "cpu", log=print) -> int:
     """Check every file's sha256, load every graph and run a probe batch through every model,
     requiring finite outputs. Returns the number of models checked; raises on the first fault."""
-    bundle = Bundle(bundle_dir)
+    nest = NEST(bundle_dir)
+    bundle = nest.bundle
     files = bundle.manifest.get("files", {})
-    for relative, record in files.items():
-        path = bundle.root / relative
-        if not path.is_file():
-            raise BundleFileNotFoundError(f"bundle file missing: {path}")
-        if sha256_file(path) != record["sha256"]:
-            raise BundleIntegrityError(f"bundle file {path} does not match its recorded sha256")
+    for relative in files:
+        bundle.path(relative)  # the runtime's own check; the models below then skip re-hashing
     log(f"sha256: {len(files)} files match bundle.json")
-    nest = NEST(bundle.root)
     probe = np.random.default_rng(0).integers(0, 256, size=(2, 3, 96, 96), dtype=np.uint8)
     rows = bundle_rows(bundle)
     for row in rows:
