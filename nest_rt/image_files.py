@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import MissingExtraError, StimulusError, StimulusFileNotFoundError
+from .images import pil_to_chw
 
 ARRAY_SUFFIXES = (".npy", ".h5", ".hdf5")
 
@@ -108,12 +109,11 @@ def load_image(path: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as image:
-            rgb = image if image.mode == "RGB" else image.convert("RGB")
-            side = min(rgb.size)
-            if rgb.width != rgb.height:
-                left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
-                rgb = rgb.crop((left, top, left + side, top + side))
-            return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
+            side = min(image.size)
+            if image.width != image.height:
+                left, top = (image.width - side) // 2, (image.height - side) // 2
+                return pil_to_chw(image.crop((left, top, left + side, top + side)))
+            return pil_to_chw(image)
     except (UnidentifiedImageError, OSError) as exc:  # the header was fine, the data is not
         raise StimulusFileNotFoundError(f"inputs: cannot decode {path} ({exc})") from exc
 

@@ -151,7 +151,7 @@ def _validate_item(item: Any, name: str) -> _Item:
         return _path_item(os.fspath(item), name)
     if _is_pil(item):
         _require_square(item.size, name)
-        return _Item(item.size[0], lambda: _pil_to_chw(item))
+        return _Item(item.size[0], lambda: pil_to_chw(item))
     raise StimulusTypeError(f"{name} must be a numpy array, a PIL image or an image path; "
                             f"got {type(item).__name__}")
 
@@ -170,7 +170,7 @@ def _path_item(path: str, name: str) -> _Item:
     def load() -> np.ndarray:
         try:
             with Image.open(path) as image:
-                return _pil_to_chw(image)
+                return pil_to_chw(image)
         except (UnidentifiedImageError, OSError) as exc:  # e.g. a truncated file: only its header was read
             raise StimulusFileNotFoundError(f"{name}: cannot decode {path} ({exc})") from exc
     return _Item(size[0], load)
@@ -183,6 +183,7 @@ def _require_square(size: Sequence[int], name: str) -> None:
                             "crop or resize it to S x S first")
 
 
-def _pil_to_chw(image) -> np.ndarray:
+def pil_to_chw(image) -> np.ndarray:
+    """A PIL image (any mode) as uint8 [3, H, W]."""
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
