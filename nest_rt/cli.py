@@ -241,6 +241,7 @@ def _demo(args) -> None:
     import numpy as np
     from PIL import Image
 
+    from .run_files import RUN_RECORD
     from .runs import RunInputs, encode_run
     exporter, synthetic = _export_stage()
     out = args.out
@@ -261,7 +262,7 @@ def _demo(args) -> None:
         Image.fromarray(image.transpose(1, 2, 0)).save(paths[-1])
     print(f"3/4 wrote {len(paths)} images to {image_dir}")
     response_dir = out / "responses"
-    if (response_dir / "run.json").is_file():  # the previous demo's run: replace it
+    if (response_dir / RUN_RECORD).is_file():  # the previous demo's run: replace it
         shutil.rmtree(response_dir)
     print(f"4/4 encoding them with nest_rt (torch-free onnxruntime), as `nest-rt encode` does, into {response_dir}")
     record = encode_run(bundle_dir, RunInputs([str(image_dir)]), [f"fwrf:subjects=1:roi={','.join(args.rois)}"],

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InvalidParameterError, MissingExtraError
-
-RUN_FORMAT = "nest_rt.run/1"
+from .run_files import RUN_FORMAT, RUN_RECORD
 MAX_THUMBNAILS = 8  # more thumbnails than this would be too small to recognise
 DPI = 120
 MAP_COLUMNS = 2000  # at most about this many voxel columns are drawn in a map
@@ -59,7 +58,7 @@ def plot_run(run_dir, out_dir, outputs=None, images=None, max_images=200) -> lis
 
 
 def _read_run(run_dir: Path) -> dict:
-    path = run_dir / "run.json"
+    path = run_dir / RUN_RECORD
     if not path.is_file():
         raise InvalidParameterError(f"run_dir: expected a directory written by 'nest-rt encode --out', "
                                     f"but {path} does not exist")

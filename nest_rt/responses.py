@@ -26,6 +26,7 @@ from . import catalog
 from .bundle import Bundle, read_nested_npz
 from .errors import (BundleIntegrityError, InvalidParameterError, MissingExtraError,
                      NESTError, ParameterTypeError, ResponsesNotFoundError, RunStateError)
+from .run_files import RUN_RECORD
 from .selection import EEG, FSAVERAGE, FWRF
 
 PREGENERATED_DIR = "pregenerated_insilico_neural_responses"
@@ -112,7 +113,7 @@ def response_roots(responses_dir: Any) -> list[Path]:
 
 def _require_finished_run(folder: Path) -> None:
     """An encode output folder is read only once its run is complete."""
-    record = folder / "run.json"
+    record = folder / RUN_RECORD
     if record.is_file():
         status = json.loads(record.read_text(encoding="utf-8")).get("status")
         if status != "complete":

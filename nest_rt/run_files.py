@@ -18,7 +18,8 @@ import numpy as np
 
 from .errors import MissingExtraError, OutputWriteError, RunStateError
 
-LOCK = ".lock"
+RUN_FORMAT = "nest_rt.run/1"
+RUN_RECORD, PROGRESS, LOCK = "run.json", "progress.json", ".lock"
 PARTIAL = ".partial"
 _COPY_BLOCK_BYTES = 64 * 2**20
 

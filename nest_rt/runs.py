@@ -42,10 +42,9 @@ from .image_files import ImageList, list_image_files, load_image, open_image_arr
 from .images import Stimulus
 from .models import EncodingModel, iter_responses
 from .responses import file_stem, metadata_file, model_dir, responses_file
-from .run_files import LOCK, PARTIAL, NpyRows, iter_npy_blocks, locked, write_h5, write_json_atomically
+from .run_files import (LOCK, PARTIAL, PROGRESS, RUN_FORMAT, RUN_RECORD, NpyRows, iter_npy_blocks, locked,
+                        write_h5, write_json_atomically)
 
-RUN_FORMAT = "nest_rt.run/1"
-RUN_RECORD, PROGRESS = "run.json", "progress.json"
 DEFAULT_CHUNK_SIZE = 256
 MODEL_ALIASES = {"fwrf": selections.FWRF, "eeg": selections.EEG, "fsaverage": selections.FSAVERAGE}
 
