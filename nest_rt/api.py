@@ -141,15 +141,15 @@ class NEST:
             return FwrfEncodingModel(self.bundle, subject, roi, device, self.num_threads, api=api)
         self.bundle.entry(model_id, subject)  # a clear NotExportedError before anything else
         if model_id == EEG:
-            columns, shape = selections.eeg_plan(selection)
+            columns, shape, indices = selections.eeg_plan(selection)
         else:
-            columns, shape = selections.fsaverage_plan(
+            columns, shape, indices = selections.fsaverage_plan(
                 selection, lambda name: self.fsaverage_roi_vertices(subject, name))
         key = (model_id, subject)
         if key not in self._heads:
             self._heads[key] = VitHead(self.bundle, model_id, subject, self.num_threads)
         return VitEncodingModel(self.bundle, model_id, subject, columns, shape, self._vit_backbone(),
-                                self._heads[key], device, api=api, selection=selection)
+                                self._heads[key], device, api=api, selection=selection, selected_indices=indices)
 
     def release_heads(self) -> None:
         """Forget the cached ViT heads (each may hold its subject's folded PCA matrix, about

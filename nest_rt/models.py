@@ -198,10 +198,13 @@ class VitEncodingModel(EncodingModel):
 
     def __init__(self, bundle: Bundle, model_id: str, subject: int, columns: np.ndarray | None,
                  output_shape: tuple, backbone: VitBackbone, head: VitHead, device: str,
-                 api: str = "legacy", selection: dict | None = None):
+                 api: str = "legacy", selection: dict | None = None,
+                 selected_indices: dict[str, np.ndarray] | None = None):
         super().__init__(bundle, subject, device, api)
         self.model_id = model_id
         self.selection = selection or {}
+        # EEG: channel and time indices; fsaverage: lh and rh vertex indices
+        self.selected_indices = selected_indices or {}
         self._entry = bundle.entry(model_id, subject)
         self.sidecar: dict[str, Any] = bundle.read_json(self._entry["sidecar"])
         self._backbone, self.head = backbone, head

@@ -167,7 +167,7 @@ def plan_outputs(nest: NEST, requests: list[ModelRequest], imageset: str, device
         shapes = ({"lh": empty[0].shape[1:], "rh": empty[1].shape[1:]} if isinstance(empty, tuple)
                   else {"responses": empty.shape[1:]})
         metadata = model.metadata()
-        axes, chosen = _axes(nest, request, shapes, metadata)
+        axes, chosen = _axes(request, model, shapes, metadata)
         name = f"{request.model_id}_{stem}"
         if any(output.name == name for output in outputs):
             raise InvalidParameterError(f"--model: {name} is asked for twice")
@@ -176,18 +176,18 @@ def plan_outputs(nest: NEST, requests: list[ModelRequest], imageset: str, device
     return outputs
 
 
-def _axes(nest: NEST, request: ModelRequest, shapes: dict, metadata: dict) -> tuple[dict, dict]:
-    """Labels of the output axes for the run record, and the selected indices for the metadata."""
+def _axes(request: ModelRequest, model: EncodingModel, shapes: dict, metadata: dict) -> tuple[dict, dict]:
+    """Labels of the output axes for the run record, and the selected indices (as the model
+    chose them when it was loaded) for the metadata."""
     if request.model_id == selections.EEG:
-        channels, times = selections.eeg_indices(request.selection or None)
+        chosen = model.selected_indices
         names = catalog.model_entry(selections.EEG)["channels"]
         all_times = np.asarray(metadata["eeg"]["times"], dtype=np.float64)
-        return ({"repetitions": int(shapes["responses"][0]), "channels": [names[i] for i in channels],
-                 "times": all_times[times].round(6).tolist()}, {"channels": channels, "times": times})
+        return ({"repetitions": int(shapes["responses"][0]), "channels": [names[i] for i in chosen["channels"]],
+                 "times": all_times[chosen["times"]].round(6).tolist()}, chosen)
     if request.model_id == selections.FSAVERAGE:
-        lh, rh = selections.fsaverage_indices(
-            request.selection or None, lambda roi: nest.fsaverage_roi_vertices(request.subject, roi))
-        return {"vertices": {"lh": len(lh), "rh": len(rh)}}, {"lh_vertices": lh, "rh_vertices": rh}
+        chosen = model.selected_indices
+        return {"vertices": {"lh": len(chosen["lh_vertices"]), "rh": len(chosen["rh_vertices"])}}, chosen
     return {"voxels": int(shapes["responses"][0])}, {"roi": np.array(request.selection["roi"])}
 
 

@@ -78,18 +78,22 @@ def eeg_columns(channels: np.ndarray, times: np.ndarray) -> np.ndarray:
             + times[None, None, :]).ravel()
 
 
-def eeg_plan(selection: Any) -> tuple[np.ndarray | None, tuple[int, int, int]]:
-    """(regression columns, or None for all; output shape per image [4, channels, times])."""
+def eeg_plan(selection: Any) -> tuple[np.ndarray | None, tuple[int, int, int], dict[str, np.ndarray]]:
+    """(regression columns, or None for all; output shape per image [4, channels, times]; the
+    selected channel and time indices)."""
     channels, times = eeg_indices(selection)
     repetitions = catalog.model_entry(EEG)["repetitions"]
-    return (eeg_columns(channels, times) if selection else None), (repetitions, len(channels), len(times))
+    return ((eeg_columns(channels, times) if selection else None), (repetitions, len(channels), len(times)),
+            {"channels": channels, "times": times})
 
 
-def fsaverage_plan(selection: Any, roi_vertices) -> tuple[np.ndarray | None, tuple]:
-    """(regression columns, or None for all; per-image output shapes ((lh,), (rh,)))."""
+def fsaverage_plan(selection: Any, roi_vertices) -> tuple[np.ndarray | None, tuple, dict[str, np.ndarray]]:
+    """(regression columns, or None for all; per-image output shapes ((lh,), (rh,)); the
+    selected vertex indices per hemisphere)."""
     lh, rh = fsaverage_indices(selection, roi_vertices)
     vertices = catalog.model_entry(FSAVERAGE)["vertices_per_hemisphere"]
-    return (np.concatenate([lh, rh + vertices]) if selection else None), ((len(lh),), (len(rh),))
+    return ((np.concatenate([lh, rh + vertices]) if selection else None), ((len(lh),), (len(rh),)),
+            {"lh_vertices": lh, "rh_vertices": rh})
 
 
 def fsaverage_indices(selection: Any, roi_vertices) -> tuple[np.ndarray, np.ndarray]:
