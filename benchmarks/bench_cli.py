@@ -70,38 +70,39 @@ def decode_files(paths: list[str]):
     return array
 
 
-def worker_upstream_fwrf(args) -> dict:
+def start_upstream(args):
+    """Both upstream-style workers begin alike: torch's threads, then the clock starts and every
+    file is decoded into one array. Returns (start time, images)."""
     import torch
+    torch.set_num_threads(THREADS)
+    paths = image_paths(Path(args.folder))[:int(args.count)]
+    return time.perf_counter(), decode_files(paths)
+
+
+def worker_upstream_fwrf(args) -> dict:
     from bench_fwrf import upstream_encode
     from nest_rt_export.fwrf_torch import FwrfReference
     from nest_rt_export.toolkit import fwrf_files, load_checkpoint
-    torch.set_num_threads(THREADS)
-    paths = image_paths(Path(args.folder))[:int(args.count)]
-    start = time.perf_counter()
-    images = decode_files(paths)
+    start, images = start_upstream(args)
     for roi in FWRF_ROIS:
         checkpoints = [load_checkpoint(p) for p in fwrf_files(Path(args.toolkit), 1, roi)["weights"]]
         model = FwrfReference.from_checkpoints(checkpoints, 1)
         upstream_encode(model, images, {})
         del model, checkpoints
-    return {"wall_s": time.perf_counter() - start, "images": len(paths), "outputs": len(FWRF_ROIS)}
+    return {"wall_s": time.perf_counter() - start, "images": len(images), "outputs": len(FWRF_ROIS)}
 
 
 def worker_upstream_eeg(args) -> dict:
     import gc
 
-    import torch
     from bench_vit import upstream_encode, upstream_load
-    torch.set_num_threads(THREADS)
-    paths = image_paths(Path(args.folder))[:int(args.count)]
-    start = time.perf_counter()
-    images = decode_files(paths)
+    start, images = start_upstream(args)
     for subject in range(1, 11):
         model = upstream_load("eeg", Path(args.toolkit), subject)
         upstream_encode(model, images, {})
         del model
         gc.collect()  # as a new upstream process per subject would start empty
-    return {"wall_s": time.perf_counter() - start, "images": len(paths), "outputs": 10}
+    return {"wall_s": time.perf_counter() - start, "images": len(images), "outputs": 10}
 
 
 WORKERS = {"encode": worker_encode, "upstream_fwrf": worker_upstream_fwrf, "upstream_eeg": worker_upstream_eeg}
