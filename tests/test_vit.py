@@ -70,6 +70,18 @@ def test_eeg_legacy_layout_matches_reference(tmp_path, features):
     assert sidecar["toolkit_layout"] == "legacy" and sidecar["components"] == 12
 
 
+def test_backbone_uses_onnxruntime_fused_attention_and_gelu(vit_bundle):
+    """The exported backbone runs onnxruntime's fused kernels (the parity tests above hold it to
+    torchvision's unfused modules); a changed onnxscript that stops fusing would show here."""
+    import onnx
+    graph = onnx.load(vit_bundle / "vit_b_32" / "backbone.onnx", load_external_data=False)
+    ops = [node.op_type for node in graph.graph.node]
+    assert ops.count("MultiHeadAttention") == 12 and ops.count("BiasGelu") == 12
+    assert "Erf" not in ops and "Softmax" not in ops
+    recorded = {p.key: p.value for p in graph.metadata_props}
+    assert json.loads(recorded["nest_rt.fused_ops"])["multi_head_attention"] == 12
+
+
 @pytest.mark.parametrize("size", [256, 300])
 def test_fsaverage_all_vertices_match_reference(nest, vit_toolkit, features, size):
     images = synthetic.synthetic_images(4, size, seed=size + 1)
