@@ -3,7 +3,8 @@
 backbone.onnx: images uint8 [N, 3, S, S] -> features float32 [N, 460800]. Upstream's inference
   transform (resize so the short side is 256, bilinear + antialias on the integer tensor,
   centre crop 224, /255, ImageNet normalisation) is written by hand in front of torchvision's
-  vit_b_32 feature extractor, which torch.onnx (dynamo) exports.
+  vit_b_32 feature extractor, which torch.onnx (dynamo) exports and onnxscript rewrites with
+  onnxruntime's fused attention and GELU kernels.
 head: features [N, 460800] -> responses [N, O]: StandardScaler and PCA folded into one matrix
   and bias (NEST_REFERENCE §3.6), then the regression. All four weight arrays are graph inputs,
   stored beside the head as plain .npy files (pca_matrix [D, K], pca_bias [K], coef_t [K, O],
@@ -72,7 +73,9 @@ def _export_features(vit):
 
         def forward(self, pixels: torch.Tensor) -> torch.Tensor:
             n = pixels.shape[0]
-            tokens = self.vit._process_input(pixels)  # the patch-embedding Conv, [N, 49, 768]
+            # torchvision's own patch embedding (Conv + flatten, [N, 49, 768]); private, but it is
+            # the code VitFeatures runs, so a torchvision change shows in the parity tests
+            tokens = self.vit._process_input(pixels)
             hidden = torch.cat([self.vit.class_token.expand(n, -1, -1), tokens], dim=1)
             hidden = hidden + self.vit.encoder.pos_embedding
             blocks = []
