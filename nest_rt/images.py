@@ -79,15 +79,8 @@ def _validate_array(images: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
                             f"(for one image use {name}[None])")
     if images.shape[0] == 0:
         raise StimulusError(f"{name} is empty (shape {images.shape}); {_EXPECTED}")
-    if images.shape[1] == 3:
-        channels_last = False
-        height, width = images.shape[2], images.shape[3]
-    elif images.shape[3] == 3:
-        channels_last = True
-        height, width = images.shape[1], images.shape[2]
-    else:
-        raise StimulusError(f"{name} must have 3 colour channels on axis 1 (NCHW) or axis 3 (NHWC), "
-                            f"got shape {images.shape}")
+    channels_last = is_channels_last(images.shape, name)
+    height, width = images.shape[1:3] if channels_last else images.shape[2:4]
     if height != width:
         raise StimulusError(f"{name} must be square, got height {height} and width {width}; "
                             "crop or resize them to S x S first")
@@ -95,6 +88,16 @@ def _validate_array(images: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
         raise StimulusError(f"{name} has images of size 0 x 0 (shape {images.shape})")
     _validate_values(images, name)
     return images, channels_last
+
+
+def is_channels_last(shape: Sequence[int], name: str = "images") -> bool:
+    """Whether a 4-D image array is NHWC rather than NCHW: its colour axis is 1, else 3."""
+    if shape[1] == 3:
+        return False
+    if shape[3] == 3:
+        return True
+    raise StimulusError(f"{name} must have 3 colour channels on axis 1 (NCHW) or axis 3 (NHWC), "
+                        f"got shape {tuple(shape)}")
 
 
 def _validate_values(images: np.ndarray, name: str) -> None:

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InvalidParameterError, MissingExtraError
+from .image_files import open_image_array
 from .run_files import RUN_FORMAT, RUN_RECORD
+
 MAX_THUMBNAILS = 8  # more thumbnails than this would be too small to recognise
 DPI = 120
 MAP_COLUMNS = 2000  # at most about this many voxel columns are drawn in a map
@@ -110,7 +112,8 @@ def _read_rows(run_dir: Path, file: str, rows: list[int]) -> np.ndarray:
 
 
 def _thumbnail(run_dir: Path, run: dict, row: int):
-    """The image of ``row`` as an RGB array, or None when its file is no longer readable."""
+    """The image of ``row`` as an RGB array, or None when its file is no longer readable (or
+    is an .h5 array without h5py)."""
     from PIL import Image
     inputs = run["inputs"]
     try:
@@ -119,12 +122,13 @@ def _thumbnail(run_dir: Path, run: dict, row: int):
                 image = image.convert("RGB")
         else:
             array = inputs["array"]
-            pixels = np.load(run_dir / array["path"], mmap_mode="r")[run["shard"]["start"] + row]
+            images, _ = open_image_array(str(run_dir / array["path"]), array["dataset"])
+            pixels = np.asarray(images[run["shard"]["start"] + row])
             pixels = pixels.transpose(1, 2, 0) if array["layout"] == "NCHW" else pixels
             image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
         image.thumbnail((160, 160))
         return np.asarray(image)
-    except (OSError, ValueError, KeyError, IndexError):
+    except (OSError, ValueError, KeyError, IndexError, ImportError):
         return None
 
 

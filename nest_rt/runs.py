@@ -38,8 +38,8 @@ from . import catalog, selection as selections
 from .api import NEST
 from .bundle import Bundle, sha256_file, write_nested_npz
 from .errors import InvalidParameterError, OutputWriteError, RunStateError, StimulusError
-from .image_files import ImageList, list_image_files, load_image, open_image_array, scan_images
-from .images import Stimulus
+from .image_files import ARRAY_SUFFIXES, ImageList, list_image_files, load_image, open_image_array, scan_images
+from .images import Stimulus, is_channels_last
 from .models import EncodingModel, iter_responses
 from .responses import file_stem, metadata_file, model_dir, responses_file
 from .run_files import (LOCK, PARTIAL, PROGRESS, RUN_FORMAT, RUN_RECORD, NpyRows, iter_npy_blocks, locked,
@@ -200,11 +200,13 @@ class RunInputs:
         if not specs:
             raise StimulusError("inputs: give image files, folders, glob patterns or one .npy/.h5 array")
         self.array = None
-        if len(specs) == 1 and specs[0].lower().endswith((".npy", ".h5", ".hdf5")):
+        if len(specs) == 1 and specs[0].lower().endswith(ARRAY_SUFFIXES):
             self.array, dataset = open_image_array(os.path.abspath(specs[0]), h5_dataset)
             self.images: ImageList | None = None
+            # the layout is recorded so that readers of the run (nest-rt plot) can show the images
+            layout = "NHWC" if is_channels_last(self.array.shape, "inputs") else "NCHW"
             self.array_info = {"path": os.path.abspath(specs[0]), "dataset": dataset,
-                               "shape": list(self.array.shape)}
+                               "shape": list(self.array.shape), "layout": layout}
             self.total = int(self.array.shape[0])
             stat = os.stat(specs[0])
             self.digest = hashlib.sha256(json.dumps([self.array_info, stat.st_size, stat.st_mtime_ns])

@@ -264,6 +264,11 @@ def test_array_inputs_match_file_inputs(vit_bundle, tmp_path):
     assert output_files(outs[0]) == output_files(outs[1])
     record = json.loads((outs[1] / "run.json").read_text())
     assert record["inputs"]["kind"] == "array" and record["inputs"]["array"]["dataset"] == "stimuli"
+    from nest_rt.plots import _thumbnail
+    for out, layout in zip(outs, ("NHWC", "NCHW")):  # nest-rt plot shows the run's own images
+        run = json.loads((out / "run.json").read_text())
+        assert run["inputs"]["array"]["layout"] == layout
+        np.testing.assert_array_equal(_thumbnail(out, run, 3), stack[3])
     nest = NEST(vit_bundle)
     model = nest.get_encoding_model("fmri-nsd-fwrf", subject=1, selection={"roi": "V1"})
     stored = np.load(outs[0] / record["outputs"][0]["arrays"]["responses"]["file"])
