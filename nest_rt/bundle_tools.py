@@ -10,6 +10,7 @@ from . import catalog
 from .api import NEST
 from .bundle import Bundle
 from .errors import NotExportedError
+from .selection import FSAVERAGE
 
 
 def parity_summary(parity: dict[str, dict]) -> tuple[float, float]:
@@ -27,7 +28,8 @@ def bundle_rows(bundle: Bundle) -> list[dict[str, Any]]:
                 correlation, relative = parity_summary(entry["parity"])
                 rows.append({"model_id": model_id, "subject": int(subject), "roi": None if key == "all" else key,
                              "outputs": int(entry.get("voxels", entry.get("outputs", 0))),
-                             "min_correlation": correlation, "relative_error": relative})
+                             "min_correlation": correlation, "relative_error": relative,
+                             "sizes": [name.replace("size_", "") for name in entry["parity"]]})
     return rows
 
 
@@ -43,13 +45,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def model_info(bundle: Bundle, model_id: str) -> str:
     """A readable card: contract, dimensions, provenance and export parity of one model."""
     entry = catalog.model_entry(model_id)
-    graphs = bundle.manifest.get("models", {}).get(model_id, {}).get("graphs", {})
-    if not graphs:
+    rows = [row for row in bundle_rows(bundle) if row["model_id"] == model_id]
+    if not rows:
         raise NotExportedError(f"bundle {bundle.root} has no {model_id} models")
     source, tools = bundle.manifest.get("source", {}), bundle.manifest.get("tools", {})
     lines = [f"{model_id}  ({entry['catalog_modality']}, {entry['catalog_dataset']})",
              "  input:   images uint8 [N, 3, S, S], any square size S (resized inside the graph as upstream)",
-             f"  output:  {_OUTPUT[entry['family'] if model_id != 'fmri-nsd_fsaverage-vit_b_32' else 'fsaverage']}",
+             f"  output:  {_OUTPUT[entry['family'] if model_id != FSAVERAGE else 'fsaverage']}",
              f"  source:  {source.get('nest_dir')} ({source.get('layout')} layout), exported "
              f"{bundle.manifest.get('created_utc')} with "
              + ", ".join(f"{name} {version}" for name, version in tools.items()),
@@ -59,13 +61,9 @@ def model_info(bundle: Bundle, model_id: str) -> str:
         precisions = ", ".join(["fp32", *backbone.get("precisions", {})])
         lines.append(f"  backbone: {entry['backbone']} ({backbone['features']:,} features; precisions {precisions})")
     lines.append("  exported (subject, roi: outputs, parity min correlation / max relative error):")
-    for subject, per_subject in sorted(graphs.items(), key=lambda item: int(item[0])):
-        for key, graph in per_subject.items():
-            correlation, relative = parity_summary(graph["parity"])
-            sizes = ", ".join(name.replace("size_", "") for name in graph["parity"])
-            outputs = int(graph.get("voxels", graph.get("outputs", 0)))
-            lines.append(f"    sub-{int(subject):02d} {key:>10}: {outputs:>7,}  {correlation:.7f} / {relative:.1e}"
-                         f"  (at S = {sizes})")
+    for row in rows:
+        lines.append(f"    sub-{row['subject']:02d} {row['roi'] or 'all':>10}: {row['outputs']:>7,}  "
+                     f"{row['min_correlation']:.7f} / {row['relative_error']:.1e}  (at S = {', '.join(row['sizes'])})")
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import catalog
 from .errors import InvalidParameterError, NESTError
+from .runs import DEFAULT_CHUNK_SIZE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument("--bundle", default=os.environ.get("NEST_RT_BUNDLE"), help=bundle_help)
     encode.add_argument("--imageset", default="images", help="name of the image set in the output layout")
     encode.add_argument("--shard", default="0/1", help="I/N: encode only the I-th of N shards (0-based)")
-    encode.add_argument("--chunk-size", type=int, default=256, help="images per durable chunk (default 256)")
+    encode.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+                        help=f"images per durable chunk (default {DEFAULT_CHUNK_SIZE})")
     encode.add_argument("--h5", action="store_true", help="also write HDF5 files in upstream's layout (needs h5py)")
     encode.add_argument("--center-crop", action="store_true", help="crop non-square images to their central square")
     encode.add_argument("--skip-bad-images", action="store_true",
