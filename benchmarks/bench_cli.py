@@ -208,14 +208,16 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown cases {sorted(unknown)}; cases: {sorted(plan)}")
     results = json.loads(RESULT_FILE.read_text()) if args.cases and RESULT_FILE.is_file() else {}
+    environment = _common.environment(THREADS)
     for name in args.cases or plan:
         kind, options = plan[name]
-        results[name] = run(kind, **options)
+        # with --cases, rows of earlier runs stay: each row says which code it measured
+        results[name] = run(kind, **options) | {"git": environment["git"]}
     for case in ("fwrf", "eeg"):
         if f"{case}_nest_rt" in results and f"{case}_upstream" in results:
             results[f"{case}_speedup"] = (results[f"{case}_nest_rt"]["images_per_s"]
                                           / results[f"{case}_upstream"]["images_per_s"])
-    results["environment"] = _common.environment(THREADS)
+    results["environment"] = environment  # of this invocation; rows run earlier carry their own "git"
     RESULT_FILE.write_text(json.dumps(results, indent=1, default=str))
     log(f"written to {RESULT_FILE}")
     for name, result in results.items():
