@@ -6,13 +6,14 @@ The model-specific work lives in ``fwrf_export`` and ``vit_export``.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import platform
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from . import toolkit
 from .artifacts import ExportError
 from .fwrf_export import FWRF, export_fwrf, fwrf_jobs
 from .onnx_graph import OPSET
-from .parity import FWRF_TOLERANCE, VIT_TOLERANCE
+from .parity import NETWORK_TOLERANCE, RESIZE_TOLERANCE
 from .pregenerated import convert_pregenerated_metadata
 from .vit_export import EEG, FSAVERAGE, export_vit, vit_jobs
 
@@ -62,11 +63,8 @@ def export_bundle(nest_dir: str | Path, out: str | Path, models: list[str] | Non
     if not fwrf and not vit:
         raise ExportError(f"--nest-dir {nest_dir} holds no NEST models for subjects {subjects or 'any'} "
                           f"(expected files like {toolkit.fwrf_files(nest_dir, 1, 'V1')['weights'][0]})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(out)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    try:
-        manifest = _new_manifest(nest_dir)
+    manifest = new_manifest({"nest_dir": str(nest_dir), "layout": toolkit.detect_layout(nest_dir)}, _tools())
+    with staged_bundle(out, manifest) as staging:
         if pregenerated:  # first: cheap, and fails early on a toolkit without pregenerated files
             log("converting the pregenerated responses' metadata to npz")
             manifest["pregenerated"] = convert_pregenerated_metadata(nest_dir, staging)
@@ -75,6 +73,21 @@ def export_bundle(nest_dir: str | Path, out: str | Path, models: list[str] | Non
             export_fwrf(nest_dir, staging, manifest, subject, roi)
         if vit:
             export_vit(nest_dir, staging, manifest, vit, vit_weights, log, precisions=tuple(precisions))
+    log(f"bundle written to {out}")
+    return out
+
+
+@contextlib.contextmanager
+def staged_bundle(out: Path, manifest: dict[str, Any]) -> Iterator[Path]:
+    """A hidden staging folder beside ``out`` to write the bundle's files into. When the block
+    finishes, every file is listed in the manifest with its sha256, bundle.json is written and the
+    folder renamed to ``out`` (replacing an earlier bundle there); if it fails, nothing remains."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        staging.mkdir()
+        yield staging
         manifest["files"] = {
             path.relative_to(staging).as_posix(): {"sha256": sha256_file(path), "bytes": path.stat().st_size}
             for path in sorted(staging.rglob("*")) if path.is_file()}
@@ -82,8 +95,6 @@ def export_bundle(nest_dir: str | Path, out: str | Path, models: list[str] | Non
         _move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log(f"bundle written to {out}")
-    return out
 
 
 def _check_output(out: Path, nest_dir: Path, overwrite: bool) -> None:
@@ -99,24 +110,32 @@ def _check_output(out: Path, nest_dir: Path, overwrite: bool) -> None:
                           "--overwrite only replaces an earlier bundle")
 
 
-def _new_manifest(nest_dir: Path) -> dict[str, Any]:
-    import onnx
-    import onnxruntime
-    import torch
-    import torchvision
+def new_manifest(source: dict[str, Any], tools: dict[str, str]) -> dict[str, Any]:
+    """The skeleton of bundle.json; the exporters fill in models, backbones and sources."""
     return {
         "format": BUNDLE_FORMAT,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "opset": OPSET,
-        "tools": {"nest_rt": nest_rt.__version__, "python": platform.python_version(),
-                  "numpy": np.__version__, "torch": torch.__version__,
-                  "torchvision": torchvision.__version__, "onnx": onnx.__version__,
-                  "onnxruntime": onnxruntime.__version__},
-        "source": {"nest_dir": str(nest_dir), "layout": toolkit.detect_layout(nest_dir)},
-        "parity_tolerance": {FWRF: FWRF_TOLERANCE, EEG: VIT_TOLERANCE, FSAVERAGE: VIT_TOLERANCE},
+        "tools": tools,
+        "source": source,
+        "parity_tolerance": {"resize": RESIZE_TOLERANCE, "network": NETWORK_TOLERANCE},
         "models": {},
         "sources": {},
     }
+
+
+def base_tools() -> dict[str, str]:
+    """Versions of the tools that write every bundle."""
+    import onnx
+    import onnxruntime
+    return {"nest_rt": nest_rt.__version__, "python": platform.python_version(), "numpy": np.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def _tools() -> dict[str, str]:
+    import torch
+    import torchvision
+    return {**base_tools(), "torch": torch.__version__, "torchvision": torchvision.__version__}
 
 
 def _remove_leftovers(out: Path) -> None:

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 from nest_rt import catalog
 
 from . import toolkit
 from .artifacts import ExportError, record_sources, save_flat_npz
-from .fwrf_onnx import OUTPUT_NAME, build_fwrf_graph
+from .checks import check_resize, refuse_network
+from .fwrf_onnx import INPUT_SIZE, OUTPUT_NAME, build_fwrf_graph
 from .onnx_graph import INPUT_NAME, OPSET
-from .parity import FWRF_TOLERANCE, compare, within
+from .parity import compare, network_stats
 
 FWRF = "fmri-nsd-fwrf"
 PARITY_SIZES = (227, 256)  # the native size (no resize) and one resized size
@@ -37,10 +40,7 @@ def fwrf_jobs(nest_dir: Path, subjects, rois) -> list[tuple[int, str]]:
 
 
 def export_fwrf(nest_dir: Path, staging: Path, manifest: dict, subject: int, roi: str) -> None:
-    import onnx
     from .fwrf_torch import FwrfReference
-    patterns = catalog.model_entry(FWRF)["bundle_files"]
-    names = {key: pattern.format(subject=subject, roi=roi) for key, pattern in patterns.items()}
     files = toolkit.fwrf_files(nest_dir, subject, roi)
     checkpoints = [toolkit.load_checkpoint(path) for path in files["weights"]]
     for path, checkpoint in zip(files["weights"], checkpoints):
@@ -52,14 +52,31 @@ def export_fwrf(nest_dir: Path, staging: Path, manifest: dict, subject: int, roi
     if len(metadata.get("fmri", {}).get("ncsnr", [])) != sum(split_voxels):
         raise ExportError(f"subject {subject} roi {roi}: {files['metadata']} does not describe the "
                           f"{sum(split_voxels)} voxels of the checkpoints")
-    model = build_fwrf_graph(parts, doc=f"NEST {FWRF} subject {subject} roi {roi}")
+    reference = FwrfReference.from_checkpoints(checkpoints, subject)
+
+    def check(graph_path: Path) -> tuple[dict, dict]:
+        return (_measure_parity(reference, graph_path, seed=subject * 100 + catalog.rois(FWRF).index(roi)),
+                check_resize(graph_path, (INPUT_SIZE, INPUT_SIZE), graph_path.name))
+    provenance = {"sources": record_sources(nest_dir, [*files["weights"], files["metadata"]], manifest),
+                  "training_args": [vars(c["args."]) for c in checkpoints],
+                  "best_epoch": [int(c["best_epoch"]) for c in checkpoints]}
+    write_fwrf_model(staging, manifest, subject, roi, parts, metadata, provenance, check)
+
+
+def write_fwrf_model(staging: Path, manifest: dict, subject: int, roi: str, parts: list[tuple[dict, dict]],
+                     metadata: dict, provenance: dict, check: Callable[[Path], tuple[dict, dict]] | None) -> None:
+    """Write one ROI's graph, metadata and sidecar into the bundle being assembled and list them
+    in its manifest. ``check(graph_path)`` returns the (parity, resize parity) records, refusing a
+    wrong graph; None (the torch-free demo bundle only) records that nothing was checked."""
+    import onnx
+    names = {key: pattern.format(subject=subject, roi=roi)
+             for key, pattern in catalog.model_entry(FWRF)["bundle_files"].items()}
+    split_voxels = [len(readout["b"]) for _, readout in parts]
     graph_path = staging / names["graph"]
     graph_path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, graph_path)
-    parity = _measure_parity(FwrfReference.from_checkpoints(checkpoints, subject), graph_path,
-                             seed=subject * 100 + catalog.rois(FWRF).index(roi))
+    onnx.save_model(build_fwrf_graph(parts, doc=f"NEST {FWRF} subject {subject} roi {roi}"), graph_path)
+    parity, resize_parity = check(graph_path) if check else ({}, {})
     save_flat_npz(staging / names["metadata"], metadata)
-    sources = record_sources(nest_dir, [*files["weights"], files["metadata"]], manifest)
     sidecar = {
         "model_id": FWRF, "subject": subject, "roi": roi, "voxels": sum(split_voxels),
         "splits": split_voxels,
@@ -72,28 +89,31 @@ def export_fwrf(nest_dir: Path, staging: Path, manifest: dict, subject: int, roi
                           "(torchvision Resize on integer tensors), rounded half to even",
                           "divide by 255", "subtract the checkpoint's mu (stim_mean), inside the graph"],
         "opset": OPSET,
-        "provenance": {"sources": sources,
-                       "training_args": [vars(c["args."]) for c in checkpoints],
-                       "best_epoch": [int(c["best_epoch"]) for c in checkpoints]},
+        "provenance": provenance,
         "parity": parity,
+        "resize_parity": resize_parity,
     }
     (staging / names["sidecar"]).write_text(json.dumps(sidecar, indent=1, default=str), encoding="utf-8")
     graphs = manifest["models"].setdefault(FWRF, {"graphs": {}})["graphs"]
-    graphs.setdefault(str(subject), {})[roi] = {**names, "voxels": sum(split_voxels), "parity": parity}
+    graphs.setdefault(str(subject), {})[roi] = {**names, "voxels": sum(split_voxels), "parity": parity,
+                                                "resize_parity": resize_parity}
 
 
 def _measure_parity(reference, graph_path: Path, seed: int) -> dict[str, Any]:
-    """Torch reference vs onnxruntime on synthetic images at 227 and one other size."""
-    import onnxruntime as ort
+    """Network and end-to-end parity (see parity.py) on synthetic images at 227 (no resize) and
+    one other size; refuses the graph if the network is outside its tolerance."""
+    from .onnx_graph import RESIZED_PIXELS, probe_session
     from .synthetic import synthetic_images
-    session = ort.InferenceSession(str(graph_path), providers=["CPUExecutionProvider"])
+    from .torch_reference import float64_copy
+    in_float64 = float64_copy(reference)
     results = {}
-    for size in PARITY_SIZES:
-        images = synthetic_images(PARITY_IMAGES, size, seed=seed + size)
-        stats = compare(reference(images), session.run(None, {INPUT_NAME: images})[0])
-        limits = FWRF_TOLERANCE["native" if size == PARITY_SIZES[0] else "resized"]
-        if not within(stats, limits):
-            raise ExportError(f"{graph_path.name}: onnxruntime disagrees with the torch reference at "
-                              f"size {size}: {stats} (tolerance {limits})")
-        results[f"size_{size}"] = stats
+    with probe_session(graph_path, [RESIZED_PIXELS]) as session:
+        for size in PARITY_SIZES:
+            images = synthetic_images(PARITY_IMAGES, size, seed=seed + size)
+            responses, pixels = session.run(None, {INPUT_NAME: images})
+            same_pixels = np.clip(np.round(pixels), 0, 255).astype(np.uint8)  # at 227: no resize upstream
+            record = {**compare(reference(images), responses),
+                      "network": network_stats(in_float64(same_pixels), reference(same_pixels), responses)}
+            refuse_network(record, graph_path.name, size)
+            results[f"size_{size}"] = record
     return results

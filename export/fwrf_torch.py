@@ -130,19 +130,22 @@ class FwrfReference(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: np.ndarray, batch_size: int = 100) -> np.ndarray:
-        """Responses float32 [N, V] for integer images [N, 3, S, S], in upstream's batches of 100."""
+        """Responses [N, V] for integer images [N, 3, S, S], in upstream's batches of 100: float32
+        as upstream, or float64 for a ``torch_reference.float64_copy`` of the reference."""
+        dtype = self.encoders[0].mu.dtype
         outputs = []
         for start in range(0, len(images), batch_size):
-            x = preprocess(images[start:start + batch_size])
+            x = preprocess(images[start:start + batch_size], dtype)
             outputs.append(torch.cat([readout(encoder(x)) for encoder, readout
                                       in zip(self.encoders, self.readouts)], dim=1))
-        return torch.cat(outputs).numpy().astype(np.float32)
+        values = torch.cat(outputs).numpy()
+        return values.astype(np.float32) if dtype == torch.float32 else values
 
 
-def preprocess(images: np.ndarray) -> torch.Tensor:
-    """torchvision Resize((227, 227)) on the integer tensor, then /255 in float32."""
+def preprocess(images: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """torchvision Resize((227, 227)) on the integer tensor, then /255 (in float32 upstream)."""
     resized = transforms.Resize((INPUT_SIZE, INPUT_SIZE))(torch.from_numpy(np.asarray(images)))
-    return resized.to(torch.float32) / 255
+    return resized.to(dtype) / 255
 
 
 def _as_tensors(state: dict) -> dict:

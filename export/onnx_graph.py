@@ -1,7 +1,11 @@
 """Small helpers to write ONNX graphs by hand, and the resize every NEST pipeline starts with."""
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -9,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 18  # Resize with antialias needs opset 18
 INPUT_NAME = "images"
+RESIZED_PIXELS = "resized_rounded"  # the integer-valued resized images every network starts from
 
 
 class GraphBuilder:
@@ -66,4 +71,45 @@ def resized_pixels(g: GraphBuilder, size_hw: tuple[int, int]) -> str:
                                                         np.array(size_hw))], axis=0)
     resized = g.op("Resize", [pixels, "", "", sizes], name="resized", mode="linear", antialias=1,
                    exclude_outside=1, coordinate_transformation_mode="half_pixel")
-    return g.op("Round", [resized], name="resized_rounded")
+    return g.op("Round", [resized], name=RESIZED_PIXELS)
+
+
+def resize_session(graph_path: Path):
+    """An onnxruntime CPU session of the nodes of the graph at ``graph_path`` that turn the input
+    images into RESIZED_PIXELS: the shipped graph's own resize, without the network."""
+    import onnxruntime as ort
+    model = onnx.load(graph_path, load_external_data=False)  # the resize's constants are inline
+    producers = {output: node for node in model.graph.node for output in node.output}
+    needed, pending = set(), [RESIZED_PIXELS]
+    while pending:  # walk back from the resized pixels to the input
+        node = producers.get(pending.pop())
+        if node is not None and id(node) not in needed:
+            needed.add(id(node))
+            pending.extend(node.input)
+    nodes = [node for node in model.graph.node if id(node) in needed]
+    used = {name for node in nodes for name in node.input}
+    graph = helper.make_graph(nodes, "resize", [i for i in model.graph.input if i.name == INPUT_NAME],
+                              [helper.make_tensor_value_info(RESIZED_PIXELS, TensorProto.FLOAT, None)],
+                              initializer=[t for t in model.graph.initializer if t.name in used])
+    resize = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    return ort.InferenceSession(resize.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@contextlib.contextmanager
+def probe_session(graph_path: Path, extra_outputs: Sequence[str]) -> Iterator:
+    """An onnxruntime CPU session of the graph at ``graph_path`` that also returns the named
+    intermediate values, after its own outputs. The graph is the one written to the bundle,
+    unchanged but for the added outputs; a temporary copy beside it (so that its external data
+    resolves) is removed once the session is created."""
+    import onnxruntime as ort
+    graph_path = Path(graph_path)
+    model = onnx.load(graph_path, load_external_data=False)
+    model.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in extra_outputs)
+    handle, temporary = tempfile.mkstemp(suffix=".probe.onnx", dir=graph_path.parent)
+    os.close(handle)
+    try:
+        onnx.save_model(model, temporary)
+        session = ort.InferenceSession(temporary, providers=["CPUExecutionProvider"])
+    finally:
+        os.unlink(temporary)
+    yield session

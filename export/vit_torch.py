@@ -54,6 +54,19 @@ def reference_features(features: VitFeatures, images: np.ndarray, batch_size: in
                            for start in range(0, len(images), batch_size)])
 
 
+@torch.no_grad()
+def float64_features(features64: VitFeatures, images: np.ndarray) -> np.ndarray:
+    """Upstream's transform and features in float64 (``features64`` a float64_copy), for images
+    whose side is already the transform's 256 (so no resize): crop, /255, normalise, extract."""
+    from torchvision.transforms import functional as tvf
+    transform = ViT_B_32_Weights.IMAGENET1K_V1.transforms()
+    if images.shape[-2:] != (transform.resize_size[0],) * 2:
+        raise ValueError(f"float64 features need {transform.resize_size[0]}-pixel images, got {images.shape}")
+    cropped = tvf.center_crop(torch.from_numpy(np.ascontiguousarray(images)), transform.crop_size)
+    pixels = tvf.normalize(cropped.to(torch.float64) / 255, transform.mean, transform.std)
+    return features64(pixels).numpy()
+
+
 # -- scikit-learn heads, rebuilt from the toolkit's arrays as upstream does ---------------------
 def _fitted(estimator, params: dict, keys: list[str]):
     for key in keys:
@@ -92,6 +105,36 @@ def reference_regression(components: np.ndarray, params: dict, rows=None) -> np.
     if rows is not None:
         params = {**params, "coef_": params["coef_"][rows], "intercept_": params["intercept_"][rows]}
     return sklearn_regression(params).predict(components).astype(np.float32)
+
+
+def float64_components(features: np.ndarray, scaler_params: dict, pca_params: dict, used: int,
+                       block: int = 38400) -> np.ndarray:
+    """((f - mean) / scale - pca_mean) @ components[:used].T in float64: the head's maths without
+    float32 rounding, summed over blocks of features (a float64 copy of all components would be
+    0.9 GB)."""
+    features = np.asarray(features, np.float64)
+    components = np.zeros((len(features), used))
+    for start in range(0, features.shape[1], block):
+        part = slice(start, start + block)
+        scaled = (features[:, part] - np.asarray(scaler_params["mean_"][part], np.float64)) \
+            / np.asarray(scaler_params["scale_"][part], np.float64)
+        centred = scaled - np.asarray(pca_params["mean_"][part], np.float64)
+        components += centred @ np.asarray(pca_params["components_"][:used, part], np.float64).T
+    return components
+
+
+def float64_regression(components: np.ndarray, params: dict) -> np.ndarray:
+    return components @ np.asarray(params["coef_"], np.float64).T + np.asarray(params["intercept_"], np.float64)
+
+
+def float64_head(features: np.ndarray, weights: dict) -> np.ndarray:
+    """[N, outputs] in the exported head's output order (EEG repetitions 1-4, or fsaverage lh
+    then rh), in float64."""
+    blocks = ([weights["reg_param"][f"rep-{r}"] for r in range(1, 5)] if "reg_param" in weights
+              else [weights["lh_reg_param"], weights["rh_reg_param"]])
+    used = np.shape(blocks[0]["coef_"])[1]
+    components = float64_components(features, weights["scaler_param"], weights["pca_param"], used)
+    return np.concatenate([float64_regression(components, block) for block in blocks], axis=1)
 
 
 def reference_eeg(features: np.ndarray, weights: dict) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 The backbone is the real ViT-B/32 architecture (random weights, full 460,800 features, exported
 once per session); heads use 12 PCA components instead of 250 to keep toolkits small.
-Tolerance: export/parity.py VIT_TOLERANCE (relative error <= 1e-5 and correlation per output
->= 0.99999 at S = 256 where no resize happens; <= 1e-3 and >= 0.9999 for resized images).
+Tolerance end to end, on the project's synthetic toolkits: export/parity.py
+END_TO_END_TOLERANCE['vit'] (relative error <= 1e-5 and correlation per output >= 0.99999 at
+S = 256 where no resize happens; <= 1e-3 and >= 0.9999 for resized images).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 
 from nest_rt import NEST
 from nest_rt_export import exporter, synthetic, synthetic_vit, toolkit
-from nest_rt_export.parity import VIT_TOLERANCE, compare, within
+from nest_rt_export.parity import END_TO_END_TOLERANCE, compare, within
 from nest_rt_export.vit_torch import VitFeatures, load_vit, reference_eeg, reference_features, reference_fsaverage
 
 from conftest import assert_nest_error, quiet
@@ -41,7 +42,7 @@ def features(vit_toolkit):
 def assert_parity(expected, got, size):
     assert got.dtype == np.float32 and got.shape == expected.shape and np.isfinite(got).all()
     stats = compare(expected, got)
-    assert within(stats, VIT_TOLERANCE["native" if size == 256 else "resized"]), stats
+    assert within(stats, END_TO_END_TOLERANCE["vit"]["native" if size == 256 else "resized"]), stats
     assert expected.reshape(len(expected), -1).std(axis=0).min() > 1e-3
 
 

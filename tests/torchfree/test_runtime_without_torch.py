@@ -42,21 +42,21 @@ def test_installed_package_is_under_test():
 @pytest.mark.parametrize("roi", ROIS)
 def test_encodes_like_the_torch_reference(expected, roi, size, kind):
     from nest_rt import NEST
-    from nest_rt_export.parity import FWRF_TOLERANCE, compare, within  # numpy-only module
+    from nest_rt_export.parity import END_TO_END_TOLERANCE, compare, within  # numpy-only module
     nest = NEST(WORK / "bundle")
     model = nest.get_encoding_model("fmri", "nsd", "fwrf", subject=SUBJECT, roi=roi)
     responses, metadata = nest.encode(model, expected[f"images_{size}"])
     reference = expected[f"expected_{size}_{roi}"]
     assert responses.shape == reference.shape == (5, 40) and responses.dtype == np.float32
     stats = compare(reference, responses)
-    assert within(stats, FWRF_TOLERANCE[kind]), stats
+    assert within(stats, END_TO_END_TOLERANCE["fwrf"][kind]), stats
     assert metadata["fmri"]["roi_mask_volume"].sum() == 40
 
 
 @pytest.mark.parametrize("size, kind", [(256, "native"), (300, "resized")])
 def test_vit_models_like_the_torch_reference(expected, size, kind):
     from nest_rt import NEST
-    from nest_rt_export.parity import VIT_TOLERANCE, compare, within
+    from nest_rt_export.parity import END_TO_END_TOLERANCE, compare, within
     nest = NEST(WORK / "bundle")
     images = expected[f"images_{size}"]
     eeg_legacy = nest.get_encoding_model("eeg", "things_eeg_2", "vit_b_32", SUBJECT)
@@ -64,11 +64,11 @@ def test_vit_models_like_the_torch_reference(expected, size, kind):
                                         selection={"roi": "V1v"})  # FSAVERAGE_ROI of prepare_bundle.py
     eeg, (lh, rh) = nest.encode_many([eeg_legacy, fsaverage], images)
     assert eeg.shape == (5, 4, 63, 140)
-    assert within(compare(expected[f"expected_{size}_eeg"], eeg), VIT_TOLERANCE[kind])
+    assert within(compare(expected[f"expected_{size}_eeg"], eeg), END_TO_END_TOLERANCE["vit"][kind])
     got = np.concatenate([lh, rh], axis=1)
     reference = np.concatenate([expected[f"expected_{size}_fsaverage_lh"],
                                 expected[f"expected_{size}_fsaverage_rh"]], axis=1)
-    assert within(compare(reference, got), VIT_TOLERANCE[kind])
+    assert within(compare(reference, got), END_TO_END_TOLERANCE["vit"][kind])
 
 
 def test_encode_many_mixes_fwrf_and_vit_models(expected):
