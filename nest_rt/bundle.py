@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import (BundleFileNotFoundError, BundleIntegrityError, NotExportedError)
+from . import catalog
+from .errors import BundleFileNotFoundError, BundleIntegrityError, NotExportedError
+from .paths import confined
 
 BUNDLE_MANIFEST = "bundle.json"
 BUNDLE_FORMAT = "nest_rt.bundle/2"  # 2: the ViT heads take their PCA matrix as an input
@@ -23,7 +26,14 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
 
 
 class Bundle:
-    """An exported bundle directory. Every artifact is verified before it is used."""
+    """An exported bundle directory. Its manifest is checked for what the runtime relies on when
+    the bundle is opened; every artifact is confined to the bundle folder and verified against
+    its sha256 before it is used.
+
+    The sha256 list detects corrupted or partly copied files. It does not detect deliberate
+    changes: whoever can edit a file can edit bundle.json too. Compare bundle.json's own sha256
+    with one from a trusted source (``nest-rt verify --expect-sha256``) to anchor the rest.
+    """
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -36,18 +46,19 @@ class Bundle:
             self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BundleIntegrityError(f"{manifest_path} is not valid JSON ({exc})") from exc
-        if self.manifest.get("format") != BUNDLE_FORMAT:
-            raise BundleIntegrityError(f"{manifest_path} has format {self.manifest.get('format')!r}; "
-                                       f"this nest_rt reads {BUNDLE_FORMAT!r}")
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != BUNDLE_FORMAT:
+            found = self.manifest.get("format") if isinstance(self.manifest, dict) else self.manifest
+            raise BundleIntegrityError(f"{manifest_path} has format {found!r}; this nest_rt reads {BUNDLE_FORMAT!r}")
+        check_manifest(self.manifest, manifest_path)
         self._verified: set[str] = set()
 
     def entry(self, model_id: str, subject: int, roi: str | None = None) -> dict[str, Any]:
         """The manifest entry of one exported model (per subject, and per ROI for fwRF), or
         NotExportedError saying how to export it."""
-        graphs = self.manifest.get("models", {}).get(model_id, {}).get("graphs", {})
+        graphs = self.manifest["models"].get(model_id, {}).get("graphs", {})
         found = graphs.get(str(subject), {}).get(roi or "all")
         if found is None:
-            source = self.manifest.get("source", {}).get("nest_dir", "TOOLKIT")
+            source = self.manifest.get("source", {}).get("nest_dir") or "TOOLKIT"
             what = f"{model_id} subject {subject}" + (f" roi {roi}" if roi else "")
             options = f"--models {model_id} --subjects {subject}" + (f" --rois {roi}" if roi else "")
             raise NotExportedError(
@@ -56,11 +67,12 @@ class Bundle:
         return found
 
     def path(self, relative: str) -> Path:
-        """Absolute path of an artifact after checking that it exists and matches its sha256."""
-        recorded = self.manifest.get("files", {}).get(relative)
-        full = self.root / relative
+        """Absolute path of an artifact after checking that it lies in the bundle folder, exists
+        and matches its sha256."""
+        recorded = self.manifest["files"].get(relative) if isinstance(relative, str) else None
         if recorded is None:
-            raise BundleIntegrityError(f"{relative} is not listed in {self.root / BUNDLE_MANIFEST}")
+            raise BundleIntegrityError(f"{relative!r} is not listed in {self.root / BUNDLE_MANIFEST}")
+        full = confined(self.root, relative, f"bundle file {relative!r}", BundleIntegrityError)
         if relative not in self._verified:
             if not full.is_file():
                 raise BundleFileNotFoundError(f"bundle file missing: {full}")
@@ -73,9 +85,86 @@ class Bundle:
         return full
 
     def read_json(self, relative: str) -> dict[str, Any]:
-        return json.loads(self.path(relative).read_text(encoding="utf-8"))
+        path = self.path(relative)
+        try:
+            content = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleIntegrityError(f"bundle file {path} is not valid JSON ({exc})") from exc
+        if not isinstance(content, dict):
+            raise BundleIntegrityError(f"bundle file {path} holds a JSON {type(content).__name__}, expected an object")
+        return content
 
     def read_nested_npz(self, relative: str) -> dict[str, Any]:
+        path = self.path(relative)
+        try:
+            return read_nested_npz(path)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+            raise BundleIntegrityError(f"bundle file {path} is not a readable pickle-free npz "
+                                       f"({str(exc).strip() or type(exc).__name__})") from exc
+
+
+def check_manifest(manifest: dict[str, Any], where: Path) -> None:
+    """Refuse (BundleIntegrityError) a manifest without the structure the runtime reads: every
+    model entry with its files (listed with a sha256) and positive sizes, parity records, and a
+    backbone for ViT heads. A damaged or hand-edited manifest then fails here, in one message,
+    instead of as a KeyError deep inside a command."""
+    def require(condition: bool, message: str) -> None:
+        if not condition:
+            raise BundleIntegrityError(f"{where}: {message}; re-export or re-copy the bundle")
+
+    def listed(name: Any) -> bool:
+        return isinstance(name, str) and name in files
+
+    files = manifest.get("files")
+    require(isinstance(files, dict), "'files' must map file names to their sha256")
+    for name, record in files.items():
+        require(isinstance(record, dict) and isinstance(record.get("sha256"), str)
+                and len(record["sha256"]) == 64, f"files[{name!r}] has no sha256")
+    models = manifest.get("models")
+    require(isinstance(models, dict), "'models' must be an object")
+    known = catalog.models()
+    for model_id, model in models.items():
+        require(model_id in known, f"model {model_id!r} is not one this nest_rt knows (known: {sorted(known)})")
+        graphs = model.get("graphs") if isinstance(model, dict) else None
+        require(isinstance(graphs, dict), f"models[{model_id!r}] has no 'graphs'")
+        artifacts = known[model_id]["bundle_files"]
+        sizes = ["voxels"] if known[model_id]["family"] == "fwrf" else ["components", "outputs"]
+        for subject, entries in graphs.items():
+            require(subject.isdigit() and isinstance(entries, dict), f"models[{model_id!r}] subject {subject!r}")
+            for key, entry in entries.items():
+                what = f"{model_id} subject {subject} {key}"
+                require(isinstance(entry, dict), f"{what} is not an object")
+                for artifact in artifacts:
+                    require(listed(entry.get(artifact)), f"{what}: its {artifact} file is not listed in 'files'")
+                for size in sizes:
+                    value = entry.get(size)
+                    require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                            f"{what}: {size} must be a positive integer, got {value!r}")
+                parity = entry.get("parity")  # empty only in demo bundles built without torch
+                require(isinstance(parity, dict) and all(
+                    isinstance(p, dict) and all(isinstance(p.get(k), (int, float)) for k in _PARITY_KEYS)
+                    for p in parity.values()), f"{what}: no parity record")
+    pregenerated = manifest.get("pregenerated", {"metadata": {}})
+    require(isinstance(pregenerated, dict) and isinstance(pregenerated.get("metadata"), dict)
+            and all(listed(name) for name in pregenerated["metadata"]), "'pregenerated' lists unlisted files")
+    backbones = manifest.get("backbones", {})
+    require(isinstance(backbones, dict), "'backbones' must be an object")
+    for name, backbone in backbones.items():
+        require(isinstance(backbone, dict) and isinstance(backbone.get("precisions", {}), dict),
+                f"backbone {name!r} is not an object")
+        require(isinstance(backbone, dict) and listed(backbone.get("graph")) and listed(backbone.get("data"))
+                and isinstance(backbone.get("features"), int) and backbone["features"] >= 1,
+                f"backbone {name!r} lacks its graph, data file or feature count")
+        for precision, variant in backbone.get("precisions", {}).items():
+            require(isinstance(variant, dict) and listed(variant.get("graph"))
+                    and listed(variant.get("data", variant.get("graph"))),
+                    f"backbone {name!r} precision {precision!r} lacks its files")
+
+
+_PARITY_KEYS = ("min_correlation", "relative_error")
+
+
+def read_nested_npz(self, relative: str) -> dict[str, Any]:
         return read_nested_npz(self.path(relative))
 
 
@@ -94,9 +183,9 @@ def read_nested_npz(path: str | Path) -> dict[str, Any]:
     return nested
 
 
-def write_nested_npz(path: str | Path, nested: dict) -> None:
+def write_nested_npz(path, nested: dict) -> None:
     """Save a nested dict of arrays as npz with 'outer/inner' keys (the inverse of
-    read_nested_npz). Object arrays are refused: they could only be stored pickled."""
+    read_nested_npz) to a path or an open binary file. Object arrays are refused: they could only be stored pickled."""
     flat: dict[str, np.ndarray] = {}
 
     def walk(prefix: str, node: Any) -> None:

@@ -8,38 +8,48 @@ import numpy as np
 
 from . import catalog
 from .api import NEST
-from .bundle import Bundle
-from .errors import NotExportedError
+from .bundle import BUNDLE_MANIFEST, Bundle, sha256_file
+from .errors import BundleIntegrityError, NotExportedError
 from .selection import FSAVERAGE
+from .sessions import resolve_device
 
 
-def parity_summary(parity: dict[str, dict]) -> tuple[float, float]:
-    """(lowest per-output correlation, largest relative error) over the image sizes checked."""
-    return (min(p["min_correlation"] for p in parity.values()),
-            max(p["relative_error"] for p in parity.values()))
+def parity_summary(parity: dict[str, dict]) -> dict[str, float]:
+    """Over the image sizes checked at export: the lowest per-output correlation and largest
+    relative error end to end, and the network's largest error against float64 on identical
+    pixels (NaN for bundles exported before it was measured)."""
+    nan = float("nan")  # nothing measured: a bundle older than the network check, or a demo bundle
+    network = [p["network"]["error_vs_float64"] for p in parity.values() if isinstance(p.get("network"), dict)]
+    return {"min_correlation": min((p["min_correlation"] for p in parity.values()), default=nan),
+            "relative_error": max((p["relative_error"] for p in parity.values()), default=nan),
+            "network_error": max(network, default=nan)}
 
 
 def bundle_rows(bundle: Bundle) -> list[dict[str, Any]]:
     """One row per exported (model, subject, ROI)."""
     rows = []
-    for model_id, model in bundle.manifest.get("models", {}).items():
-        for subject, graphs in sorted(model.get("graphs", {}).items(), key=lambda item: int(item[0])):
+    for model_id, model in bundle.manifest["models"].items():
+        for subject, graphs in sorted(model["graphs"].items(), key=lambda item: int(item[0])):
             for key, entry in graphs.items():
-                correlation, relative = parity_summary(entry["parity"])
                 rows.append({"model_id": model_id, "subject": int(subject), "roi": None if key == "all" else key,
                              "outputs": int(entry.get("voxels", entry.get("outputs", 0))),
-                             "min_correlation": correlation, "relative_error": relative,
+                             **parity_summary(entry["parity"]),
                              "sizes": [name.replace("size_", "") for name in entry["parity"]]})
     return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    header = ("model", "subject", "roi", "outputs", "parity corr", "rel. error")
+    header = ("model", "subject", "roi", "outputs", "e2e corr", "e2e rel. error", "network error")
     lines = [(r["model_id"], str(r["subject"]), r["roi"] or "-", f"{r['outputs']:,}",
-              f"{r['min_correlation']:.7f}", f"{r['relative_error']:.1e}") for r in rows]
+              _figure(r["min_correlation"], ".7f"), _figure(r["relative_error"], ".1e"),
+              _figure(r["network_error"], ".1e")) for r in rows]
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
     render = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([render(header), render(["-" * w for w in widths]), *map(render, lines)])
+
+
+def _figure(value: float, spec: str) -> str:
+    return "not measured" if np.isnan(value) else format(value, spec)
 
 
 def model_info(bundle: Bundle, model_id: str) -> str:
@@ -49,10 +59,12 @@ def model_info(bundle: Bundle, model_id: str) -> str:
     if not rows:
         raise NotExportedError(f"bundle {bundle.root} has no {model_id} models")
     source, tools = bundle.manifest.get("source", {}), bundle.manifest.get("tools", {})
+    origin = (f"{source['nest_dir']} ({source.get('layout')} layout)" if source.get("nest_dir")
+              else source.get("layout", "unknown"))
     lines = [f"{model_id}  ({entry['catalog_modality']}, {entry['catalog_dataset']})",
              "  input:   images uint8 [N, 3, S, S], any square size S (resized inside the graph as upstream)",
              f"  output:  {_OUTPUT[entry['family'] if model_id != FSAVERAGE else 'fsaverage']}",
-             f"  source:  {source.get('nest_dir')} ({source.get('layout')} layout), exported "
+             f"  source:  {origin}, exported "
              f"{bundle.manifest.get('created_utc')} with "
              + ", ".join(f"{name} {version}" for name, version in tools.items()),
              f"  opset:   {bundle.manifest.get('opset')}"]
@@ -60,10 +72,13 @@ def model_info(bundle: Bundle, model_id: str) -> str:
     if backbone:
         precisions = ", ".join(["fp32", *backbone.get("precisions", {})])
         lines.append(f"  backbone: {entry['backbone']} ({backbone['features']:,} features; precisions {precisions})")
-    lines.append("  exported (subject, roi: outputs, parity min correlation / max relative error):")
+    lines.append("  exported (subject, roi: outputs; parity at export, end to end: min correlation / max "
+                 "relative error; the network on identical pixels: max error vs float64):")
     for row in rows:
         lines.append(f"    sub-{row['subject']:02d} {row['roi'] or 'all':>10}: {row['outputs']:>7,}  "
-                     f"{row['min_correlation']:.7f} / {row['relative_error']:.1e}  (at S = {', '.join(row['sizes'])})")
+                     f"{_figure(row['min_correlation'], '.7f')} / {_figure(row['relative_error'], '.1e')}; "
+                     f"{_figure(row['network_error'], '.1e')}"
+                     + (f"  (at S = {', '.join(row['sizes'])})" if row["sizes"] else ""))
     return "\n".join(lines)
 
 
@@ -72,23 +87,45 @@ _OUTPUT = {"fwrf": "float32 [N, voxels] per ROI",
            "fsaverage": "float32 (lh [N, 163842], rh [N, 163842]) (selectable ROI or vertex masks)"}
 
 
-def verify_bundle(bundle_dir: str | Path, device: str = "cpu", log=print) -> int:
-    """Check every file's sha256, load every graph and run a probe batch through every model,
-    requiring finite outputs. Returns the number of models checked; raises on the first fault."""
+def verify_bundle(bundle_dir: str | Path, device: str = "auto", expect_sha256: str | None = None,
+                  log=print) -> int:
+    """Check a bundle the way the runtime uses it, reading everything it would read: bundle.json
+    against a trusted sha256 (when given), every file's sha256 (inside the bundle folder), every
+    sidecar and metadata file, every graph loaded, and a probe batch through every model with
+    finite outputs. Returns the number of models checked; raises on the first fault."""
+    if expect_sha256 is not None:
+        manifest = Path(bundle_dir) / BUNDLE_MANIFEST
+        actual = sha256_file(manifest) if manifest.is_file() else None
+        if actual != expect_sha256.strip().lower():
+            raise BundleIntegrityError(f"{manifest} has sha256 {actual}, not the expected {expect_sha256}: "
+                                       "this is not the bundle you trust")
+        log(f"bundle.json: sha256 {actual} as expected; the files below are checked against it")
     nest = NEST(bundle_dir)
     bundle = nest.bundle
-    files = bundle.manifest.get("files", {})
+    files = bundle.manifest["files"]
     for relative in files:
         bundle.path(relative)  # the runtime's own check; the models below then skip re-hashing
     log(f"sha256: {len(files)} files match bundle.json")
+    for relative in bundle.manifest.get("pregenerated", {}).get("metadata", {}):
+        bundle.read_nested_npz(relative)
     probe = np.random.default_rng(0).integers(0, 256, size=(2, 3, 96, 96), dtype=np.uint8)
     rows = bundle_rows(bundle)
     for row in rows:
         selection = {"roi": row["roi"]} if row["roi"] else None
         model = nest.get_encoding_model(row["model_id"], subject=row["subject"], selection=selection,
                                         device=device)
-        nest.encode(model, probe, show_progress=False)  # raises NonFiniteOutputError on NaN/inf
+        # the metadata too (raises on a damaged file); NonFiniteOutputError on NaN/inf responses
+        nest.encode(model, probe, return_metadata=True, show_progress=False)
         del model
         nest.release_heads()  # one subject's head in memory at a time
         log(f"ok: {row['model_id']} sub-{row['subject']:02d}" + (f" {row['roi']}" if row["roi"] else ""))
+    vit = next((row for row in rows if row["model_id"] != "fmri-nsd-fwrf"), None)
+    for precision in bundle.manifest.get("backbones", {}).get("vit_b_32", {}).get("precisions", {}):
+        if vit is None or (precision == "fp16" and resolve_device(device) != "cuda"):
+            log(f"sha256 only: the {precision} backbone runs on the CUDA provider only")
+            continue
+        other = NEST(bundle_dir, precision=precision)
+        other.encode(other.get_encoding_model(vit["model_id"], subject=vit["subject"], device=device), probe,
+                     show_progress=False)
+        log(f"ok: the {precision} backbone")
     return len(rows)

@@ -36,15 +36,31 @@ _RESIDENT_WEIGHT_BYTES = 1536 * 2**20
 _STREAMED_CHUNK = 256
 
 
-class Sessions:
-    """onnxruntime sessions of one graph, created on first use per device."""
+def check_graph_contract(session, input_name: str, input_type: str, output_width: list, what: str) -> None:
+    """Refuse a graph whose input or whose output's per-image width is not what the manifest
+    declares (a mismatch would shift rows or allocate from a wrong size)."""
+    graph_input, graph_output = session.get_inputs()[0], session.get_outputs()[0]
+    if graph_input.name != input_name or graph_input.type != input_type:
+        raise BundleIntegrityError(f"{what}: the graph takes {graph_input.name!r} {graph_input.type}, "
+                                   f"expected {input_name!r} {input_type}; re-export the bundle")
+    if list(graph_output.shape[1:]) != output_width:
+        raise BundleIntegrityError(f"{what}: the graph gives {graph_output.shape[1:]} values per image but the "
+                                   f"bundle declares {output_width}; re-export the bundle")
 
-    def __init__(self, path, num_threads: int | None):
-        self._path, self._num_threads, self._by_device = path, num_threads, {}
+
+class Sessions:
+    """onnxruntime sessions of one graph, created on first use per device; ``check(session)``
+    runs on each new session before it is used."""
+
+    def __init__(self, path, num_threads: int | None, check: Callable[[Any], None] | None = None):
+        self._path, self._num_threads, self._by_device, self._check = path, num_threads, {}, check
 
     def get(self, device: str):
         if device not in self._by_device:
-            self._by_device[device] = create_session(self._path, device, self._num_threads)
+            session = create_session(self._path, device, self._num_threads)
+            if self._check is not None:
+                self._check(session)
+            self._by_device[device] = session
         return self._by_device[device]
 
 
@@ -87,8 +103,14 @@ class FwrfEncodingModel(EncodingModel):
         self._entry = bundle.entry(self.model_id, subject, roi)
         self.voxels: int = int(self._entry["voxels"])
         self.sidecar: dict[str, Any] = bundle.read_json(self._entry["sidecar"])
-        self._sessions = Sessions(bundle.path(self._entry["graph"]), num_threads)
+        # the declared size decides the output arrays: it must be the graph's, or rows would shift
+        self._sessions = Sessions(bundle.path(self._entry["graph"]), num_threads, check=lambda session: (
+            check_graph_contract(session, "images", "tensor(uint8)", [self.voxels],
+                                 f"{self.model_id} subject {subject} roi {roi}")))
         self._sessions.get(self.device)  # load now, like upstream's get_encoding_model
+        if self.sidecar.get("voxels") != self.voxels:
+            raise BundleIntegrityError(f"{self.model_id} subject {subject} roi {roi}: bundle.json says "
+                                       f"{self.voxels} voxels, its sidecar {self.sidecar.get('voxels')!r}")
         per_image = _READOUT_BYTES_PER_IMAGE_VOXEL * self.voxels
         self.batch_size = int(max(1, min(_MAX_BATCH, _BATCH_MEMORY_BUDGET // per_image)))
 
@@ -121,13 +143,14 @@ class VitBackbone:
         else:
             variant = entry.get("precisions", {}).get(precision)
             if variant is None:
-                source = bundle.manifest.get("source", {}).get("nest_dir", "TOOLKIT")
+                source = bundle.manifest.get("source", {}).get("nest_dir") or "TOOLKIT"
                 raise NotExportedError(f"bundle {bundle.root} has no {precision} backbone; export one with: "
                                        f"nest-rt export --nest-dir {source} --out NEW_BUNDLE --precisions {precision}")
             graph = bundle.path(variant["graph"])
             if "data" in variant:
                 bundle.path(variant["data"])
-        self._sessions = Sessions(graph, num_threads)
+        self._sessions = Sessions(graph, num_threads, check=lambda session: check_graph_contract(
+            session, "images", "tensor(uint8)", [self.features], f"the vit_b_32 backbone ({precision})"))
 
     def load(self, device: str) -> None:
         if self.precision == "fp16" and device != "cuda":
@@ -314,8 +337,7 @@ def encode_models(models: list[EncodingModel], images: Any, device: str = "auto"
     outputs = [model.allocate(stimulus.count) for model in models]
     with _progress(stimulus.count, show_progress and stimulus.count > min(m.batch_size for m in models)) as bar:
         for index, start, stop, block in iter_responses(models, stimulus, device, on_batch=bar.update):
-            pairs = zip(outputs[index], block) if isinstance(block, tuple) else [(outputs[index], block)]
-            for target, values in pairs:
+            for target, values in zip(as_arrays(outputs[index]), as_arrays(block)):
                 target[start:stop] = values
     return outputs
 
@@ -334,6 +356,7 @@ def iter_responses(models: list[EncodingModel], stimulus: Stimulus, device: str 
     # so a large fwRF ROI (batch 1) does not shrink the ViT models' batches. Streamed ViT heads
     # run once over the whole decoded chunk, so that each read of their weights serves 256 images.
     batch_size = _STREAMED_CHUNK if stream_heads else max(model.batch_size for model in models)
+    shapes = [[array.shape[1:] for array in as_arrays(model.allocate(0))] for model in models]
     for batch in stimulus.batches(batch_size):
         shared: dict = {"stream_heads": stream_heads}
         for index, (model, model_device) in enumerate(zip(models, devices)):
@@ -342,7 +365,7 @@ def iter_responses(models: list[EncodingModel], stimulus: Stimulus, device: str 
                 stop = min(start + step, len(batch.images))
                 shared["position"] = (start, stop)
                 block = model.run_batch(batch.images[start:stop], model_device, shared)
-                _check_finite(block, batch.start + start, model)
+                _check_block(block, batch.start + start, stop - start, shapes[index], model)
                 yield index, batch.start + start, batch.start + stop, block
         if on_batch is not None:
             on_batch(batch.stop - batch.start)
@@ -360,8 +383,19 @@ def _stream_heads(models: list[EncodingModel]) -> bool:
     return True
 
 
-def _check_finite(block, start: int, model: EncodingModel) -> None:
-    for values in block if isinstance(block, tuple) else [block]:
+def as_arrays(block) -> tuple:
+    """A model's block (or allocated output) as a tuple of arrays: fsaverage gives (lh, rh)."""
+    return block if isinstance(block, tuple) else (block,)
+
+
+def _check_block(block, start: int, count: int, shapes: list[tuple], model: EncodingModel) -> None:
+    """A block must have the model's declared shape (else its rows would land in the wrong place)
+    and only finite values."""
+    found = [values.shape for values in as_arrays(block)]
+    if found != [(count, *shape) for shape in shapes]:
+        raise BundleIntegrityError(f"{model.describe_output()} gave blocks of shape {found} for {count} images, "
+                                   f"the bundle declares {[(count, *shape) for shape in shapes]}; re-export the bundle")
+    for values in as_arrays(block):
         finite = np.isfinite(values).reshape(len(values), -1).all(axis=1)
         if not finite.all():
             bad = np.flatnonzero(~finite) + start

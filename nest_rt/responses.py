@@ -15,7 +15,6 @@ upstream's metadata is read only after ``nest-rt export --pregenerated`` convert
 """
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -26,7 +25,7 @@ from . import catalog
 from .bundle import Bundle, read_nested_npz
 from .errors import (BundleIntegrityError, InvalidParameterError, MissingExtraError,
                      NESTError, ParameterTypeError, ResponsesNotFoundError, RunStateError)
-from .run_files import RUN_RECORD
+from .run_files import RUN_RECORD, read_run_record
 from .selection import EEG, FSAVERAGE, FWRF
 
 PREGENERATED_DIR = "pregenerated_insilico_neural_responses"
@@ -113,9 +112,8 @@ def response_roots(responses_dir: Any) -> list[Path]:
 
 def _require_finished_run(folder: Path) -> None:
     """An encode output folder is read only once its run is complete."""
-    record = folder / RUN_RECORD
-    if record.is_file():
-        status = json.loads(record.read_text(encoding="utf-8")).get("status")
+    if (folder / RUN_RECORD).is_file():
+        status = read_run_record(folder, f"responses_dir {str(folder)!r}", complete=False)["status"]
         if status != "complete":
             raise RunStateError(f"responses_dir {str(folder)!r} holds an unfinished nest-rt encode run "
                                 f"(status {status!r}); run its encode command again to finish it")

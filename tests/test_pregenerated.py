@@ -249,7 +249,7 @@ def test_missing_folders(tmp_path):
                       ResponsesNotFoundError, ["responses_dir", "is not a directory"])
     assert_nest_error(lambda: load_insilico_neural_responses(42, *EEG_ARGS, "nsd", 1),
                       ParameterTypeError, ["responses_dir must be a str or Path"])
-    (tmp_path / "bundle.json").write_text(json.dumps({"format": BUNDLE_FORMAT,
+    (tmp_path / "bundle.json").write_text(json.dumps({"format": BUNDLE_FORMAT, "files": {}, "models": {},
                                                       "source": {"nest_dir": str(tmp_path / "gone")}}))
     assert_nest_error(lambda: NEST(tmp_path).load_insilico_neural_responses(*EEG_ARGS, "nsd", 1),
                       ResponsesNotFoundError, [PREGEN, "pass responses_dir="])

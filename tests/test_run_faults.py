@@ -1,0 +1,238 @@
+"""Encode and merge under faults and hostile inputs: run records that name files outside their
+folder, full disks while writing the run's own files, leftovers of killed processes, two
+processes at once, SIGTERM. Every case ends in the documented one-line error (or works), and
+nothing is written outside the output folder.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nest_rt import RunStateError
+from nest_rt.bundle import sha256_file
+from nest_rt.errors import OutputWriteError
+from nest_rt.runs import RunInputs, encode_run, merge_runs
+from nest_rt_export import synthetic
+
+from conftest import quiet
+
+SPECS = ["fwrf:roi=V1,lateral"]
+
+
+def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nest_rt.cli", *args], capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("stack") / "images.npy"
+    np.save(path, synthetic.synthetic_images(9, 64, seed=2))
+    return path
+
+
+def encode(bundle, stack, out, **options):
+    return encode_run(bundle, RunInputs([str(stack)]), options.pop("specs", SPECS), out, imageset="set",
+                      show_progress=False, log=quiet, chunk_size=options.pop("chunk_size", 3), **options)
+
+
+@pytest.fixture(scope="module")
+def shards(bundle_dir, stack, tmp_path_factory) -> list[Path]:
+    folders = [tmp_path_factory.mktemp("shards") / f"shard{i}" for i in range(2)]
+    for index, folder in enumerate(folders):
+        encode(bundle_dir, stack, folder, shard=(index, 2))
+    return folders
+
+
+def copied(folders: list[Path], tmp_path: Path) -> list[Path]:
+    copies = []
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for folder in folders:
+        target = tmp_path / folder.name
+        subprocess.run(["cp", "-a", str(folder), str(target)], check=True)
+        copies.append(target)
+    return copies
+
+
+def edit_record(folder: Path, change) -> None:
+    record = json.loads((folder / "run.json").read_text())
+    change(record)
+    (folder / "run.json").write_text(json.dumps(record))
+
+
+def first_array(record: dict) -> dict:
+    return record["outputs"][0]["arrays"]["responses"]
+
+
+@pytest.mark.parametrize("where", ["absolute", "parent"])
+def test_merge_never_writes_outside_its_output(shards, tmp_path, where):
+    """A run.json naming a file outside its folder (with that file's sha256, so the hash check
+    passes) is refused before anything is created; the file named is untouched."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    copies = copied(shards, tmp_path / "copies")
+    out = tmp_path / "merged"
+    name = str(victim) if where == "absolute" else "../../victim.txt"
+    for folder in copies:
+        edit_record(folder, lambda r: first_array(r).update(file=name, sha256=sha256_file(victim)))
+    with pytest.raises(RunStateError, match="not a plain relative path"):
+        merge_runs(copies, out, log=quiet)
+    assert victim.read_text() == "precious"
+    assert not out.exists() and not out.with_name("merged.partial").exists()
+    result = cli("merge", *map(str, copies), "--out", str(out))
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "not a plain relative path" in result.stderr
+
+
+def test_merge_refuses_a_symlink_out_of_a_shard(shards, tmp_path):
+    copies = copied(shards, tmp_path / "copies")
+    name = first_array(json.loads((copies[1] / "run.json").read_text()))["file"]
+    outside = tmp_path / "outside.npy"
+    outside.write_bytes((copies[1] / name).read_bytes())
+    (copies[1] / name).unlink()
+    (copies[1] / name).symlink_to(outside)
+    with pytest.raises(RunStateError, match="leads outside"):
+        merge_runs(copies, tmp_path / "merged", log=quiet)
+
+
+def test_merge_checks_every_source_before_writing(shards, tmp_path):
+    copies = copied(shards, tmp_path / "copies")
+    record = json.loads((copies[1] / "run.json").read_text())
+    last = record["outputs"][-1]["arrays"]["responses"]["file"]  # the very last file merge would copy
+    data = bytearray((copies[1] / last).read_bytes())
+    data[-1] ^= 1
+    (copies[1] / last).write_bytes(bytes(data))
+    out = tmp_path / "merged"
+    with pytest.raises(RunStateError, match="does not match the sha256"):
+        merge_runs(copies, out, log=quiet)
+    assert not out.exists() and not out.with_name("merged.partial").exists()
+
+
+def test_two_merges_into_one_output(shards, tmp_path):
+    import fcntl
+    out = tmp_path / "merged"
+    staging = out.with_name("merged.partial")
+    staging.mkdir()
+    with open(staging / ".lock", "w") as held:  # as a merge in progress holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RunStateError, match="another nest-rt process is merging into"):
+            merge_runs(shards, out, log=quiet)
+    merged = merge_runs(shards, out, log=quiet)  # free again: the earlier staging is reused
+    assert merged["inputs"]["count"] == 9 and not staging.exists()
+
+
+def test_a_leftover_temporary_run_record_is_ignored(bundle_dir, stack, tmp_path):
+    """A disk that filled (or a SIGKILL) before run.json's first rename leaves run.json.tmp and
+    nothing else: the next run starts rather than calling the folder someone else's."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json.tmp").write_text('{"format": "nest_rt.ru')
+    (out / ".lock").write_text("")
+    record = encode(bundle_dir, stack, out)
+    assert record["status"] == "complete" and not (out / "run.json.tmp").exists()
+
+
+def test_a_second_encode_waits_for_no_half_written_folder(bundle_dir, stack, tmp_path):
+    """While one encode prepares its folder (lock held, first files appearing), a second one is
+    told another process is writing, not that the folder is someone else's."""
+    import fcntl
+    out = tmp_path / "out"
+    (out / "modality-fmri").mkdir(parents=True)
+    (out / "run.json.tmp").write_text("{")
+    with open(out / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RunStateError, match="another nest-rt process is writing"):
+            encode(bundle_dir, stack, out)
+
+
+def fail_fsync_of(suffix: str, real_fsync):
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(suffix):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+    return fsync
+
+
+@pytest.mark.parametrize("suffix", ["run.json.tmp", "progress.json.tmp"])
+def test_disk_full_on_the_run_record(bundle_dir, stack, tmp_path, monkeypatch, suffix):
+    out = tmp_path / "out"
+    monkeypatch.setattr(os, "fsync", fail_fsync_of(suffix, os.fsync))
+    with pytest.raises(OutputWriteError, match=f"writing .*{suffix[:-4]} failed \\(No space left on device\\)"):
+        encode(bundle_dir, stack, out)
+    assert not (out / suffix).exists()
+    monkeypatch.undo()
+    assert encode(bundle_dir, stack, out)["status"] == "complete"
+
+
+def test_disk_full_on_the_metadata(bundle_dir, stack, tmp_path, monkeypatch):
+    from nest_rt import runs
+
+    def full(handle, nested):
+        handle.write(b"PK")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(runs, "write_nested_npz", full)
+    out = tmp_path / "out"
+    with pytest.raises(OutputWriteError, match="metadata_sub-01_roi-V1.npz failed"):
+        encode(bundle_dir, stack, out)
+    assert not list(out.rglob("*.npz*"))
+    monkeypatch.undo()
+    assert encode(bundle_dir, stack, out)["status"] == "complete"
+
+
+def test_a_full_disk_during_h5_is_one_line(vit_bundle, stack, tmp_path):
+    """The HDF5 copy is written last; a file size limit the .npy files fit in but the .h5 does not
+    (what a nearly full disk does) gives the one-line error, no traceback, no crash."""
+    out = tmp_path / "out"
+    command = ["encode", str(stack), "--bundle", str(vit_bundle), "--model", "eeg:subjects=1", "--out", str(out),
+               "--h5", "--no-progress", "--chunk-size", "3"]
+    npy_bytes = 128 + 9 * 4 * 63 * 140 * 4
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then writes past the limit fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (npy_bytes + 512, resource.RLIM_INFINITY))
+    result = subprocess.run([sys.executable, "-m", "nest_rt.cli", *command], capture_output=True, text=True,
+                            timeout=600, preexec_fn=limit_file_size)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert ".h5 failed" in result.stderr and "resume" in result.stderr
+    assert not list(out.rglob("*.h5")) and not list(out.rglob("*.h5.partial"))
+    finished = cli(*command)  # the limit lifted, the same command finishes the run
+    assert finished.returncode == 0, finished.stderr
+    assert len(list(out.rglob("*.h5"))) == 1
+
+
+def test_sigterm_behaves_like_ctrl_c(bundle_dir, tmp_path):
+    """Slurm sends SIGTERM before it kills a job: the run stops after its current chunk's
+    files are safe, says how to resume, and exits 143."""
+    images = tmp_path / "images.npy"
+    np.save(images, synthetic.synthetic_images(40, 64, seed=3))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "nest_rt.cli", "encode", str(images), "--bundle", str(bundle_dir),
+               "--model", "fwrf:roi=lateral,ventral,early", "--out", str(out), "--chunk-size", "1", "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if json.loads((out / "progress.json").read_text())["chunks_done"]:
+                break
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, (process.returncode, stderr)
+    assert "terminated (SIGTERM)" in stderr and "run the same command again to resume" in stderr
+    assert "Traceback" not in stderr
+    done = json.loads((out / "progress.json").read_text())["chunks_done"]
+    assert 1 <= len(done) < 40
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and f"({40 - len(done)} of 40 chunks to do)" in resumed.stdout
