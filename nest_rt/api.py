@@ -10,6 +10,7 @@ from . import catalog, responses, selection as selections
 from .bundle import Bundle
 from .errors import (InvalidParameterError, ParameterTypeError, ResponsesNotFoundError, StimulusError,
                      ValidationError)
+from .images import Stimulus
 from .models import EncodingModel, FwrfEncodingModel, VitBackbone, VitEncodingModel, VitHead, encode_models
 
 FWRF, EEG, FSAVERAGE = selections.FWRF, selections.EEG, selections.FSAVERAGE
@@ -100,7 +101,7 @@ class NEST:
                            "device": ["auto", "cpu", "cuda"]},
             "parameters_by_function": {
                 "get_encoding_model": ["model_id", "subject", "selection", "device"],
-                "encode": ["model", "stimulus", "return_metadata", "show_progress"]},
+                "encode": ["model", "stimulus", "return_metadata", "show_progress", "center_crop"]},
             "performance": {"parity_at_export": {  # subject -> ROI (or 'all') -> figures
                 subject: {key: graph["parity"] for key, graph in graphs.items()}
                 for subject, graphs in self.bundle.manifest["models"].get(model_id, {}).get("graphs", {}).items()}},
@@ -178,13 +179,14 @@ class NEST:
     # -- encoding ----------------------------------------------------------------------------------
     def encode(self, encoding_model: EncodingModel | None = None, images: Any = None,
                return_metadata: bool | None = None, device: str = "auto", show_progress: bool = True, *,
-               stimulus: Any = None, model: EncodingModel | None = None):
+               stimulus: Any = None, model: EncodingModel | None = None, center_crop: bool = False):
         """In silico responses, optionally with the model's metadata.
 
         fMRI fwRF: [N, voxels]; EEG: [N, 4, channels, times]; fsaverage: (lh [N, Vl], rh [N, Vr]),
         all float32. ``return_metadata`` defaults to True for models loaded through the legacy
         call and False for the model-ID call, as upstream. The legacy names (``encoding_model``,
-        ``images``) and the current ones (``model``, ``stimulus``) are both accepted.
+        ``images``) and the current ones (``model``, ``stimulus``) are both accepted. Images must
+        be square unless ``center_crop`` (new) crops them to their central square.
         """
         if (encoding_model is None) == (model is None):
             raise ParameterTypeError("pass the model once, as encoding_model=... (legacy) or model=... (current)")
@@ -199,12 +201,13 @@ class NEST:
                 raise ParameterTypeError(f"{name} must be a bool, got {type(flag).__name__}")
         # Metadata first: a damaged bundle fails before minutes of encoding, not after.
         metadata = encoding_model.metadata() if return_metadata else None
-        (responses,) = encode_models([encoding_model], images if stimulus is None else stimulus,
+        (responses,) = encode_models([encoding_model], Stimulus(images if stimulus is None else stimulus,
+                                                                center_crop=center_crop),
                                      device=device, show_progress=show_progress)
         return (responses, metadata) if return_metadata else responses
 
     def encode_many(self, encoding_models: list[EncodingModel], images: Any, device: str = "auto",
-                    show_progress: bool = True) -> list:
+                    show_progress: bool = True, center_crop: bool = False) -> list:
         """Responses of several models to the same images, in the models' order.
 
         Images are decoded once per batch and the ViT backbone runs once per batch for every EEG
@@ -216,7 +219,8 @@ class NEST:
             _check_model(model)
         if not isinstance(show_progress, bool):
             raise ParameterTypeError(f"show_progress must be a bool, got {type(show_progress).__name__}")
-        return encode_models(list(encoding_models), images, device=device, show_progress=show_progress)
+        return encode_models(list(encoding_models), Stimulus(images, center_crop=center_crop), device=device,
+                             show_progress=show_progress)
 
     # -- metadata ----------------------------------------------------------------------------------
     def get_metadata(self, modality: str, train_dataset: str, model: str, subject: int,

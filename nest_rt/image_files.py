@@ -1,10 +1,12 @@
 """Image inputs of command-line runs: files, folders, glob patterns, or one uint8 array file.
 
-Listing is deterministic (folders are walked recursively in sorted order), and every image's
-header is read before any model runs, so a run knows its full row order from the start. Images
-that are not RGB are converted (and listed as such in the run record); images that cannot be
-read, or are not square without ``center_crop``, are rejected: with ``skip_bad`` they are left
-out and listed, otherwise the run stops before it starts.
+Listing is deterministic (folders are walked recursively in sorted order, hidden files and
+folders such as macOS ``._*`` files left out, and never the run's own output folder), and
+every image's header is read before any model runs, so a run knows its full row order from
+the start. Images are decoded as images.py describes (upright by their EXIF orientation, 8-bit
+RGB); what that changes is listed in the run record. Images that cannot be read, or are not
+square without ``center_crop``, are rejected: with ``skip_bad`` they are left out and listed,
+otherwise the run stops before it starts, listing every one.
 """
 from __future__ import annotations
 
@@ -13,12 +15,12 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from .errors import MissingExtraError, StimulusError, StimulusFileNotFoundError
-from .images import pil_to_chw
+from .images import header_facts, load_image_file
 
 ARRAY_SUFFIXES = (".npy", ".h5", ".hdf5")
 
@@ -29,7 +31,8 @@ class ImageList:
 
     paths: list[str]
     sides: list[int] = field(default_factory=list)  # square side after any crop, from the header
-    converted: list[dict[str, Any]] = field(default_factory=list)  # {path, mode}
+    converted: list[dict[str, Any]] = field(default_factory=list)  # {path, mode, conversion}
+    oriented: list[dict[str, Any]] = field(default_factory=list)  # {path, orientation}: EXIF applied
     cropped: list[dict[str, Any]] = field(default_factory=list)  # {path, size}
     rejected: list[dict[str, Any]] = field(default_factory=list)  # {path, reason}
 
@@ -49,22 +52,28 @@ def image_suffixes() -> set[str]:
     return {suffix.lower() for suffix, kind in Image.registered_extensions().items() if kind in Image.OPEN}
 
 
-def list_image_files(specs: list[str]) -> list[str]:
+def list_image_files(specs: list[str], exclude: list[str | Path] = ()) -> list[str]:
     """Absolute paths of image files named by ``specs`` (files, folders, glob patterns), in
-    order: specs as given, each folder and pattern sorted. Duplicates are kept once."""
+    order: specs as given, each folder and pattern sorted. Duplicates are kept once. Folders are
+    walked without their hidden entries; nothing inside ``exclude`` (e.g. the output folder) is
+    ever listed."""
     suffixes = image_suffixes()
+    excluded = [Path(folder).resolve() for folder in exclude]
+
+    def wanted(path: Path) -> bool:
+        resolved = path.resolve()
+        return not any(resolved == folder or folder in resolved.parents for folder in excluded)
     found: list[str] = []
     for spec in specs:
         if os.path.isdir(spec):
-            matches = sorted(str(p) for p in Path(spec).rglob("*")
-                             if p.is_file() and p.suffix.lower() in suffixes)
+            matches = sorted(str(p) for p in _walk(Path(spec), suffixes) if wanted(p))
             if not matches:
                 raise StimulusError(f"inputs: folder {spec} holds no image files "
-                                    f"(looked for {', '.join(sorted(suffixes)[:8])}, ...)")
+                                    f"(looked for {', '.join(sorted(suffixes)[:8])}, ...; hidden files are skipped)")
         elif os.path.isfile(spec):
             matches = [spec]
         elif any(character in spec for character in "*?["):
-            matches = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+            matches = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p) and wanted(Path(p)))
             if not matches:
                 raise StimulusError(f"inputs: pattern {spec!r} matches no files")
         else:
@@ -73,49 +82,59 @@ def list_image_files(specs: list[str]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def scan_images(paths: list[str], center_crop: bool, skip_bad: bool) -> ImageList:
-    """Read every image's header: note conversions and crops, reject what cannot be encoded."""
+def _walk(folder: Path, suffixes: set[str]):
+    """Image files below ``folder``, leaving out hidden files and folders (names starting with
+    '.': editor and OS leftovers such as macOS ``._photo.jpg``, which are not images)."""
+    for root, folders, files in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        for name in files:
+            if not name.startswith(".") and Path(name).suffix.lower() in suffixes:
+                yield Path(root) / name
+
+
+def scan_images(paths: list[str], center_crop: bool, skip_bad: bool,
+                report: Callable[[str], Any] = print) -> ImageList:
+    """Read every image's header: note conversions, orientations and crops, reject what cannot be
+    encoded. Every rejected file is reported (``report``) with its reason."""
     from PIL import Image, UnidentifiedImageError
     images = ImageList(paths=[])
     for path in paths:
         try:
             with Image.open(path) as image:
-                width, height, mode = image.width, image.height, image.mode
+                facts = header_facts(image, path)
         except (UnidentifiedImageError, OSError) as exc:
             images.rejected.append({"path": path, "reason": f"cannot read it as an image ({exc})"})
             continue
+        except StimulusError as exc:  # a mode with no 8-bit meaning
+            images.rejected.append({"path": path, "reason": str(exc).removeprefix(f"{path} ")})
+            continue
+        width, height = facts.size
         if width != height:
             if not center_crop:
                 images.rejected.append({"path": path, "reason": f"not square ({width}x{height}); "
                                                                 "pass --center-crop to crop it"})
                 continue
             images.cropped.append({"path": path, "size": [width, height]})
-        if mode != "RGB":
-            images.converted.append({"path": path, "mode": mode})
+        if facts.conversion():
+            images.converted.append({"path": path, "mode": facts.mode, "conversion": facts.conversion()})
+        if facts.orientation != 1:
+            images.oriented.append({"path": path, "orientation": facts.orientation})
         images.paths.append(path)
         images.sides.append(min(width, height))
+    for item in images.rejected:
+        report(f"{'left out' if skip_bad else 'rejected'}: {item['path']}: {item['reason']}")
     if images.rejected and not skip_bad:
-        first = images.rejected[0]
-        raise StimulusError(f"inputs: {len(images.rejected)} image(s) cannot be encoded, first "
-                            f"{first['path']}: {first['reason']}; fix or remove them, or pass "
-                            "--skip-bad-images to leave them out (they are then listed in run.json)")
+        raise StimulusError(f"inputs: {len(images.rejected)} image(s) cannot be encoded (listed above), first "
+                            f"{images.rejected[0]['path']}; fix or remove them, or pass --skip-bad-images "
+                            "to leave them out (they are then listed in run.json)")
     if not images.paths:
         raise StimulusError("inputs: no image can be encoded (all were rejected)")
     return images
 
 
 def load_image(path: str) -> np.ndarray:
-    """uint8 [3, S, S]: converted to RGB and, if not square, centre-cropped to its shorter side."""
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as image:
-            side = min(image.size)
-            if image.width != image.height:
-                left, top = (image.width - side) // 2, (image.height - side) // 2
-                return pil_to_chw(image.crop((left, top, left + side, top + side)))
-            return pil_to_chw(image)
-    except (UnidentifiedImageError, OSError) as exc:  # the header was fine, the data is not
-        raise StimulusFileNotFoundError(f"inputs: cannot decode {path} ({exc})") from exc
+    """uint8 [3, S, S]: upright, RGB and, if not square, centre-cropped to its shorter side."""
+    return load_image_file(path, "inputs")
 
 
 def open_image_array(path: str, dataset: str | None = None):

@@ -4,7 +4,13 @@ Accepted inputs:
 - a numpy array ``[N, 3, S, S]`` (upstream's layout) or ``[N, S, S, 3]`` (NHWC), of dtype uint8
   or any integer dtype with values in 0..255;
 - a PIL image, an image file path, or a list/tuple mixing PIL images, paths and 3-D arrays
-  (``[3, S, S]`` or ``[S, S, 3]``). PIL images in other modes (L, RGBA, P, ...) are converted to RGB.
+  (``[3, S, S]`` or ``[S, S, 3]``). Images are turned upright by their EXIF orientation (as
+  viewers show phone photos), 16-bit greyscale is reduced to 8 bits (its high byte, as Pillow
+  reduces 16-bit RGB), and other modes (L, RGBA, P, CMYK, ...) are converted to RGB; 32-bit
+  integer and float images are refused (they have no standard 8-bit range).
+
+Images must be square, as upstream's models assume; ``center_crop=True`` crops the others to
+their central square (the crop a file gets from ``nest-rt encode --center-crop``).
 
 Every check runs before any model work starts, so a bad input never leaves partial results.
 Images are converted one batch at a time, so memory stays bounded for any N.
@@ -22,6 +28,13 @@ from .errors import StimulusError, StimulusFileNotFoundError, StimulusTypeError
 _EXPECTED = "expected uint8 (or integer 0..255) images shaped [N, 3, S, S] or [N, S, S, 3] with S x S square"
 
 
+# Decoded images of a batch, and the float copy the graph's resize makes of them, grow with the
+# square of the side: an 8000 x 8000 photo is 192 MB as uint8 and about 1 GB inside the graph.
+# Batches hold at most this many pixels per image plane (64 M: one 8000 x 8000 photo, or 371
+# images of NSD's 425 x 425, more than any batch or streamed chunk of 256 takes at such sizes).
+MAX_BATCH_PIXELS = 64 * 2**20
+
+
 @dataclass(frozen=True)
 class Batch:
     start: int
@@ -32,15 +45,17 @@ class Batch:
 class Stimulus:
     """A validated collection of N square RGB images, served in batches."""
 
-    def __init__(self, images: Any, name: str = "images"):
+    def __init__(self, images: Any, name: str = "images", center_crop: bool = False):
+        if not isinstance(center_crop, bool):
+            raise StimulusTypeError(f"center_crop must be a bool, got {type(center_crop).__name__}")
         self._name = name
         if isinstance(images, np.ndarray):
-            self._array, self._channels_last = _validate_array(images, name)
+            self._array, self._channels_last = _validate_array(images, name, center_crop)
             self._items = None
             self.count = images.shape[0]
         else:
             self._array = None
-            self._items = _validate_items(images, name)
+            self._items = _validate_items(images, name, center_crop)
             self.count = len(self._items)
 
     @classmethod
@@ -52,28 +67,45 @@ class Stimulus:
         stimulus._items = [_Item(side, lambda index=index: load(index)) for index, side in enumerate(sides)]
         return stimulus
 
-    def batches(self, batch_size: int) -> Iterator[Batch]:
-        """Yield consecutive batches of at most ``batch_size`` equally sized images."""
+    def batches(self, batch_size: int, max_pixels: int | None = None) -> Iterator[Batch]:
+        """Yield consecutive batches of at most ``batch_size`` equally sized images and at most
+        ``max_pixels`` pixels (default MAX_BATCH_PIXELS; at least one image): memory stays
+        bounded for large images."""
+        max_pixels = max_pixels or MAX_BATCH_PIXELS
         if self._array is not None:
-            for start in range(0, self.count, batch_size):
-                stop = min(start + batch_size, self.count)
-                block = self._array[start:stop]
-                if self._channels_last:
-                    block = block.transpose(0, 3, 1, 2)
-                yield Batch(start, stop, np.ascontiguousarray(block, dtype=np.uint8))
+            side = square_crop(*self._array.shape[1:3] if self._channels_last else self._array.shape[2:4])[2]
+            step = max(1, min(batch_size, max_pixels // (side * side)))
+            for start in range(0, self.count, step):
+                stop = min(start + step, self.count)
+                yield Batch(start, stop, _square_block(self._array[start:stop], self._channels_last))
             return
         start = 0
         while start < self.count:
             size = self._items[start].size
+            step = max(1, min(batch_size, max_pixels // (size * size)))
             stop = start + 1
-            while stop < self.count and stop - start < batch_size and self._items[stop].size == size:
+            while stop < self.count and stop - start < step and self._items[stop].size == size:
                 stop += 1
             block = np.stack([item.load() for item in self._items[start:stop]])
             yield Batch(start, stop, block)
             start = stop
 
 
-def _validate_array(images: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
+def square_crop(height: int, width: int) -> tuple[int, int, int]:
+    """(top, left, side) of the central square of an image: the one crop rule of nest_rt."""
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side
+
+
+def _square_block(block: np.ndarray, channels_last: bool) -> np.ndarray:
+    """uint8 [n, 3, S, S] from a block of the input array, centre-cropped if it is not square."""
+    if channels_last:
+        block = block.transpose(0, 3, 1, 2)
+    top, left, side = square_crop(*block.shape[2:4])
+    return np.ascontiguousarray(block[:, :, top:top + side, left:left + side], dtype=np.uint8)
+
+
+def _validate_array(images: np.ndarray, name: str, center_crop: bool = False) -> tuple[np.ndarray, bool]:
     if images.ndim != 4:
         raise StimulusError(f"{name} must be 4-D, got shape {images.shape}; {_EXPECTED} "
                             f"(for one image use {name}[None])")
@@ -81,10 +113,10 @@ def _validate_array(images: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
         raise StimulusError(f"{name} is empty (shape {images.shape}); {_EXPECTED}")
     channels_last = is_channels_last(images.shape, name)
     height, width = images.shape[1:3] if channels_last else images.shape[2:4]
-    if height != width:
+    if height != width and not center_crop:
         raise StimulusError(f"{name} must be square, got height {height} and width {width}; "
-                            "crop or resize them to S x S first")
-    if height == 0:
+                            "pass center_crop=True to crop them to their central square, or crop or resize them first")
+    if min(height, width) == 0:
         raise StimulusError(f"{name} has images of size 0 x 0 (shape {images.shape})")
     _validate_values(images, name)
     return images, channels_last
@@ -115,11 +147,11 @@ def _validate_values(images: np.ndarray, name: str) -> None:
 
 @dataclass(frozen=True)
 class _Item:
-    size: int
+    size: int                       # the side of the (cropped) square
     load: Callable[[], np.ndarray]  # decodes the image when its batch comes
 
 
-def _validate_items(images: Any, name: str) -> list[_Item]:
+def _validate_items(images: Any, name: str, center_crop: bool) -> list[_Item]:
     if _is_single_image(images):
         images = [images]
     if not isinstance(images, (list, tuple)):
@@ -127,7 +159,7 @@ def _validate_items(images: Any, name: str) -> list[_Item]:
                                 f"list of those; got {type(images).__name__}")
     if len(images) == 0:
         raise StimulusError(f"{name} is an empty list; {_EXPECTED}")
-    return [_validate_item(item, f"{name}[{index}]") for index, item in enumerate(images)]
+    return [_validate_item(item, f"{name}[{index}]", center_crop) for index, item in enumerate(images)]
 
 
 def _is_single_image(obj: Any) -> bool:
@@ -142,51 +174,111 @@ def _is_pil(obj: Any) -> bool:
     return isinstance(obj, Image.Image)
 
 
-def _validate_item(item: Any, name: str) -> _Item:
+def _validate_item(item: Any, name: str, center_crop: bool) -> _Item:
     if isinstance(item, np.ndarray):
         if item.ndim != 3:
             raise StimulusError(f"{name} must be one 3-D image [3, S, S] or [S, S, 3] inside a list, "
                                 f"got shape {item.shape}")
-        array, channels_last = _validate_array(item[None], name)
-        chw = array[0].transpose(2, 0, 1) if channels_last else array[0]
-        return _Item(chw.shape[1], lambda: np.ascontiguousarray(chw, dtype=np.uint8))
+        array, channels_last = _validate_array(item[None], name, center_crop)
+        side = square_crop(*array.shape[1:3] if channels_last else array.shape[2:4])[2]
+        return _Item(side, lambda: _square_block(array, channels_last)[0])
     if isinstance(item, (str, os.PathLike)):
-        return _path_item(os.fspath(item), name)
+        return _path_item(os.fspath(item), name, center_crop)
     if _is_pil(item):
-        _require_square(item.size, name)
-        return _Item(item.size[0], lambda: pil_to_chw(item))
+        facts = header_facts(item, name)
+        _require_square(facts.size, name, center_crop)
+        return _Item(min(facts.size), lambda: pil_to_chw(item, name))
     raise StimulusTypeError(f"{name} must be a numpy array, a PIL image or an image path; "
                             f"got {type(item).__name__}")
 
 
-def _path_item(path: str, name: str) -> _Item:
+def _path_item(path: str, name: str, center_crop: bool) -> _Item:
     from PIL import Image, UnidentifiedImageError
     if not os.path.isfile(path):
         raise StimulusFileNotFoundError(f"{name}: no such image file: {path}")
     try:
         with Image.open(path) as image:  # reads the header only
-            size = image.size
+            facts = header_facts(image, f"{name} ({path})")
     except (UnidentifiedImageError, OSError) as exc:
         raise StimulusFileNotFoundError(f"{name}: cannot read {path} as an image ({exc})") from exc
-    _require_square(size, f"{name} ({path})")
-
-    def load() -> np.ndarray:
-        try:
-            with Image.open(path) as image:
-                return pil_to_chw(image)
-        except (UnidentifiedImageError, OSError) as exc:  # e.g. a truncated file: only its header was read
-            raise StimulusFileNotFoundError(f"{name}: cannot decode {path} ({exc})") from exc
-    return _Item(size[0], load)
+    _require_square(facts.size, f"{name} ({path})", center_crop)
+    return _Item(min(facts.size), lambda: load_image_file(path, name))
 
 
-def _require_square(size: Sequence[int], name: str) -> None:
+def load_image_file(path: str, name: str = "image") -> np.ndarray:
+    """An image file as uint8 [3, S, S] (upright, RGB, centre-cropped to a square)."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as image:
+            return pil_to_chw(image, f"{name} ({path})")
+    except (UnidentifiedImageError, OSError) as exc:  # e.g. a truncated file: only its header was read
+        raise StimulusFileNotFoundError(f"{name}: cannot decode {path} ({exc})") from exc
+
+
+def _require_square(size: Sequence[int], name: str, center_crop: bool) -> None:
     width, height = size
-    if width != height:
-        raise StimulusError(f"{name} must be square, got width {width} and height {height}; "
-                            "crop or resize it to S x S first")
+    if width != height and not center_crop:
+        raise StimulusError(f"{name} must be square, got width {width} and height {height}; pass "
+                            "center_crop=True to crop it to its central square, or crop or resize it first")
 
 
-def pil_to_chw(image) -> np.ndarray:
-    """A PIL image (any mode) as uint8 [3, H, W]."""
+# -- decoding: the one place where images become upright uint8 RGB ------------------------------
+EXIF_ORIENTATION = 0x0112
+_TRANSPOSED = {5, 6, 7, 8}  # orientations that swap width and height
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+_NO_8_BIT_RANGE = {"I", "F"}
+_UPRIGHT = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+            7: "TRANSVERSE", 8: "ROTATE_90"}  # EXIF orientation -> the PIL.Image.Transpose that undoes it
+
+
+@dataclass(frozen=True)
+class HeaderFacts:
+    size: tuple[int, int]  # (width, height) once upright
+    mode: str
+    orientation: int       # EXIF orientation, 1 when absent (already upright)
+
+    def conversion(self) -> str | None:
+        """What decoding changes besides orientation: None for plain 8-bit RGB."""
+        if self.mode == "RGB":
+            return None
+        return f"{self.mode} -> RGB" + (" (16-bit: high byte)" if self.mode in _SIXTEEN_BIT else "")
+
+
+def header_facts(image, name: str) -> HeaderFacts:
+    """Size (upright), mode and EXIF orientation of an opened image, from its header; refuses
+    modes that have no 8-bit meaning."""
+    if image.mode in _NO_8_BIT_RANGE:
+        raise StimulusTypeError(f"{name} is a {'32-bit integer' if image.mode == 'I' else 'floating-point'} "
+                                f"image (mode {image.mode}) with no standard 8-bit range; convert it to 8-bit RGB first")
+    orientation = _orientation(image)
+    width, height = image.size
+    return HeaderFacts((height, width) if orientation in _TRANSPOSED else (width, height), image.mode, orientation)
+
+
+def _orientation(image) -> int:
+    """The EXIF orientation known from the header. A PNG may store its EXIF after the pixels, where
+    Pillow finds it only by decoding the whole image; such a tag is left alone (so that listing a
+    folder stays a header read, and the size known then is the size decoded later)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    try:
+        orientation = int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # Pillow's EXIF parser raises many kinds on a malformed block: treat it as upright
+        return 1
+    return orientation if 1 <= orientation <= 8 else 1
+
+
+def pil_to_chw(image, name: str = "image") -> np.ndarray:
+    """A PIL image as uint8 [3, S, S]: upright by its EXIF orientation, reduced to 8-bit RGB, and
+    centre-cropped to its central square (callers check squareness where it is required)."""
+    from PIL import Image
+    orientation = header_facts(image, name).orientation
+    if orientation != 1:  # Pillow's ImageOps.exif_transpose table, with the orientation read above
+        image = image.transpose(Image.Transpose[_UPRIGHT[orientation]])
+    if image.mode in _SIXTEEN_BIT:
+        image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))  # mode L
     rgb = image if image.mode == "RGB" else image.convert("RGB")
+    top, left, side = square_crop(rgb.height, rgb.width)
+    if side != rgb.width or side != rgb.height:
+        rgb = rgb.crop((left, top, left + side, top + side))
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,11 @@ from .bundle import Bundle, sha256_file, write_nested_npz
 from .errors import InvalidParameterError, OutputWriteError, RunStateError, StimulusError
 from .image_files import ARRAY_SUFFIXES, ImageList, list_image_files, load_image, open_image_array, scan_images
 from .images import Stimulus, is_channels_last
-from .models import EncodingModel, iter_responses
+from .models import EncodingModel, as_arrays, iter_responses
 from .responses import file_stem, metadata_file, model_dir, responses_file
-from .run_files import (LOCK, PARTIAL, PROGRESS, RUN_FORMAT, RUN_RECORD, NpyRows, iter_npy_blocks, locked,
-                        write_h5, write_json_atomically)
+from .paths import confined
+from .run_files import (LOCK, PARTIAL, PROGRESS, RUN_FORMAT, RUN_RECORD, TEMPORARY, NpyRows, iter_npy_blocks,
+                        locked, read_run_record, write_failure, write_h5, write_json_atomically)
 
 DEFAULT_CHUNK_SIZE = 256
 MODEL_ALIASES = {"fwrf": selections.FWRF, "eeg": selections.EEG, "fsaverage": selections.FSAVERAGE}
@@ -196,7 +198,10 @@ class RunInputs:
     """The full ordered input list (files or one array), served as Stimulus blocks by row."""
 
     def __init__(self, specs: list[str], center_crop: bool = False, skip_bad: bool = False,
-                 h5_dataset: str | None = None):
+                 h5_dataset: str | None = None, exclude: list[str | Path] = (), report=print):
+        """``exclude``: folders never listed (the run's --out); ``report`` is told of every rejected
+        image. With ``skip_bad``, images that fail to decode during the run are skipped too."""
+        self.skip_bad = skip_bad
         if not specs:
             raise StimulusError("inputs: give image files, folders, glob patterns or one .npy/.h5 array")
         self.array = None
@@ -212,21 +217,36 @@ class RunInputs:
             self.digest = hashlib.sha256(json.dumps([self.array_info, stat.st_size, stat.st_mtime_ns])
                                          .encode()).hexdigest()
         else:
-            self.images = scan_images(list_image_files(specs), center_crop, skip_bad)
+            self.images = scan_images(list_image_files(specs, exclude), center_crop, skip_bad, report)
             self.total = len(self.images.paths)
             self.digest = self.images.digest()
         if self.total == 0:
             raise StimulusError("inputs: the array holds no images")
 
-    def stimulus(self, start: int, stop: int) -> tuple[Stimulus, np.ndarray]:
+    def stimulus(self, start: int, stop: int, failed: list[dict] | None = None) -> tuple[Stimulus, np.ndarray]:
         """Rows start:stop as a Stimulus, and each Stimulus row's position in that range. Files
-        are grouped by size so that mixed sizes still batch well; arrays keep their order."""
+        are grouped by size so that mixed sizes still batch well; arrays keep their order.
+
+        With ``skip_bad``, a file that fails to decode (e.g. truncated after a readable header) is
+        appended to ``failed`` as {row, path, reason} and stands in as a black image; the caller
+        fills its rows with NaN. Without it, the failure stops the run (finished chunks kept)."""
         if self.array is not None:
             return Stimulus(np.asarray(self.array[start:stop])), np.arange(stop - start)
         paths = self.images.paths[start:stop]
         order = np.argsort(self.images.sides[start:stop], kind="stable")
         sides = [self.images.sides[start + i] for i in order]
-        return Stimulus.lazy(sides, lambda i: load_image(paths[order[i]])), order
+
+        def load(i: int) -> np.ndarray:
+            try:
+                return load_image(paths[order[i]])
+            except StimulusError as exc:
+                if not self.skip_bad or failed is None:
+                    raise StimulusError(f"{exc}; finished chunks are kept: remove or fix it and run the same "
+                                        "command again, or add --skip-bad-images to leave it out") from exc
+                failed.append({"row": start + int(order[i]), "path": paths[order[i]],
+                               "reason": f"cannot decode it ({str(exc.__cause__ or exc)})"})
+                return np.zeros((3, sides[i], sides[i]), dtype=np.uint8)
+        return Stimulus.lazy(sides, load), order
 
     def record(self, start: int, stop: int) -> dict[str, Any]:
         if self.images is None:
@@ -234,7 +254,8 @@ class RunInputs:
                     "sha256": self.digest}
         return {"kind": "files", "total": self.total, "count": stop - start,
                 "items": self.images.paths[start:stop], "converted": self.images.converted,
-                "cropped": self.images.cropped, "rejected": self.images.rejected, "sha256": self.digest}
+                "oriented": self.images.oriented, "cropped": self.images.cropped,
+                "rejected": self.images.rejected, "sha256": self.digest}
 
 
 def chunk_ranges(total: int, chunk_size: int, shard: tuple[int, int]) -> list[tuple[int, int, int]]:
@@ -300,33 +321,39 @@ def encode_run(bundle_dir: str | Path, inputs: RunInputs, model_specs: list[str]
               "bundle": {"path": str(nest.bundle.root.resolve()), "manifest_sha256": identity["bundle_sha256"]},
               "outputs": [_output_record(o, stop - start, h5) for o in outputs], "versions": versions(),
               "devices": sorted({o.model.device for o in outputs})}
-    _prepare_folder(out)
-    with locked(out):
-        done = _resume_state(out, identity)
-        if done is None:  # the run is already complete
+    _make_folder(out)
+    with locked(out):  # before looking at the folder: a second encode starting now waits for none of it
+        _check_folder(out)
+        state = _resume_state(out, identity)
+        if state is None:  # the run is already complete
             log(f"{out} already holds this complete run; nothing to do")
-            return json.loads((out / RUN_RECORD).read_text())
+            return read_run_record(out, "--out")
+        done, failed = state
         partial_files = [out / (o.array_file(a) + PARTIAL) for o in outputs for a in o.shapes]
         if done and not all(path.exists() for path in partial_files) and not _finishing(out, outputs):
             log(f"{out}: response files of the earlier run are missing; starting it again")
-            done = set()
+            done, failed = set(), []
         todo = [chunk for chunk in chunks if chunk[0] not in done]
         write_json_atomically(out / RUN_RECORD, _json_ready(record))
         if todo:  # (none left: an earlier process was interrupted while finishing)
             files = _open_files(out, outputs, stop - start, create=not done)
             if not done:
-                write_json_atomically(out / PROGRESS, {"chunks_done": []})
+                write_json_atomically(out / PROGRESS, {"chunks_done": [], "failed": []})
             rejected = len(inputs.images.rejected) if inputs.images else 0
             log(f"encoding {stop - start} images ({len(todo)} of {len(chunks)} chunks to do"
                 + (f", {rejected} rejected images listed in run.json" if rejected else "")
                 + f") with {len(outputs)} model outputs into {out}")
             try:
-                _encode_chunks(inputs, outputs, files, todo, done, start, out, device, show_progress,
-                               total_rows=stop - start)
+                _encode_chunks(inputs, outputs, files, todo, done, failed, start, out, device, show_progress,
+                               total_rows=stop - start, log=log)
             finally:
                 for per_output in files:
                     for handle in per_output.values():
                         handle.close()
+        if failed:
+            record["inputs"]["rejected"] = record["inputs"].get("rejected", []) + sorted(failed, key=lambda f: f["row"])
+            log(f"{len(failed)} image(s) failed to decode; their rows hold NaN and run.json lists them "
+                "under inputs.rejected (with their row)")
         return _finish(out, outputs, record, h5)
 
 
@@ -353,44 +380,69 @@ def _json_ready(value):
     return value
 
 
-def _prepare_folder(out: Path) -> None:
+def _make_folder(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as exc:
-        raise OutputWriteError(f"--out {out} is not writable ({exc.strerror})") from exc
-    if not (out / RUN_RECORD).exists() and any(p.name != LOCK for p in out.iterdir()):
-        raise RunStateError(f"--out {out} is not empty and holds no nest-rt run; choose a new folder")
+        raise OutputWriteError(f"--out {out} cannot be created ({exc.strerror or exc})") from exc
 
 
-def _resume_state(out: Path, identity: dict) -> set[int] | None:
-    """Finished chunk indices of a matching earlier run (empty for a new run), or None if that
-    run is complete. A different earlier run is refused, never mixed with this one."""
-    record_path = out / RUN_RECORD
-    if not record_path.exists():
-        return set()
-    previous = json.loads(record_path.read_text(encoding="utf-8"))
+# What a run leaves at the top of its folder besides run.json: written before run.json exists
+# (the lock) or left by a write that never finished (a full disk, SIGKILL before its rename).
+_OWN_LEFTOVERS = (LOCK, RUN_RECORD + TEMPORARY, PROGRESS + TEMPORARY)
+
+
+def _check_folder(out: Path) -> None:
+    """A new run needs an empty folder: anything but a run's own leftovers is someone else's."""
+    if (out / RUN_RECORD).exists():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in _OWN_LEFTOVERS)
+    if foreign:
+        raise RunStateError(f"--out {out} is not empty and holds no nest-rt run ({', '.join(foreign[:3])}"
+                            f"{', ...' if len(foreign) > 3 else ''}); choose a new folder")
+    for name in _OWN_LEFTOVERS[1:]:
+        (out / name).unlink(missing_ok=True)
+
+
+def _resume_state(out: Path, identity: dict) -> tuple[set[int], list[dict]] | None:
+    """Finished chunk indices of a matching earlier run and the images that failed to decode in
+    them (empty for a new run), or None if that run is complete. A different earlier run is
+    refused, never mixed with this one."""
+    if not (out / RUN_RECORD).exists():
+        return set(), []
+    previous = read_run_record(out, "--out", complete=False)
     if previous.get("identity") != identity:
         differing = sorted(key for key in identity if previous.get("identity", {}).get(key) != identity[key])
         raise RunStateError(f"--out {out} holds a different run (differs in: {', '.join(differing)}); "
                             "use a new --out folder, or repeat the original command to resume it")
     if previous.get("status") == "complete":
         return None
-    progress = json.loads((out / PROGRESS).read_text()) if (out / PROGRESS).exists() else {"chunks_done": []}
-    return set(progress["chunks_done"])
+    if not (out / PROGRESS).exists():
+        return set(), []
+    try:
+        progress = json.loads((out / PROGRESS).read_text(encoding="utf-8"))
+        return set(progress["chunks_done"]), list(progress.get("failed", []))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunStateError(f"--out {out}: {PROGRESS} is damaged ({exc}); remove {out} and run again") from None
 
 
 def _open_files(out: Path, outputs: list[Output], rows: int, create: bool) -> list[dict[str, NpyRows]]:
     files = []
     for output in outputs:
-        (out / output.folder).mkdir(parents=True, exist_ok=True)
+        try:
+            (out / output.folder).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_failure(out / output.folder, exc) from exc
         metadata_path = out / output.metadata_file
         if not metadata_path.exists():
-            temporary = metadata_path.with_name("tmp_" + metadata_path.name)
-            write_nested_npz(temporary, output.metadata)
-            os.replace(temporary, metadata_path)
+            temporary = metadata_path.with_name(metadata_path.name + TEMPORARY)
+            try:
+                with open(temporary, "wb") as handle:  # a handle: np.savez would append .npz to the name
+                    write_nested_npz(handle, output.metadata)
+                os.replace(temporary, metadata_path)
+            except OSError as exc:
+                temporary.unlink(missing_ok=True)
+                raise write_failure(metadata_path, exc) from exc
         files.append({array: NpyRows(out / (output.array_file(array) + PARTIAL), (rows, *shape),
                                      create or not (out / (output.array_file(array) + PARTIAL)).exists())
                       for array, shape in output.shapes.items()})
@@ -398,25 +450,34 @@ def _open_files(out: Path, outputs: list[Output], rows: int, create: bool) -> li
 
 
 def _encode_chunks(inputs: RunInputs, outputs: list[Output], files: list[dict[str, NpyRows]], todo,
-                   done: set[int], first_row: int, out: Path, device: str, show_progress: bool,
-                   total_rows: int) -> None:
+                   done: set[int], failed: list[dict], first_row: int, out: Path, device: str,
+                   show_progress: bool, total_rows: int, log) -> None:
+    """Encode the chunks ``todo``; each is recorded in progress.json once its rows are on disk,
+    with the images that failed to decode in it (their rows are NaN)."""
     from tqdm.auto import tqdm
     models = [output.model for output in outputs]
     with tqdm(total=total_rows, initial=total_rows - sum(stop - start for _, start, stop in todo),
               unit="img", desc="encoding", disable=not show_progress, smoothing=0.1) as bar:
         for chunk, start, stop in todo:
-            stimulus, order = inputs.stimulus(start, stop)
+            failed_here: list[dict] = []
+            stimulus, order = inputs.stimulus(start, stop, failed_here)
             for index, block_start, block_stop, block in iter_responses(models, stimulus, device,
                                                                          on_batch=bar.update):
                 rows = order[block_start:block_stop] + (start - first_row)
-                arrays = dict(zip(outputs[index].shapes, block if isinstance(block, tuple) else (block,)))
+                arrays = dict(zip(outputs[index].shapes, as_arrays(block)))
                 for array, values in arrays.items():
                     _write_rows(files[index][array], rows, values)
+            for item in failed_here:  # no silent responses to an image that was never seen
+                for per_output in files:
+                    for handle in per_output.values():
+                        handle.write(item["row"] - first_row, np.full((1, *handle.shape[1:]), np.nan, np.float32))
+                log(f"left out: {item['path']}: {item['reason']}; its row {item['row']} holds NaN")
             for per_output in files:
                 for handle in per_output.values():
                     handle.sync()
             done.add(chunk)
-            write_json_atomically(out / PROGRESS, {"chunks_done": sorted(done)})
+            failed.extend(failed_here)
+            write_json_atomically(out / PROGRESS, {"chunks_done": sorted(done), "failed": failed})
 
 
 def _write_rows(handle: NpyRows, rows: np.ndarray, values: np.ndarray) -> None:
@@ -448,18 +509,65 @@ def _finish(out: Path, outputs: list[Output], record: dict, h5: bool) -> dict[st
 # -- merging shards ------------------------------------------------------------------------------
 def merge_runs(shard_dirs: list[str | Path], out: str | Path, log=print) -> dict[str, Any]:
     """Assemble complete shard runs into one run, as if it had run unsharded. Checks that the
-    shards are one run (same inputs, models, bundle and settings), complete, each file intact
-    (sha256), and that their rows cover the inputs with no gap and no overlap."""
+    shards are one run (same inputs, models, bundle and settings), complete, that every file
+    named in their records stays inside its shard folder and matches its sha256, and that their
+    rows cover the inputs with no gap and no overlap, all before anything is written; the copy is
+    hashed again as it is read, so a file changed meanwhile is caught too."""
     out = Path(out)
-    records = [_complete_record(Path(folder)) for folder in shard_dirs]
-    if not records:
+    folders = [Path(folder) for folder in shard_dirs]
+    if not folders:
         raise InvalidParameterError("merge: give the shard output folders")
+    records = [read_run_record(folder, "merge") for folder in folders]
+    order = _shard_order(folders, records)
+    total = records[0]["identity"]["total"]
+    merged = json.loads(json.dumps(records[order[0]]))
+    outputs = _merge_plan(folders, records, order, merged)
+    if out.exists():
+        raise RunStateError(f"merge: --out {out} exists; choose a new folder")
+    staging = out.with_name(out.name + PARTIAL)
+    _make_folder(staging)
+    with locked(staging, "merging into"):
+        for leftover in staging.iterdir():  # an interrupted merge's files: only ever our own staging folder
+            if leftover.name != LOCK:
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        merged["identity"]["shard"] = merged["shard"] = {"index": 0, "count": 1, "start": 0, "stop": total}
+        merged["inputs"]["count"] = total
+        if merged["inputs"]["kind"] == "files":
+            merged["inputs"]["items"] = [item for i in order for item in records[i]["inputs"]["items"]]
+            merged["inputs"]["rejected"] = _merged_rejections(records, order)
+        for entry, (metadata_sources, arrays) in zip(merged["outputs"], outputs):
+            target = confined(staging, entry["metadata"], "merge: metadata", RunStateError)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(metadata_sources[0].read_bytes())
+            except OSError as exc:
+                raise write_failure(target, exc) from exc
+            for array, sources in arrays.items():
+                info = entry["arrays"][array]
+                info["shape"][0] = total
+                info["sha256"] = _copy_rows(sources, confined(staging, info["file"], "merge: file", RunStateError),
+                                            tuple(info["shape"]))
+            if entry["h5"]:
+                write_h5({array: staging / info["file"] for array, info in entry["arrays"].items()},
+                         confined(staging, entry["h5"], "merge: h5", RunStateError))
+        write_json_atomically(staging / RUN_RECORD, merged)
+        write_json_atomically(staging / PROGRESS, {"chunks_done": list(range(-(-total // merged["chunk_size"])))})
+        (staging / LOCK).unlink()
+        if out.exists():
+            raise RunStateError(f"merge: --out {out} appeared while merging; the merged run is left in {staging}")
+        os.replace(staging, out)
+    log(f"merged {len(folders)} shards ({total} images, {len(merged['outputs'])} outputs) into {out}")
+    return merged
+
+
+def _shard_order(folders: list[Path], records: list[dict]) -> list[int]:
+    """The shards' positions in row order, after checking they are one run and cover it once."""
     first = records[0]["identity"]
-    for folder, record in zip(shard_dirs, records):
+    for folder, record in zip(folders, records):
         identity = record["identity"]
         differing = sorted(key for key in first if key != "shard" and identity.get(key) != first[key])
         if differing:
-            raise RunStateError(f"merge: {folder} is not a shard of the same run as {shard_dirs[0]} "
+            raise RunStateError(f"merge: {folder} is not a shard of the same run as {folders[0]} "
                                 f"(differs in: {', '.join(differing)})")
     order = sorted(range(len(records)), key=lambda i: records[i]["shard"]["index"])
     count, total = records[0]["shard"]["count"], first["total"]
@@ -476,60 +584,65 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, log=print) -> dict
         row = shard["stop"]
     if row != total:
         raise RunStateError(f"merge: the shards cover {row} of {total} rows")
-    if out.exists():
-        raise RunStateError(f"merge: --out {out} exists; choose a new folder")
-    staging = out.with_name(out.name + PARTIAL)
-    if staging.exists():  # left by an interrupted merge: only ever our own staging folder
-        import shutil
-        shutil.rmtree(staging)
-    merged = json.loads(json.dumps(records[order[0]]))
-    merged["identity"]["shard"] = merged["shard"] = {"index": 0, "count": 1, "start": 0, "stop": total}
-    inputs = merged["inputs"]
-    inputs["count"] = total
-    if inputs["kind"] == "files":
-        inputs["items"] = [item for i in order for item in records[i]["inputs"]["items"]]
+    return order
+
+
+def _merge_plan(folders: list[Path], records: list[dict], order: list[int], merged: dict) -> list:
+    """Per output: (metadata files, {array: source files in row order}), each source checked
+    against the sha256 its shard recorded. The outputs' file names must be the same in every
+    shard (the identity check covers the outputs, so they are)."""
+    plan = []
     for position, entry in enumerate(merged["outputs"]):
-        (staging / entry["metadata"]).parent.mkdir(parents=True, exist_ok=True)
-        _copy_identical([Path(shard_dirs[i]) / entry["metadata"] for i in order], staging / entry["metadata"])
-        for array, info in entry["arrays"].items():
-            info["shape"][0] = total
-            target = NpyRows(staging / info["file"], tuple(info["shape"]), create=True)
-            row = 0
+        metadata = [confined(folders[i], records[i]["outputs"][position]["metadata"], "merge: metadata",
+                             RunStateError) for i in order]
+        if len({sha256_file(path) for path in metadata}) != 1:
+            raise RunStateError(f"merge: the shards' metadata files {metadata[0].name} differ")
+        arrays = {}
+        for array in entry["arrays"]:
+            sources = []
             for i in order:
-                source = Path(shard_dirs[i]) / info["file"]
-                expected = records[i]["outputs"][position]["arrays"][array]["sha256"]
-                if sha256_file(source) != expected:
-                    raise RunStateError(f"merge: {source} does not match the sha256 in its run.json (modified or damaged)")
-                for block in iter_npy_blocks(source):
-                    target.write(row, block)
-                    row += len(block)
-            target.sync()
-            target.close()
-            info["sha256"] = sha256_file(staging / info["file"])
-        if entry["h5"]:
-            write_h5({array: staging / info["file"] for array, info in entry["arrays"].items()},
-                     staging / entry["h5"])
-    write_json_atomically(staging / RUN_RECORD, merged)
-    write_json_atomically(staging / PROGRESS, {"chunks_done": list(range(-(-total // merged["chunk_size"])))})
-    os.replace(staging, out)
-    log(f"merged {count} shards ({total} images, {len(merged['outputs'])} outputs) into {out}")
+                info = records[i]["outputs"][position]["arrays"][array]
+                source = confined(folders[i], info["file"], "merge: file", RunStateError)
+                if not source.is_file() or sha256_file(source) != info.get("sha256"):
+                    raise RunStateError(f"merge: {source} does not match the sha256 in its run.json "
+                                        "(modified, damaged or missing)")
+                sources.append((source, info["sha256"]))
+            arrays[array] = sources
+        plan.append((metadata, arrays))
+    return plan
+
+
+def _copy_rows(sources: list[tuple[Path, str]], target: Path, shape: tuple) -> str:
+    """Concatenate the sources' rows into ``target``; each source is hashed again as it is read
+    and must still match. Returns the sha256 of the written file."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_failure(target, exc) from exc
+    rows = NpyRows(target, shape, create=True)
+    try:
+        row = 0
+        for source, expected in sources:
+            digest = hashlib.sha256()
+            for block in iter_npy_blocks(source, on_bytes=digest.update):
+                rows.write(row, block)
+                row += len(block)
+            if digest.hexdigest() != expected:
+                raise RunStateError(f"merge: {source} changed while it was being merged; run merge again")
+        rows.sync()
+    finally:
+        rows.close()
+    return sha256_file(target)
+
+
+def _merged_rejections(records: list[dict], order: list[int]) -> list:
+    """Images rejected before the run are the same in every shard; those that failed to decode
+    during a shard's run are its own: the merged list has each once."""
+    seen, merged = set(), []
+    for i in order:
+        for item in records[i]["inputs"].get("rejected", []):
+            key = json.dumps(item, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                merged.append(item)
     return merged
-
-
-def _complete_record(folder: Path) -> dict[str, Any]:
-    path = folder / RUN_RECORD
-    if not path.is_file():
-        raise RunStateError(f"merge: {folder} holds no {RUN_RECORD}: not a nest-rt encode output")
-    record = json.loads(path.read_text(encoding="utf-8"))
-    if record.get("format") != RUN_FORMAT:
-        raise RunStateError(f"merge: {path} has format {record.get('format')!r}, expected {RUN_FORMAT!r}")
-    if record.get("status") != "complete":
-        raise RunStateError(f"merge: the run in {folder} is not complete; resume it with its encode command first")
-    return record
-
-
-def _copy_identical(sources: list[Path], target: Path) -> None:
-    digests = {sha256_file(source) for source in sources}
-    if len(digests) != 1:
-        raise RunStateError(f"merge: the shards' metadata files {target.name} differ")
-    target.write_bytes(sources[0].read_bytes())

@@ -279,9 +279,11 @@ def test_bad_inputs_are_clear_one_line_errors(vit_bundle, tmp_path):
     base = ["encode", "--bundle", str(vit_bundle), "--model", "fwrf:roi=V1"]
 
     def fails(args, *words):
+        """Exit 2, one error line (after one 'rejected:' line per rejected image, if any)."""
         result = cli(*base[:1], *args, *base[1:], "--out", str(tmp_path / "o"))
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1
+        *listed, error = result.stderr.strip().splitlines()
+        assert all(line.startswith("rejected: ") for line in listed) and error.startswith("nest-rt encode: ")
         for word in words:
             assert word in result.stderr, result.stderr
     (tmp_path / "empty").mkdir()
