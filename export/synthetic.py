@@ -19,29 +19,13 @@ import numpy as np
 import torch
 
 from nest_rt import catalog, responses
+from nest_rt.demo import synthetic_images  # noqa: F401  (numpy and Pillow only; the export's checks use it)
 
 from .fwrf_torch import FwrfEncoder, FwrfReadout
 from .toolkit import LAYOUT_CURRENT, LAYOUT_LEGACY, fwrf_files
 
 VOLUME_SHAPE = (81, 104, 83)  # subject 1's functional volume
 _CALIBRATION_IMAGES = 8
-
-
-def synthetic_images(count: int, size: int, seed: int = 0) -> np.ndarray:
-    """uint8 [count, 3, size, size] images with large-scale structure, colour and texture.
-
-    Plain white noise would give nearly identical pooled features for every image; smooth
-    random fields plus noise make responses vary across images as natural images do.
-    """
-    from PIL import Image
-    rng = np.random.default_rng(seed)
-    images = np.empty((count, 3, size, size), dtype=np.uint8)
-    for index in range(count):
-        coarse = rng.integers(0, 256, size=(rng.integers(2, 9),) * 2 + (3,), dtype=np.uint8)
-        smooth = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC), np.float32)
-        noise = rng.normal(0, rng.uniform(5, 40), size=smooth.shape)
-        images[index] = np.clip(smooth + noise, 0, 255).astype(np.uint8).transpose(2, 0, 1)
-    return images
 
 
 def voxel_counts(voxels: int | None) -> dict[str, int]:

@@ -12,12 +12,14 @@ Subcommands:
   merge              assemble the shards of one encode run and verify them
   plot               PNG plots of an encode run's responses
 Exit codes: 0 success; 2 for every user error, with a one-line reason on stderr and no
-traceback; 130 when interrupted (re-run the same encode command to resume).
+traceback; 130 when interrupted by Ctrl-C and 143 by SIGTERM (re-run the same encode command to
+resume); 141 when the reader of the output has gone (nest-rt list | head).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -26,38 +28,68 @@ from .errors import InvalidParameterError, NESTError
 from .runs import DEFAULT_CHUNK_SIZE
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm and other schedulers send before killing a job), handled as Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return args.handler(args) or 0
+        status = args.handler(args) or 0
+        sys.stdout.flush()  # here, so that a closed pipe is handled below and not at interpreter exit
+        return status
     except _ExportExtraMissing as exc:
         print(f"nest-rt: {exc}", file=sys.stderr)
         return 2
     except (NESTError, ValueError, FileNotFoundError, PermissionError) as exc:
         print(f"nest-rt {args.command}: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"nest-rt {args.command}: interrupted" + (
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, _Terminated)
+        print(f"nest-rt {args.command}: " + ("terminated (SIGTERM)" if terminated else "interrupted") + (
             "; finished chunks are kept: run the same command again to resume" if args.command == "encode" else ""),
             file=sys.stderr)
-        return 130
+        return 143 if terminated else 130
+    except BrokenPipeError:  # e.g. nest-rt list | head: the reader has gone; no traceback, 128 + SIGPIPE
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that Python's final flush of stdout stays quiet
+        return 141
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nest-rt", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="synthetic toolkit -> bundle -> responses, in one go")
+    demo = commands.add_parser(
+        "demo", help="generated images -> responses, with synthetic models (no toolkit needed)",
+        description="With the export extra (torch): a synthetic toolkit of all three families (fwRF, EEG, "
+                    "fsaverage), exported with parity checks, then encoded. Without it (pip install "
+                    "'nest-rt[demo]'): a torch-free demo bundle of random fwRF models, then encoded.")
     demo.add_argument("--out", type=Path, default=Path("demo_output"), help="working folder")
-    demo.add_argument("--nest-dir", type=Path, help="use this toolkit instead of a synthetic one")
+    demo.add_argument("--nest-dir", type=Path, help="export and use this toolkit instead of a synthetic one")
+    demo.add_argument("--vit-weights", type=Path, help="with --nest-dir: torchvision vit_b_32 weights (as for export)")
     demo.add_argument("--rois", nargs="+", default=["V1", "FFA-1", "lateral"])
     demo.add_argument("--images", type=int, default=12, help="number of generated images")
+    demo.add_argument("--runtime-only", action="store_true",
+                      help="build the torch-free demo bundle even when torch is installed")
     demo.set_defaults(handler=_demo)
 
     synth = commands.add_parser("synthetic-toolkit", help="write a random-weight toolkit")
     synth.add_argument("--out", type=Path, required=True, help="toolkit directory to create")
-    synth.add_argument("--subjects", type=int, nargs="+", help="default: all 8")
+    synth.add_argument("--models", nargs="+", choices=["fwrf", "eeg", "fsaverage"], default=["fwrf"],
+                       help="families to write (default fwrf); eeg and fsaverage also write random ViT-B/32 "
+                            f"weights ({'vit_b_32_synthetic.pth'}: pass it to export --vit-weights) and take "
+                            "about 0.5 and 0.8 GB per subject at the real 250 components")
+    synth.add_argument("--components", type=int, default=250, help="PCA components of the ViT heads (real: 250)")
+    synth.add_argument("--subjects", type=int, nargs="+", help="default: every subject of each model")
     synth.add_argument("--rois", nargs="+", help="default: all 23")
     synth.add_argument("--voxels", type=int, help="voxels per ROI (default: subject 1's real counts)")
     synth.add_argument("--layout", choices=["current", "legacy"], default="current")
@@ -95,8 +127,12 @@ def _parser() -> argparse.ArgumentParser:
     info.set_defaults(handler=_info)
 
     verify = commands.add_parser("verify", help="sha256 of every file; every model loads and gives finite outputs")
-    verify.add_argument("bundle", help="bundle directory")
-    verify.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    verify.add_argument("bundle_dir", nargs="?", metavar="BUNDLE", help="bundle directory (or --bundle)")
+    verify.add_argument("--bundle", default=os.environ.get("NEST_RT_BUNDLE"), help=bundle_help)
+    verify.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    verify.add_argument("--expect-sha256", metavar="HASH",
+                        help="the sha256 of bundle.json from a source you trust: anchors every file's sha256 "
+                             "against tampering, not only against corruption")
     verify.set_defaults(handler=_verify)
 
     encode = commands.add_parser(
@@ -176,15 +212,17 @@ def _info(args) -> None:
 
 def _verify(args) -> None:
     from .bundle_tools import verify_bundle
-    count = verify_bundle(args.bundle, device=args.device)
-    print(f"bundle {args.bundle} verified: {count} models")
+    bundle = args.bundle_dir or _bundle(args)
+    count = verify_bundle(bundle, device=args.device, expect_sha256=args.expect_sha256)
+    print(f"bundle {bundle} verified: {count} models")
 
 
 def _encode(args) -> None:
     from .runs import RunInputs, encode_run, parse_shard
     shard = parse_shard(args.shard)
     inputs = RunInputs(args.inputs, center_crop=args.center_crop, skip_bad=args.skip_bad_images,
-                       h5_dataset=args.h5_dataset)
+                       h5_dataset=args.h5_dataset, exclude=[args.out],
+                       report=lambda message: print(message, file=sys.stderr))
     record = encode_run(_bundle(args), inputs, args.models, args.out, imageset=args.imageset, shard=shard,
                         chunk_size=args.chunk_size, h5=args.h5, device=args.device, num_threads=args.threads,
                         precision=args.precision, show_progress=not args.no_progress)
@@ -225,8 +263,21 @@ def _export_stage():
 
 def _synthetic(args) -> None:
     _, synthetic = _export_stage()
-    synthetic.write_toolkit(args.out, subjects=args.subjects, rois=args.rois, voxels=args.voxels,
-                            seed=args.seed, layout=args.layout, pregenerated_images=args.pregenerated_images)
+    if "fwrf" in args.models:
+        synthetic.write_toolkit(args.out, subjects=args.subjects, rois=args.rois, voxels=args.voxels,
+                                seed=args.seed, layout=args.layout, pregenerated_images=args.pregenerated_images)
+    vit = {"eeg": catalog.subjects("eeg-things_eeg_2-vit_b_32"),
+           "fsaverage": catalog.subjects("fmri-nsd_fsaverage-vit_b_32")}
+    chosen = {name: [s for s in (args.subjects or subjects) if s in subjects]
+              for name, subjects in vit.items() if name in args.models}
+    if chosen:
+        import importlib
+        synthetic_vit = importlib.import_module("nest_rt_export.synthetic_vit")
+        synthetic_vit.write_vit_toolkit(args.out, eeg_subjects=chosen.get("eeg", []),
+                                        fsaverage_subjects=chosen.get("fsaverage", []), layout=args.layout,
+                                        components=args.components, seed=args.seed,
+                                        pregenerated_images=args.pregenerated_images)
+        print(f"random ViT-B/32 weights: {args.out / synthetic_vit.VIT_WEIGHTS_NAME} (export with --vit-weights)")
     print(f"synthetic toolkit written to {args.out}")
 
 
@@ -238,44 +289,11 @@ def _export(args) -> None:
 
 
 def _demo(args) -> None:
-    import shutil
-
-    import numpy as np
-    from PIL import Image
-
-    from .run_files import RUN_RECORD
-    from .runs import RunInputs, encode_run
-    exporter, synthetic = _export_stage()
-    out = args.out
-    nest_dir = args.nest_dir
-    if nest_dir is None:
-        nest_dir = out / "synthetic_toolkit"
-        print(f"1/4 writing a synthetic toolkit (random weights, subject 1, ROIs {args.rois}) to {nest_dir}")
-        synthetic.write_toolkit(nest_dir, subjects=[1], rois=args.rois)
-    bundle_dir = out / "bundle"
-    print(f"2/4 exporting to {bundle_dir} (parity against the torch reference is checked per graph)")
-    exporter.export_bundle(nest_dir, bundle_dir, subjects=[1], rois=args.rois, overwrite=True,
-                           log=lambda message: print("    " + message))
-    image_dir = out / "images"
-    image_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index, image in enumerate(synthetic.synthetic_images(args.images, 256, seed=7)):
-        paths.append(image_dir / f"image_{index:03d}.png")
-        Image.fromarray(image.transpose(1, 2, 0)).save(paths[-1])
-    print(f"3/4 wrote {len(paths)} images to {image_dir}")
-    response_dir = out / "responses"
-    if (response_dir / RUN_RECORD).is_file():  # the previous demo's run: replace it
-        shutil.rmtree(response_dir)
-    print(f"4/4 encoding them with nest_rt (torch-free onnxruntime), as `nest-rt encode` does, into {response_dir}")
-    record = encode_run(bundle_dir, RunInputs([str(image_dir)]), [f"fwrf:subjects=1:roi={','.join(args.rois)}"],
-                        response_dir, imageset="demo", log=lambda message: print("    " + message))
-    for output in record["outputs"]:
-        info = output["arrays"]["responses"]
-        responses = np.load(response_dir / info["file"])
-        print(f"    {output['selection']['roi']:>8}: responses {responses.shape} {responses.dtype}, "
-              f"mean {responses.mean():+.3f}, std {responses.std():.3f} -> {response_dir / info['file']}")
-    print(f"done. Read them with numpy.load or NEST.load_insilico_neural_responses; plot them with: "
-          f"nest-rt plot {response_dir}")
+    from .demo import run_demo
+    if args.images < 1:
+        raise InvalidParameterError(f"--images must be >= 1, got {args.images}")
+    run_demo(args.out, args.nest_dir, args.rois, args.images, runtime_only=args.runtime_only,
+             vit_weights=args.vit_weights)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ no more memory than a plot of a 200-image one. matplotlib is an optional extra: 
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -13,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InvalidParameterError, MissingExtraError
-from .image_files import open_image_array
-from .run_files import RUN_FORMAT, RUN_RECORD
+from .image_files import load_image, open_image_array
+from .images import square_crop
+from .run_files import read_run_record
 
 MAX_THUMBNAILS = 8  # more thumbnails than this would be too small to recognise
 DPI = 120
@@ -22,8 +22,9 @@ MAP_COLUMNS = 2000  # at most about this many voxel columns are drawn in a map
 
 
 def plot_run(run_dir, out_dir, outputs=None, images=None, max_images=200) -> list[Path]:
-    """Write one ``<name>.png`` per output of the run in ``run_dir`` (plus ``<name>_images.png``,
-    thumbnails beside their responses, when 1 to 8 ``images`` are given). Returns the paths."""
+    """Write one ``<name>.png`` per output of the run in ``run_dir``, plus, when ``images`` (rows)
+    are given, their thumbnails beside their responses: ``<name>_images.png`` for the first 8,
+    ``<name>_images_2.png`` for the next 8, and so on. Returns the paths."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -50,30 +51,20 @@ def plot_run(run_dir, out_dir, outputs=None, images=None, max_images=200) -> lis
         draw_summary(figure, output, parts, rows)
         figure.suptitle(title)
         written.append(_save(figure, out_dir / f"{name}.png"))
-        if images is not None and len(rows) <= MAX_THUMBNAILS:
-            thumbnails = [_thumbnail(run_dir, run, row) for row in rows]
-            figure = Figure(figsize=(11, 1.2 + 1.9 * len(rows)), dpi=DPI, layout="constrained")
-            draw_images(figure, output, parts, rows, thumbnails)
-            figure.suptitle(title)
-            written.append(_save(figure, out_dir / f"{name}_images.png"))
+        if images is not None:  # pages of up to MAX_THUMBNAILS rows: _images.png, _images_2.png, ...
+            for page, first in enumerate(range(0, len(rows), MAX_THUMBNAILS), start=1):
+                shown = rows[first:first + MAX_THUMBNAILS]
+                thumbnails = [(_thumbnail(run_dir, run, row), _image_label(run, row)) for row in shown]
+                part = {label: values[first:first + MAX_THUMBNAILS] for label, values in parts.items()}
+                figure = Figure(figsize=(11, 1.2 + 1.9 * len(shown)), dpi=DPI, layout="constrained")
+                draw_images(figure, output, part, shown, thumbnails)
+                figure.suptitle(title)
+                written.append(_save(figure, out_dir / f"{name}_images{'' if page == 1 else f'_{page}'}.png"))
     return written
 
 
 def _read_run(run_dir: Path) -> dict:
-    path = run_dir / RUN_RECORD
-    if not path.is_file():
-        raise InvalidParameterError(f"run_dir: expected a directory written by 'nest-rt encode --out', "
-                                    f"but {path} does not exist")
-    try:
-        run = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidParameterError(f"run_dir: cannot read {path}: {exc}") from None
-    if not isinstance(run, dict) or run.get("format") != RUN_FORMAT:
-        raise InvalidParameterError(f"run_dir: {path} is not a run record of format {RUN_FORMAT!r}")
-    if run.get("status") != "complete":
-        raise InvalidParameterError(f"run_dir: the run in {run_dir} is {run.get('status')!r}, not 'complete'; "
-                                    "finish or resume it with 'nest-rt encode' before plotting")
-    return run
+    return read_run_record(run_dir, "run_dir", InvalidParameterError)
 
 
 def _choose_outputs(available: list[dict], names) -> list[dict]:
@@ -112,24 +103,36 @@ def _read_rows(run_dir: Path, file: str, rows: list[int]) -> np.ndarray:
 
 
 def _thumbnail(run_dir: Path, run: dict, row: int):
-    """The image of ``row`` as an RGB array, or None when its file is no longer readable (or
-    is an .h5 array without h5py)."""
+    """The image of ``row`` as the models saw it (upright, RGB, centre-cropped), as a small RGB
+    array, or None when its file is no longer readable (or is an .h5 array without h5py)."""
     from PIL import Image
     inputs = run["inputs"]
     try:
         if inputs["kind"] == "files":
-            with Image.open(run_dir / inputs["items"][row]) as image:
-                image = image.convert("RGB")
+            pixels = load_image(str(run_dir / inputs["items"][row])).transpose(1, 2, 0)
         else:
             array = inputs["array"]
             images, _ = open_image_array(str(run_dir / array["path"]), array["dataset"])
             pixels = np.asarray(images[run["shard"]["start"] + row])
             pixels = pixels.transpose(1, 2, 0) if array["layout"] == "NCHW" else pixels
-            image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+            top, left, side = square_crop(*pixels.shape[:2])
+            pixels = np.clip(pixels[top:top + side, left:left + side], 0, 255).astype(np.uint8)
+        image = Image.fromarray(np.ascontiguousarray(pixels))
         image.thumbnail((160, 160))
         return np.asarray(image)
     except (OSError, ValueError, KeyError, IndexError, ImportError):
         return None
+
+
+def _image_label(run: dict, row: int) -> str:
+    """Which input a row is: the file's name, or the array file and its index."""
+    inputs = run["inputs"]
+    try:
+        if inputs["kind"] == "files":
+            return Path(inputs["items"][row]).name
+        return f"{Path(inputs['array']['path']).name}[{run['shard']['start'] + row}]"
+    except (KeyError, IndexError, TypeError):
+        return ""
 
 
 def _title(run: dict, output: dict, rows: list[int], count: int, picked: bool) -> str:
@@ -183,18 +186,20 @@ def _eeg_images(figure, output: dict, parts: dict, rows: list[int], thumbnails: 
     times, channels = _eeg_axes(output, *responses.shape[1:])
     grid = figure.subplots(len(rows), 2, width_ratios=[1, 5], squeeze=False)
     for (thumb_ax, curve_ax), row, thumbnail, courses in zip(grid, rows, thumbnails, responses):
-        _show_thumbnail(thumb_ax, thumbnail, row, titled=True)
+        _show_thumbnail(thumb_ax, thumbnail, row)
         _butterfly(curve_ax, times, courses, f"image {row}: {len(channels)} channels, mean of repetitions")
 
 
-def _show_thumbnail(ax, thumbnail, row: int, titled: bool) -> None:
+def _show_thumbnail(ax, thumbnail: tuple, row: int) -> None:
+    """The image as the models saw it, titled with its row and file name."""
+    pixels, label = thumbnail
     ax.set_axis_off()
-    if thumbnail is None:  # the input file moved since the run: still show the responses
-        ax.text(0.5, 0.5, f"image {row}\n(not readable)", ha="center", va="center", transform=ax.transAxes)
+    title = f"image {row}" + (f"\n{label if len(label) <= 28 else label[:12] + '...' + label[-13:]}" if label else "")
+    if pixels is None:  # the input file moved since the run: still show the responses
+        ax.text(0.5, 0.5, f"{title}\n(not readable)", ha="center", va="center", transform=ax.transAxes, fontsize=8)
         return
-    ax.imshow(thumbnail)
-    if titled:  # beside an fMRI map the map's row labels name the image, and titles would misalign rows
-        ax.set_title(f"image {row}", fontsize=9)
+    ax.imshow(pixels)
+    ax.set_title(title, fontsize=8)
 
 
 def _fmri_units(label: str) -> str:
@@ -235,7 +240,7 @@ def _fmri_images(figure, output: dict, parts: dict, rows: list[int], thumbnails:
     # Thumbnails in their own column, one grid row per image, so each sits beside its map row.
     grid = figure.add_gridspec(len(rows), 1 + len(parts), width_ratios=[1] + [4] * len(parts))
     for index, (row, thumbnail) in enumerate(zip(rows, thumbnails)):
-        _show_thumbnail(figure.add_subplot(grid[index, 0]), thumbnail, row, titled=False)
+        _show_thumbnail(figure.add_subplot(grid[index, 0]), thumbnail, row)
     map_axes = [figure.add_subplot(grid[:, 1 + column]) for column in range(len(parts))]
     _fmri_maps(figure, map_axes, parts, rows)
 

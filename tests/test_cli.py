@@ -13,16 +13,18 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
 
 
 def test_demo_encodes_images_end_to_end(tmp_path):
-    result = run_cli("demo", "--out", str(tmp_path / "demo"), "--rois", "V1", "--images", "3")
+    """The command line of the torch-free demo (the demo with export: test_newcomer.py)."""
+    command = ("demo", "--out", str(tmp_path / "demo"), "--rois", "V1", "--images", "3", "--runtime-only")
+    result = run_cli(*command)
     assert result.returncode == 0, result.stderr
     saved_file = (tmp_path / "demo" / "responses" / "modality-fmri" / "train_dataset-nsd" / "model-fwrf" /
                   "imageset-demo" / "synthetic_neural_responses_sub-01_roi-V1.npy")
     saved = np.load(saved_file)
     assert saved.shape == (3, 1350) and saved.dtype == np.float32 and np.isfinite(saved).all()
     assert saved.std(axis=0).min() > 0
-    assert "responses (3, 1350) float32" in result.stdout and str(saved_file) in result.stdout
-    again = run_cli("demo", "--out", str(tmp_path / "demo"), "--rois", "V1", "--images", "3")
-    assert again.returncode == 0, again.stderr  # a second demo replaces the first one's run
+    assert "fmri-nsd-fwrf_sub-01_roi-V1: (3, 1350) float32" in result.stdout
+    again = run_cli(*command)
+    assert again.returncode == 0, again.stderr  # a second demo replaces the first one's bundle and run
 
 
 def test_synthetic_toolkit_then_export(tmp_path):

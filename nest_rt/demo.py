@@ -1,0 +1,136 @@
+"""``nest-rt demo``: images encoded to responses on a machine that has no NEST toolkit yet.
+
+Two ways, chosen by what is installed:
+
+- with the export extra (torch): a synthetic toolkit of all three model families (random weights
+  in upstream's file formats and sizes) is exported, with every graph checked against the torch
+  reference, and generated images are encoded by every family;
+- without it (``pip install 'nest-rt[demo]'``: the runtime plus onnx, no torch): a demo bundle
+  of fwRF models with random weights is built directly, unchecked, and the images are encoded
+  by it. This shows the runtime, the command line and the output files; the responses mean
+  nothing.
+
+Either way the images go through ``nest-rt encode`` (resumable run files in upstream's layout).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from .errors import InvalidParameterError, MissingExtraError
+
+EXPORT_MODULES = ("torch", "torchvision", "onnx", "sklearn")
+DEMO_COMPONENTS = 250  # as the real toolkit files: 461 MB of PCA weights per ViT subject
+
+
+def missing(modules) -> list[str]:
+    return [name for name in modules if importlib.util.find_spec(name) is None]
+
+
+def run_demo(out: Path, nest_dir: Path | None, rois: list[str], images: int, runtime_only: bool = False,
+             vit_weights: Path | None = None, log: Callable[[str], None] = print) -> dict:
+    from .run_files import RUN_RECORD
+    from .runs import RunInputs, encode_run
+    with_export = not runtime_only and not missing(EXPORT_MODULES)
+    if nest_dir is not None and not with_export:
+        raise MissingExtraError("demo --nest-dir exports your toolkit, which needs the export extra "
+                                f"({', '.join(missing(EXPORT_MODULES))} missing): pip install 'nest-rt[export]'")
+    bundle_dir = out / "bundle"
+    if with_export:
+        specs = _export_demo(out, nest_dir, bundle_dir, rois, vit_weights, log)
+    else:
+        specs = _runtime_only_demo(bundle_dir, rois, log)
+    steps = 4 if with_export else 3
+    image_dir = out / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, image in enumerate(synthetic_images(images, 256, seed=7)):
+        paths.append(image_dir / f"image_{index:03d}.png")
+        Image.fromarray(image.transpose(1, 2, 0)).save(paths[-1])
+    log(f"{steps - 1}/{steps} wrote {len(paths)} images (256 x 256 PNG) to {image_dir}")
+    response_dir = out / "responses"
+    if (response_dir / RUN_RECORD).is_file():  # the previous demo's run: replace it
+        shutil.rmtree(response_dir)
+    log(f"{steps}/{steps} encoding them with nest_rt (onnxruntime, no torch), as `nest-rt encode` does, "
+        f"into {response_dir}")
+    record = encode_run(bundle_dir, RunInputs([str(image_dir)]), specs, response_dir, imageset="demo",
+                        log=lambda message: log("    " + message))
+    for output in record["outputs"]:
+        for array, info in output["arrays"].items():
+            values = np.load(response_dir / info["file"], mmap_mode="r")
+            log(f"    {output['name'] + ('' if array == 'responses' else f' ({array})')}: {values.shape} "
+                f"{values.dtype}, mean {float(values.mean()):+.3f}, std {float(values.std()):.3f}")
+    log(f"done. Files: {response_dir} (run.json lists them). Read them with numpy.load or "
+        f"NEST.load_insilico_neural_responses; plot them with: nest-rt plot {response_dir}")
+    if not with_export:
+        log("This bundle's random graphs were not checked against torch. For EEG and fsaverage models and "
+            "the exporter: pip install 'nest-rt[export]', then nest-rt demo again.")
+    return record
+
+
+def _runtime_only_demo(bundle_dir: Path, rois: list[str], log) -> list[str]:
+    if missing(["onnx"]):
+        raise MissingExtraError("the torch-free demo builds its graphs with onnx: pip install 'nest-rt[demo]' "
+                                "(or 'nest-rt[export]' for the full demo with torch)")
+    demo_bundle = importlib.import_module("nest_rt_export.demo_bundle")
+    log(f"1/3 building a demo bundle without torch (fwRF subject 1, ROIs {', '.join(rois)}; random weights, "
+        f"not checked against torch) in {bundle_dir}")
+    _replace(bundle_dir)
+    demo_bundle.write_demo_bundle(bundle_dir, rois)
+    return [f"fwrf:subjects=1:roi={','.join(rois)}"]
+
+
+def _export_demo(out: Path, nest_dir: Path | None, bundle_dir: Path, rois: list[str], vit_weights, log) -> list[str]:
+    exporter = importlib.import_module("nest_rt_export.exporter")
+    if nest_dir is None:
+        synthetic = importlib.import_module("nest_rt_export.synthetic")
+        synthetic_vit = importlib.import_module("nest_rt_export.synthetic_vit")
+        nest_dir = out / "synthetic_toolkit"
+        log(f"1/4 writing a synthetic toolkit to {nest_dir}: random weights in upstream's formats and sizes, "
+            f"subject 1 of fMRI fwRF (ROIs {', '.join(rois)}), EEG and fMRI fsaverage (about 2 GB)")
+        synthetic.write_toolkit(nest_dir, subjects=[1], rois=rois)
+        synthetic_vit.write_vit_toolkit(nest_dir, eeg_subjects=[1], fsaverage_subjects=[1],
+                                        components=DEMO_COMPONENTS)
+        vit_weights = nest_dir / synthetic_vit.VIT_WEIGHTS_NAME
+    log(f"2/4 exporting to {bundle_dir} (every graph is checked against the torch reference)")
+    _replace(bundle_dir)
+    exporter.export_bundle(nest_dir, bundle_dir, subjects=[1], rois=rois, vit_weights=vit_weights,
+                           log=lambda message: log("    " + message))
+    from .bundle import Bundle
+    exported = Bundle(bundle_dir).manifest["models"]
+    specs = [f"fwrf:subjects=1:roi={','.join(rois)}"] if "fmri-nsd-fwrf" in exported else []
+    specs += [f"{name}:subjects=1" for name, model_id in (("eeg", "eeg-things_eeg_2-vit_b_32"),
+                                                          ("fsaverage", "fmri-nsd_fsaverage-vit_b_32"))
+              if model_id in exported]
+    return specs
+
+
+def _replace(bundle_dir: Path) -> None:
+    """The demo's own earlier bundle is replaced; any other folder there is left alone."""
+    if bundle_dir.exists():
+        if not (bundle_dir / "bundle.json").is_file():
+            raise InvalidParameterError(f"--out: {bundle_dir} exists and is not a bundle; choose another --out")
+        shutil.rmtree(bundle_dir)
+
+
+def synthetic_images(count: int, size: int, seed: int = 0) -> np.ndarray:
+    """uint8 [count, 3, size, size] images with large-scale structure, colour and texture
+    (numpy and Pillow only: the demo, the tests and the export's checks all use them).
+
+    Plain white noise would give nearly identical pooled features for every image; smooth
+    random fields plus noise make responses vary across images as natural images do.
+    """
+    rng = np.random.default_rng(seed)
+    images = np.empty((count, 3, size, size), dtype=np.uint8)
+    for index in range(count):
+        coarse = rng.integers(0, 256, size=(rng.integers(2, 9),) * 2 + (3,), dtype=np.uint8)
+        smooth = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC), np.float32)
+        noise = rng.normal(0, rng.uniform(5, 40), size=smooth.shape)
+        images[index] = np.clip(smooth + noise, 0, 255).astype(np.uint8).transpose(2, 0, 1)
+    return images
