@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", type=Path, required=True, help="toolkit directory to create")
     synth.add_argument("--models", nargs="+", choices=["fwrf", "eeg", "fsaverage"], default=["fwrf"],
                        help="families to write (default fwrf); eeg and fsaverage also write random ViT-B/32 "
-                            f"weights ({'vit_b_32_synthetic.pth'}: pass it to export --vit-weights) and take "
+                            "weights (vit_b_32_synthetic.pth: pass it to export --vit-weights) and take "
                             "about 0.5 and 0.8 GB per subject at the real 250 components")
     synth.add_argument("--components", type=int, default=250, help="PCA components of the ViT heads (real: 250)")
     synth.add_argument("--subjects", type=int, nargs="+", help="default: every subject of each model")

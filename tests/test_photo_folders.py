@@ -121,6 +121,18 @@ def test_a_truncated_file_can_be_skipped_without_losing_chunks(bundle_dir, nest,
                                rtol=1e-5, atol=1e-6)
 
 
+def test_a_truncated_png_fails_as_a_truncated_jpeg_does(tmp_path):
+    """The run's skipping above catches this one error for every format."""
+    from nest_rt.errors import StimulusFileNotFoundError
+    photo((64, 64)).save(tmp_path / "cut.png")
+    data = (tmp_path / "cut.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[:len(data) // 2])
+    inputs = RunInputs([str(tmp_path)], report=quiet)  # the header reads
+    assert inputs.images.paths == [str(tmp_path / "cut.png")]
+    with pytest.raises(StimulusFileNotFoundError, match="cannot decode"):
+        load_image(str(tmp_path / "cut.png"))
+
+
 def test_decode_failures_of_shards_are_merged(bundle_dir, tmp_path):
     folder = truncated_folder(tmp_path / "photos")
     shards = []
