@@ -21,7 +21,7 @@ from .fwrf_export import FWRF, write_fwrf_model
 
 SOURCE = "synthetic demo bundle: random weights, built without torch, not checked against a torch reference"
 VOLUME_SHAPE = (81, 104, 83)
-# the encoder as stored in a checkpoint's best_params['enc'] (NEST_REFERENCE §1.4): convolutions
+# the encoder as stored in a checkpoint's best_params['enc'] (upstream's checkpoint layout): convolutions
 # (out, in, k, k), then the BatchNorm before each of the last seven
 _CONVS = {"pre.conv1.0": (64, 3, 11, 11), "pre.conv2.0": (192, 64, 5, 5), "enc.conv3": (128, 192, 3, 3),
           **{f"enc.conv{block}.conv1": (64 if block == "6b" else 128, 128, 3, 3)
@@ -68,7 +68,7 @@ def _readout(voxels: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 
 def _metadata(voxels: int, rng: np.random.Generator) -> dict:
-    """The keys of upstream's fwRF metadata (NEST_REFERENCE §1.7), with random values."""
+    """The keys of upstream's fwRF metadata files, with random values."""
     mask = np.zeros(VOLUME_SHAPE, dtype=bool)
     mask.flat[np.sort(rng.choice(mask.size, size=voxels, replace=False))] = True
     ncsnr = rng.uniform(0, 1, voxels)

@@ -120,7 +120,7 @@ def test_a_wrong_network_is_refused(toolkit_dir, tmp_path, monkeypatch):
 
 def test_vit_heads_of_other_dtypes_and_scales(vit_toolkit, tmp_path):
     """EEG head files as another scikit-learn version or training run may store them: float64
-    components and regressions (NEST_REFERENCE's open question), features far from unit scale,
+    components and regressions (their stored dtype is not known for sure), features far from unit scale,
     a large intercept. The head is checked on identical features against float64 and exports."""
     from nest_rt_export.synthetic_vit import VIT_WEIGHTS_NAME
     from nest_rt_export.vit_torch import VitFeatures, load_vit, reference_eeg, reference_features

@@ -3,7 +3,7 @@
 The project's generator calibrates BatchNorm statistics so that every layer has unit-scale
 activations and draws receptive fields of one width; code that passes only on such files is not
 yet tested. This writer builds the checkpoints key by key from the file layout documented for
-upstream's toolkit (NEST_REFERENCE §1.4 and §1.7), without the exporter's torch modules, with
+upstream's toolkit (its checkpoint and metadata files), without the exporter's torch modules, with
 torch's default layer initialisation and weights whose scales the caller chooses: BatchNorm
 statistics that do not match the activations, sharp or flat receptive fields, large readout
 weights and offsets, float64 metadata. Real voxel counts (all 23 ROIs of subject 1) by default.
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROI_VOXELS = {  # subject 1, NSD (NEST_REFERENCE §2.5)
+ROI_VOXELS = {  # subject 1, NSD (upstream's model card)
     "V1": 1350, "V2": 1433, "V3": 1187, "hV4": 687, "EBA": 2971, "FBA-2": 430, "OFA": 355, "FFA-1": 484,
     "FFA-2": 310, "PPA": 1033, "RSC": 566, "OPA": 1611, "OWFA": 464, "VWFA-1": 773, "VWFA-2": 505,
     "mfs-words": 165, "early": 5917, "midventral": 986, "midlateral": 834, "midparietal": 950,
