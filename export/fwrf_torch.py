@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from torchvision import transforms
+
+from .torch_reference import torchvision_resize
 
 INPUT_SIZE = 227
 BN_EPS = 1e-5
@@ -144,8 +145,7 @@ class FwrfReference(nn.Module):
 
 def preprocess(images: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """torchvision Resize((227, 227)) on the integer tensor, then /255 (in float32 upstream)."""
-    resized = transforms.Resize((INPUT_SIZE, INPUT_SIZE))(torch.from_numpy(np.asarray(images)))
-    return resized.to(dtype) / 255
+    return torch.from_numpy(torchvision_resize(images, (INPUT_SIZE, INPUT_SIZE))).to(dtype) / 255
 
 
 def _as_tensors(state: dict) -> dict:

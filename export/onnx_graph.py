@@ -1,11 +1,10 @@
 """Small helpers to write ONNX graphs by hand, and the resize every NEST pipeline starts with."""
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import onnx
@@ -95,8 +94,7 @@ def resize_session(graph_path: Path):
     return ort.InferenceSession(resize.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-@contextlib.contextmanager
-def probe_session(graph_path: Path, extra_outputs: Sequence[str]) -> Iterator:
+def probe_session(graph_path: Path, extra_outputs: Sequence[str]):
     """An onnxruntime CPU session of the graph at ``graph_path`` that also returns the named
     intermediate values, after its own outputs. The graph is the one written to the bundle,
     unchanged but for the added outputs; a temporary copy beside it (so that its external data
@@ -109,7 +107,6 @@ def probe_session(graph_path: Path, extra_outputs: Sequence[str]) -> Iterator:
     os.close(handle)
     try:
         onnx.save_model(model, temporary)
-        session = ort.InferenceSession(temporary, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(temporary, providers=["CPUExecutionProvider"])
     finally:
         os.unlink(temporary)
-    yield session

@@ -34,15 +34,16 @@ class NEST:
     ``--precisions``; their fidelity against fp32, measured at export, is in ``bundle.json``.
     """
 
-    def __init__(self, bundle_dir: str | Path, num_threads: int | None = None, precision: str = "fp32"):
-        if not isinstance(bundle_dir, (str, Path)):
+    def __init__(self, bundle_dir: str | Path | Bundle, num_threads: int | None = None, precision: str = "fp32"):
+        if not isinstance(bundle_dir, (str, Path, Bundle)):
             raise ParameterTypeError(f"bundle_dir must be a str or Path, got {type(bundle_dir).__name__}")
         if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
                                         or num_threads < 1):
             raise InvalidParameterError(f"num_threads must be None or an int >= 1, got {num_threads!r}")
         catalog.require_str("precision", precision)
         catalog.require_choice("precision", precision, ["fp32", "int8", "fp16"])
-        self.bundle = Bundle(bundle_dir)
+        # an open Bundle is shared as it is, with the files it has already verified
+        self.bundle = bundle_dir if isinstance(bundle_dir, Bundle) else Bundle(bundle_dir)
         self.num_threads = num_threads
         self.precision = precision
         self._backbone: VitBackbone | None = None  # one per NEST object, shared by all ViT models

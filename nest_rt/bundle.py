@@ -152,7 +152,7 @@ def check_manifest(manifest: dict[str, Any], where: Path) -> None:
     for name, backbone in backbones.items():
         require(isinstance(backbone, dict) and isinstance(backbone.get("precisions", {}), dict),
                 f"backbone {name!r} is not an object")
-        require(isinstance(backbone, dict) and listed(backbone.get("graph")) and listed(backbone.get("data"))
+        require(listed(backbone.get("graph")) and listed(backbone.get("data"))
                 and isinstance(backbone.get("features"), int) and backbone["features"] >= 1,
                 f"backbone {name!r} lacks its graph, data file or feature count")
         for precision, variant in backbone.get("precisions", {}).items():
@@ -162,10 +162,6 @@ def check_manifest(manifest: dict[str, Any], where: Path) -> None:
 
 
 _PARITY_KEYS = ("min_correlation", "relative_error")
-
-
-def read_nested_npz(self, relative: str) -> dict[str, Any]:
-        return read_nested_npz(self.path(relative))
 
 
 def read_nested_npz(path: str | Path) -> dict[str, Any]:

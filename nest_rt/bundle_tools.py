@@ -124,7 +124,7 @@ def verify_bundle(bundle_dir: str | Path, device: str = "auto", expect_sha256: s
         if vit is None or (precision == "fp16" and resolve_device(device) != "cuda"):
             log(f"sha256 only: the {precision} backbone runs on the CUDA provider only")
             continue
-        other = NEST(bundle_dir, precision=precision)
+        other = NEST(bundle, precision=precision)  # the same Bundle: its files are not hashed again
         other.encode(other.get_encoding_model(vit["model_id"], subject=vit["subject"], device=device), probe,
                      show_progress=False)
         log(f"ok: the {precision} backbone")

@@ -517,7 +517,7 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, log=print) -> dict
     folders = [Path(folder) for folder in shard_dirs]
     if not folders:
         raise InvalidParameterError("merge: give the shard output folders")
-    records = [read_run_record(folder, "merge") for folder in folders]
+    records = [read_run_record(folder, "merge") for folder in folders]  # every file name in them confined
     order = _shard_order(folders, records)
     total = records[0]["identity"]["total"]
     merged = json.loads(json.dumps(records[order[0]]))
@@ -536,7 +536,7 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, log=print) -> dict
             merged["inputs"]["items"] = [item for i in order for item in records[i]["inputs"]["items"]]
             merged["inputs"]["rejected"] = _merged_rejections(records, order)
         for entry, (metadata_sources, arrays) in zip(merged["outputs"], outputs):
-            target = confined(staging, entry["metadata"], "merge: metadata", RunStateError)
+            target = staging / entry["metadata"]  # names of a record read_run_record confined
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(metadata_sources[0].read_bytes())
@@ -545,11 +545,10 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, log=print) -> dict
             for array, sources in arrays.items():
                 info = entry["arrays"][array]
                 info["shape"][0] = total
-                info["sha256"] = _copy_rows(sources, confined(staging, info["file"], "merge: file", RunStateError),
-                                            tuple(info["shape"]))
+                info["sha256"] = _copy_rows(sources, staging / info["file"], tuple(info["shape"]))
             if entry["h5"]:
                 write_h5({array: staging / info["file"] for array, info in entry["arrays"].items()},
-                         confined(staging, entry["h5"], "merge: h5", RunStateError))
+                         staging / entry["h5"])
         write_json_atomically(staging / RUN_RECORD, merged)
         write_json_atomically(staging / PROGRESS, {"chunks_done": list(range(-(-total // merged["chunk_size"])))})
         (staging / LOCK).unlink()
@@ -590,9 +589,11 @@ def _shard_order(folders: list[Path], records: list[dict]) -> list[int]:
 def _merge_plan(folders: list[Path], records: list[dict], order: list[int], merged: dict) -> list:
     """Per output: (metadata files, {array: source files in row order}), each source checked
     against the sha256 its shard recorded. The outputs' file names must be the same in every
-    shard (the identity check covers the outputs, so they are)."""
+    shard (the identity check covers the outputs, so they are); read_run_record has confined
+    them to their shard folders."""
     plan = []
     for position, entry in enumerate(merged["outputs"]):
+        # a record may name no metadata (read_run_record allows that), a merge needs it
         metadata = [confined(folders[i], records[i]["outputs"][position]["metadata"], "merge: metadata",
                              RunStateError) for i in order]
         if len({sha256_file(path) for path in metadata}) != 1:
@@ -602,7 +603,7 @@ def _merge_plan(folders: list[Path], records: list[dict], order: list[int], merg
             sources = []
             for i in order:
                 info = records[i]["outputs"][position]["arrays"][array]
-                source = confined(folders[i], info["file"], "merge: file", RunStateError)
+                source = folders[i] / info["file"]
                 if not source.is_file() or sha256_file(source) != info.get("sha256"):
                     raise RunStateError(f"merge: {source} does not match the sha256 in its run.json "
                                         "(modified, damaged or missing)")

@@ -5,6 +5,7 @@ to keep the suite fast; the code paths are those of full-size toolkits.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,14 @@ SUBJECT = 1
 
 def quiet(_message: str) -> None:
     pass
+
+
+def edit_json(path: Path, change) -> None:
+    """Rewrite a JSON file after ``change(content)`` edited it in place (a hand-edited manifest
+    or run record)."""
+    content = json.loads(path.read_text())
+    change(content)
+    path.write_text(json.dumps(content))
 
 
 def assert_nest_error(call, kind: type, words: list[str]) -> None:

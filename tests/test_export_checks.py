@@ -70,8 +70,7 @@ def test_runtime_on_real_size_weights(real_size_toolkit, real_size_bundle, roi):
     graph = real_size_bundle / nest.bundle.entry("fmri-nsd-fwrf", 1, roi)["graph"]
     for size in (227, 300):
         images = synthetic.synthetic_images(5, size, seed=size)
-        with probe_session(graph, [RESIZED_PIXELS]) as session:
-            pixels = session.run(None, {"images": images})[1].astype(np.uint8)
+        pixels = probe_session(graph, [RESIZED_PIXELS]).run(None, {"images": images})[1].astype(np.uint8)
         got = nest.encode(model, images, show_progress=False)
         stats = network_stats(in_float64(pixels), torch_reference(pixels), got)
         assert network_problems({"network": stats}) == [], stats

@@ -22,7 +22,7 @@ from nest_rt.bundle import sha256_file
 from nest_rt.errors import BundleIntegrityError
 from nest_rt_export import synthetic
 
-from conftest import SUBJECT, VOXELS
+from conftest import SUBJECT, VOXELS, edit_json
 
 IMAGES = synthetic.synthetic_images(2, 64, seed=1)
 
@@ -58,9 +58,7 @@ def bundle(bundle_dir, tmp_path) -> Path:
 
 
 def edit_manifest(bundle: Path, change) -> None:
-    manifest = json.loads((bundle / "bundle.json").read_text())
-    change(manifest)
-    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    edit_json(bundle / "bundle.json", change)
 
 
 def v1_entry(manifest: dict) -> dict:

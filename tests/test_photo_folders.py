@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from nest_rt import NEST, images as image_module
+from nest_rt import images as image_module
 from nest_rt.errors import StimulusError
 from nest_rt.image_files import load_image
 from nest_rt.runs import RunInputs, encode_run

@@ -24,7 +24,7 @@ from nest_rt.errors import OutputWriteError
 from nest_rt.runs import RunInputs, encode_run, merge_runs
 from nest_rt_export import synthetic
 
-from conftest import quiet
+from conftest import edit_json, quiet
 
 SPECS = ["fwrf:roi=V1,lateral"]
 
@@ -65,9 +65,7 @@ def copied(folders: list[Path], tmp_path: Path) -> list[Path]:
 
 
 def edit_record(folder: Path, change) -> None:
-    record = json.loads((folder / "run.json").read_text())
-    change(record)
-    (folder / "run.json").write_text(json.dumps(record))
+    edit_json(folder / "run.json", change)
 
 
 def first_array(record: dict) -> dict:
