@@ -184,7 +184,7 @@ def upstream_load(case: str, toolkit_dir: Path, subject: int) -> dict:
     were written by this benchmark's setup)."""
     import numpy as np
     from nest_rt_export.synthetic_vit import VIT_WEIGHTS_NAME
-    from nest_rt_export.toolkit import LAYOUT_CURRENT, LAYOUT_LEGACY, eeg_files, fsaverage_files
+    from nest_rt_export.toolkit import LAYOUT_CURRENT, LAYOUT_LEGACY, eeg_files, head_files
     from nest_rt_export.vit_torch import (VitFeatures, load_vit, sklearn_pca, sklearn_regression,
                                           sklearn_scaler)
 
@@ -205,7 +205,7 @@ def upstream_load(case: str, toolkit_dir: Path, subject: int) -> dict:
         model["pca"] = sklearn_pca(weights["pca_param"])
         model["regressions"] = [sklearn_regression(weights["reg_param"][f"rep-{r}"]) for r in range(1, 5)]
     else:
-        files = fsaverage_files(toolkit_dir, subject)
+        files = head_files(toolkit_dir, FSAVERAGE, subject)
         weights = read(files["weights"])
         model["scaler"] = sklearn_scaler(weights["scaler_param"])
         model["pca"] = sklearn_pca(weights["pca_param"])

@@ -1,4 +1,4 @@
-"""``nest-rt export``: NEST toolkit directory -> self-contained, verified bundle.
+"""``nest-rt export``: NEST or BERG toolkit directory -> self-contained, verified bundle.
 
 The bundle is assembled in a temporary sibling directory and renamed into place only when
 every graph has been written and checked, so an interrupted export leaves no half bundle.
@@ -27,7 +27,7 @@ from .fwrf_export import FWRF, export_fwrf, fwrf_jobs
 from .onnx_graph import OPSET
 from .parity import NETWORK_TOLERANCE, RESIZE_TOLERANCE
 from .pregenerated import convert_pregenerated_metadata
-from .vit_export import EEG, FSAVERAGE, export_vit, vit_jobs
+from .vit_export import export_vit, vit_jobs, vit_models
 
 __all__ = ["ExportError", "export_bundle"]
 
@@ -39,22 +39,22 @@ def export_bundle(nest_dir: str | Path, out: str | Path, models: list[str] | Non
                   log: Callable[[str], None] = print) -> Path:
     """Export the requested models (default: every model found in the toolkit).
 
-    ``subjects`` applies to every model (subjects a model does not have are skipped), ``rois``
-    to the fwRF model. ``vit_weights`` is a torchvision vit_b_32 state dict; without it the ViT
-    models use torchvision's ImageNet weights, downloaded or cached as upstream does.
-    ``precisions`` adds opt-in backbones ('int8' for the CPU, 'fp16' for CUDA), each with its
-    fidelity against fp32 recorded. ``pregenerated`` converts the legacy toolkit's pregenerated
-    response metadata to npz in the bundle (the .h5 responses stay in the toolkit).
+    ``subjects`` applies to every model (subjects a model does not have are skipped; TVSD's are
+    'N' and 'F'), ``rois`` to the fwRF model. Every training split found is exported (MEG).
+    ``vit_weights`` is a torchvision vit_b_32 state dict; without it the ViT models use
+    torchvision's ImageNet weights, downloaded or cached as upstream does. ``precisions`` adds
+    opt-in backbones ('int8' for the CPU, 'fp16' for CUDA), each with its fidelity against fp32
+    recorded. ``pregenerated`` converts the legacy toolkit's pregenerated response metadata to
+    npz in the bundle (the .h5 responses stay in the toolkit).
     """
     nest_dir, out = Path(nest_dir).resolve(), Path(out).resolve()
     if not nest_dir.is_dir():
         raise ExportError(f"--nest-dir {nest_dir} is not a directory")
     _check_output(out, nest_dir, overwrite)
-    requested = list(models or catalog.models())
-    for model_id in requested:
-        catalog.model_entry(model_id)
+    requested = [catalog.canonical_id(model_id) for model_id in (models or catalog.models())]
+    subjects = None if subjects is None else [_subject_value(s) for s in subjects]
     fwrf = fwrf_jobs(nest_dir, subjects, rois) if FWRF in requested else []
-    vit = vit_jobs(nest_dir, [m for m in (EEG, FSAVERAGE) if m in requested], subjects, strict=bool(models))
+    vit = vit_jobs(nest_dir, [m for m in vit_models() if m in requested], subjects, strict=bool(models))
     if models:
         empty = [m for m in requested if not (fwrf if m == FWRF else vit.get(m))]
         if empty:
@@ -75,6 +75,11 @@ def export_bundle(nest_dir: str | Path, out: str | Path, models: list[str] | Non
             export_vit(nest_dir, staging, manifest, vit, vit_weights, log, precisions=tuple(precisions))
     log(f"bundle written to {out}")
     return out
+
+
+def _subject_value(subject):
+    """Subjects from the command line are text: numbers for most models, 'N'/'F' for TVSD."""
+    return int(subject) if isinstance(subject, str) and subject.isdigit() else subject
 
 
 @contextlib.contextmanager

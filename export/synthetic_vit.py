@@ -17,7 +17,7 @@ from torchvision.models import vit_b_32
 from nest_rt import catalog
 
 from .synthetic import check_pregenerated, synthetic_images, write_pregenerated
-from .toolkit import LAYOUT_CURRENT, LAYOUT_LEGACY, eeg_files, fsaverage_files
+from .toolkit import LAYOUT_CURRENT, LAYOUT_LEGACY, eeg_files, head_files
 from .vit_torch import FEATURES, VitFeatures, reference_features
 
 VIT_WEIGHTS_NAME = "vit_b_32_synthetic.pth"
@@ -128,7 +128,7 @@ def _write_eeg(nest_dir, subjects, layout, components, legacy_components, featur
 
 def _write_fsaverage(nest_dir, subject, components, features, rng) -> None:
     vertices = catalog.model_entry(FSAVERAGE)["vertices_per_hemisphere"]
-    files = fsaverage_files(nest_dir, subject)
+    files = head_files(nest_dir, FSAVERAGE, subject)
     _save(files["weights"], {"scaler_param": _scaler(features, rng), "pca_param": _pca(rng, components, 9000),
                              "lh_reg_param": _regression(rng, vertices, components),
                              "rh_reg_param": _regression(rng, vertices, components)})

@@ -49,11 +49,28 @@ _ALLOWED_NPY_GLOBALS = {
 }
 
 
+# Current BERG EEG files pickle fitted scikit-learn PCA objects (one per repetition). They are
+# read without scikit-learn: the class is replaced by PcaAttributes, which only collects the
+# pickled attributes; no scikit-learn code runs, and any other class is still refused.
+_PCA_CLASSES = {("sklearn.decomposition._pca", "PCA"), ("sklearn.decomposition.pca", "PCA")}
+
+
+class PcaAttributes:
+    """Stand-in for a pickled sklearn PCA: its attributes (components_, mean_, ...) as a dict."""
+
+    def __setstate__(self, state):
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError(f"a pickled PCA holds a {type(state).__name__}, expected its attributes")
+        self.attributes = dict(state)
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED_NPY_GLOBALS or (
                 module in ("numpy.dtypes",) and name.endswith("DType")):
             return super().find_class(module, name)
+        if (module, name) in _PCA_CLASSES:
+            return PcaAttributes
         raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: not a NEST data type")
 
 
@@ -72,7 +89,7 @@ def load_npy_dict(path: Path) -> dict[str, Any]:
         if dtype != np.dtype(object) or shape != ():
             raise ValueError(f"expected a dict saved as a 0-d object array, got {dtype} {shape}")
         content = _RestrictedUnpickler(io.BytesIO(payload)).load().item()
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError) as exc:
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError, TypeError) as exc:
         raise _read_failure(path, exc) from exc
     if not isinstance(content, dict):
         raise ToolkitError(f"toolkit file {path} holds a {type(content).__name__}, expected a dict")
@@ -147,13 +164,8 @@ def eeg_files(nest_dir: Path, subject: int, layout: str) -> dict[str, Path]:
         return {"scaler": nest_dir / patterns["legacy_scaler"], "pca": nest_dir / patterns["legacy_pca"],
                 "regression": nest_dir / patterns["legacy_regression"].format(**fill),
                 "metadata": nest_dir / patterns["legacy_metadata"].format(**fill)}
-    return {"weights": nest_dir / patterns["current_weights"].format(**fill),
-            "metadata": nest_dir / patterns["current_metadata"].format(**fill)}
-
-
-def fsaverage_files(nest_dir: Path, subject: int) -> dict[str, Path]:
-    patterns = catalog.model_entry("fmri-nsd_fsaverage-vit_b_32")["toolkit_files"]
-    return {key: nest_dir / patterns[key].format(subject=subject) for key in ("weights", "metadata")}
+    return {"weights": nest_dir / patterns["weights"][0].format(**fill),
+            "metadata": nest_dir / patterns["metadata"][0].format(**fill)}
 
 
 def eeg_layout(nest_dir: Path) -> str:
@@ -161,25 +173,93 @@ def eeg_layout(nest_dir: Path) -> str:
     return LAYOUT_LEGACY if eeg_files(nest_dir, 1, LAYOUT_LEGACY)["scaler"].is_file() else LAYOUT_CURRENT
 
 
-def load_eeg_head(nest_dir: Path, subject: int) -> dict[str, Any]:
-    """One subject's EEG head as {'scaler_param', 'pca_param', 'reg_param'}, from either layout.
-    The legacy PCA file holds 1000 components; upstream uses the first 250, so does this."""
-    layout = eeg_layout(nest_dir)
-    files = eeg_files(nest_dir, subject, layout)
-    if layout == LAYOUT_CURRENT:
-        return load_npy_dict(files["weights"])
-    return {"scaler_param": load_npy_dict(files["scaler"]), "pca_param": load_npy_dict(files["pca"]),
-            "reg_param": load_npy_dict(files["regression"])}
-
-
-def available_subjects(nest_dir: Path, model_id: str) -> list[int]:
-    """Subjects of a ViT model whose head and metadata files are all present."""
-    found = []
-    for subject in catalog.subjects(model_id):
-        if model_id == "eeg-things_eeg_2-vit_b_32":
-            files = eeg_files(nest_dir, subject, eeg_layout(nest_dir))
-        else:
-            files = fsaverage_files(nest_dir, subject)
-        if all(path.is_file() for path in files.values()):
-            found.append(subject)
+def head_files(nest_dir: Path, model_id: str, subject, variant: str = "all") -> dict[str, Path]:
+    """Toolkit paths of one linear model's weights and metadata. Each is the first of the
+    manifest's patterns that exists (else the first). Where some patterns name the variant, one
+    without ``{variant}`` (an older file naming no training split) stands for the default
+    variant only; metadata that no pattern names a variant for serves every variant."""
+    if model_id == "eeg-things_eeg_2-vit_b_32" and eeg_layout(nest_dir) == LAYOUT_LEGACY:
+        return eeg_files(nest_dir, subject, LAYOUT_LEGACY)
+    entry = catalog.model_entry(model_id)
+    default = (entry.get("variants") or {}).get("default", "all")
+    found = {}
+    for key in ("weights", "metadata"):
+        patterns = entry["toolkit_files"][key]
+        per_variant = any("{variant}" in pattern for pattern in patterns)
+        candidates = [nest_dir / pattern.format(subject=subject, variant=variant) for pattern in patterns
+                      if "{variant}" in pattern or variant == default or not per_variant]
+        found[key] = next((path for path in candidates if path.is_file()), candidates[0])
     return found
+
+
+def load_head(nest_dir: Path, model_id: str, subject, variant: str = "all") -> tuple[dict[str, Any], dict[str, str]]:
+    """One subject's head weights as a dict of plain arrays, and the format they were found in.
+
+    The legacy EEG layout (separate StandardScaler, 1000-component PCA and regression files)
+    is assembled into the current dict; its first 250 components are used, as upstream. PCA
+    objects pickled by scikit-learn become dicts of their attributes."""
+    files = head_files(nest_dir, model_id, subject, variant)
+    if "scaler" in files:
+        weights = {"scaler_param": load_npy_dict(files["scaler"]), "pca_param": load_npy_dict(files["pca"]),
+                   "reg_param": load_npy_dict(files["regression"])}
+        layout = LAYOUT_LEGACY
+    else:
+        weights, layout = load_npy_dict(files["weights"]), LAYOUT_CURRENT
+    forms = set()
+
+    def plain(node):
+        if isinstance(node, PcaAttributes):
+            forms.add("scikit-learn PCA objects")
+            return node.attributes
+        if isinstance(node, dict):
+            if "components_" in node:
+                forms.add("arrays")
+            return {key: plain(value) for key, value in node.items()}
+        return node
+    weights = plain(weights)
+    return weights, {"layout": layout, "pca_form": " and ".join(sorted(forms)) or "none"}
+
+
+def available_heads(nest_dir: Path, model_id: str) -> dict[Any, list[str]]:
+    """Subject -> variants of a linear model whose weights and metadata files are all present."""
+    found: dict[Any, list[str]] = {}
+    for subject in catalog.subjects(model_id):
+        for variant in catalog.variants(model_id):
+            if all(path.is_file() for path in head_files(nest_dir, model_id, subject, variant).values()):
+                found.setdefault(subject, []).append(variant)
+    return found
+
+
+def value_at(weights: dict, path: str) -> Any:
+    node: Any = weights
+    for part in path.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def head_blocks(weights: dict, model_id: str, where: str) -> tuple[dict, list[dict], list[dict], bool]:
+    """(scaler, the PCA of each regression block, the regression blocks, whether each block has
+    its own PCA), found in a head dict where the manifest's ``head`` entry says. One shared PCA
+    holds 'components_' itself; otherwise every block names its own (EEG's 'pca_param/rep-N')."""
+    head = catalog.model_entry(model_id)["head"]
+    problems = []
+    scaler = value_at(weights, head["scaler"])
+    if not isinstance(scaler, dict):
+        problems.append(f"no StandardScaler parameters at {head['scaler']!r}")
+    shared = value_at(weights, head["shared_pca"])
+    per_block = isinstance(shared, dict) and "components_" not in shared
+    pcas, regressions = [], []
+    for block in head["blocks"]:
+        regression = value_at(weights, block["regression"])
+        pca = value_at(weights, block["pca"]) if per_block and "pca" in block else shared
+        if not isinstance(regression, dict) or not {"coef_", "intercept_"} <= set(regression):
+            problems.append(f"no regression coef_/intercept_ at {block['regression']!r}")
+        if not isinstance(pca, dict) or not {"components_", "mean_"} <= set(pca):
+            problems.append(f"no PCA components_/mean_ at {block.get('pca') if per_block else head['shared_pca']!r}")
+        pcas.append(pca)
+        regressions.append(regression)
+    if problems:
+        raise ToolkitError(f"{where}: " + "; ".join(problems) + f" (top-level keys: {sorted(weights)})")
+    return scaler, pcas, regressions, per_block

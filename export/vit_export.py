@@ -1,7 +1,9 @@
-"""Export of the ViT-B/32 models (EEG THINGS EEG2, fMRI NSD fsaverage) into a bundle.
+"""Export of the linear models on the ViT-B/32 backbone (EEG, MEG, fsaverage and THINGS fMRI,
+Utah array) into a bundle.
 
-One backbone graph serves every subject of both models; each subject gets a folded head, its
-regression weights as .npy, its metadata as .npz and a sidecar. Parity against the torch +
+One backbone graph serves every subject of every model; each subject (and variant) gets a
+folded head, its regression weights as .npy, its metadata as .npz and a sidecar. What differs
+between models (files, keys, output axes) comes from models_manifest.json. Parity against the torch +
 scikit-learn reference (``vit_torch``) is checked as parity.py describes: the backbone's resize
 against torchvision's, the backbone on identical pixels and each head on identical features
 against float64, and end to end (recorded); a graph outside the tolerances is refused.
@@ -22,30 +24,34 @@ from .checks import check_resize, refuse_network
 from .onnx_graph import INPUT_NAME, OPSET
 from .parity import compare, network_stats
 
-EEG = "eeg-things_eeg_2-vit_b_32"
-FSAVERAGE = "fmri-nsd_fsaverage-vit_b_32"
-VIT_MODELS = (EEG, FSAVERAGE)
 PARITY_SIZES = (256, 300)  # the transform's native size (no resize) and one resized size
 PARITY_IMAGES = 8
 
 
-def vit_jobs(nest_dir: Path, models: list[str], subjects: list[int] | None,
-             strict: bool) -> dict[str, list[int]]:
-    """Subjects to export per ViT model: the requested ones or all found. With ``strict`` (the
-    model was named with --models) a requested subject without files is an error, else skipped."""
+def vit_models() -> list[str]:
+    return [model_id for model_id in catalog.models()
+            if catalog.is_linear(model_id) and catalog.model_entry(model_id)["backbone"] == "vit_b_32"]
+
+
+def vit_jobs(nest_dir: Path, models: list[str], subjects: list | None,
+             strict: bool) -> dict[str, list[tuple[Any, str]]]:
+    """(subject, variant) pairs to export per model: the requested subjects or all found, with
+    every variant found. With ``strict`` (the model was named with --models) a requested subject
+    without files is an error, else skipped."""
     jobs = {}
     for model_id in models:
-        found = toolkit.available_subjects(nest_dir, model_id)
+        found = toolkit.available_heads(nest_dir, model_id)
         if subjects is None:
-            chosen = found
+            chosen = list(found)
         else:
-            valid = [catalog.validate_subject(model_id, s) for s in subjects if s in catalog.subjects(model_id)]
+            valid = [s for s in subjects if s in catalog.subjects(model_id)]
             missing = [s for s in valid if s not in found]
             if missing and strict:
-                raise ExportError(f"{model_id}: toolkit files missing for subjects {missing}")
+                raise ExportError(f"{model_id}: toolkit files missing for subjects {missing} (expected "
+                                  f"{toolkit.head_files(nest_dir, model_id, missing[0], catalog.variants(model_id)[0])})")
             chosen = [s for s in valid if s in found]
         if chosen:
-            jobs[model_id] = chosen
+            jobs[model_id] = [(subject, variant) for subject in chosen for variant in found[subject]]
     return jobs
 
 
@@ -54,7 +60,7 @@ def export_vit(nest_dir: Path, staging: Path, manifest: dict, jobs: dict[str, li
                precisions: tuple[str, ...] = ()) -> None:
     from .vit_onnx import RESIZE, backbone_model, save_with_external_data
     from .vit_torch import load_vit
-    log("exporting the ViT-B/32 backbone (shared by every EEG and fsaverage subject)")
+    log("exporting the ViT-B/32 backbone (shared by every subject of every ViT-B/32 model)")
     vit = load_vit(vit_weights)
     backbone_entry = catalog.load_manifest()["backbones"]["vit_b_32"]
     graph_path = staging / backbone_entry["graph"]
@@ -70,10 +76,10 @@ def export_vit(nest_dir: Path, staging: Path, manifest: dict, jobs: dict[str, li
         "resize_parity": resize_parity,
     }
     heads = []
-    for model_id, subjects in jobs.items():
-        for subject in subjects:
-            log(f"exporting {model_id} subject {subject}")
-            heads.append(_export_head(nest_dir, staging, manifest, model_id, subject, probes))
+    for model_id, pairs in jobs.items():
+        for subject, variant in pairs:
+            log(f"exporting {model_id} subject {subject}" + ("" if variant == "all" else f" {variant}"))
+            heads.append(_export_head(nest_dir, staging, manifest, model_id, subject, variant, probes))
     for precision in precisions:
         log(f"writing the {precision} backbone (opt-in) and measuring its fidelity against fp32")
         manifest["backbones"]["vit_b_32"].setdefault("precisions", {})[precision] = _export_precision(
@@ -147,109 +153,118 @@ def _weights_provenance(vit_weights) -> dict[str, Any]:
     return {"source": str(Path(vit_weights).resolve()), "sha256": sha256_file(Path(vit_weights))}
 
 
-def _head_parts(nest_dir: Path, model_id: str, subject: int):
-    """(scaler, pca, regression blocks in output order, metadata path, layout) of one subject."""
-    if model_id == EEG:
-        layout = toolkit.eeg_layout(nest_dir)
-        files = toolkit.eeg_files(nest_dir, subject, layout)
-        weights = toolkit.load_eeg_head(nest_dir, subject)
-        blocks = [weights["reg_param"][f"rep-{r}"] for r in range(1, 5)]
-    else:
-        layout = toolkit.LAYOUT_CURRENT
-        files = toolkit.fsaverage_files(nest_dir, subject)
-        weights = toolkit.load_npy_dict(files["weights"])
-        blocks = [weights["lh_reg_param"], weights["rh_reg_param"]]
-    return weights, blocks, files["metadata"], list(files.values()), layout
-
-
-def _check_head(model_id: str, subject: int, weights: dict, blocks: list, metadata: dict, files: list) -> int:
-    """Shapes the folded head relies on; returns K, the number of components used."""
+def _check_head(model_id: str, where: str, scaler: dict, pcas: list, regressions: list,
+                metadata: dict) -> int:
+    """Shapes the folded head relies on, and the metadata labels the runtime reads; returns K,
+    the number of components used."""
     entry = catalog.model_entry(model_id)
     features = catalog.load_manifest()["backbones"]["vit_b_32"]["features"]
-    rows = 63 * 140 if model_id == EEG else entry["vertices_per_hemisphere"]
-    used = np.shape(blocks[0]["coef_"])[1]
+    used = np.shape(regressions[0]["coef_"])[1] if np.ndim(regressions[0]["coef_"]) == 2 else 0
     problems = []
-    for index, block in enumerate(blocks):
-        if np.shape(block["coef_"]) != (rows, used) or np.shape(block["intercept_"]) != (rows,):
-            problems.append(f"regression {index + 1} has coef_ {np.shape(block['coef_'])} and intercept_ "
-                            f"{np.shape(block['intercept_'])}, expected ({rows}, {used}) and ({rows},)")
-    components = np.shape(weights["pca_param"]["components_"])
-    if len(components) != 2 or components[0] < used or components[1] != features:
-        problems.append(f"PCA components_ {components} cannot give {used} components of {features} features")
+    for output in entry["outputs"]:
+        rows = int(np.prod([axis["size"] for axis in output["axes"]]))
+        for block in output["blocks"]:
+            coef, intercept = np.shape(regressions[block]["coef_"]), np.shape(regressions[block]["intercept_"])
+            if coef != (rows, used) or intercept != (rows,):
+                problems.append(f"regression {entry['head']['blocks'][block]['regression']} has coef_ {coef} and "
+                                f"intercept_ {intercept}, expected ({rows}, {used}) and ({rows},)")
+        for axis in output["axes"]:
+            labels = toolkit.value_at(metadata, axis["labels"]) if "labels" in axis else None
+            if "labels" in axis and (labels is None or len(labels) != axis["size"]):
+                problems.append(f"metadata {axis['labels']} has {None if labels is None else len(labels)} "
+                                f"values, expected {axis['size']}")
+    for index, pca in enumerate(pcas):
+        components = np.shape(pca["components_"])
+        if len(components) != 2 or components[0] < used or components[1] != features or used < 1:
+            problems.append(f"PCA {index + 1} components_ {components} cannot give {used} components of "
+                            f"{features} features")
     for key in ("mean_", "scale_"):
-        if np.shape(weights["scaler_param"][key]) != (features,):
-            problems.append(f"StandardScaler {key} has shape {np.shape(weights['scaler_param'][key])}")
-    if model_id == EEG:
-        if list(metadata["eeg"]["ch_names"]) != entry["channels"]:
-            problems.append("metadata eeg/ch_names differ from the 63 THINGS EEG2 channels in their order")
-        if len(metadata["eeg"]["times"]) != entry["times"]["count"]:
-            problems.append(f"metadata eeg/times has {len(metadata['eeg']['times'])} points, expected 140")
+        if np.shape(scaler.get(key)) != (features,):
+            problems.append(f"StandardScaler {key} has shape {np.shape(scaler.get(key))}")
+    for spec in entry["selection"].values():
+        if spec["kind"] == "names":  # the runtime selects by the manifest's names: they must be these
+            axis = next(a for o in entry["outputs"] for a in o["axes"] if a["name"] == spec["axis"])
+            labels = toolkit.value_at(metadata, axis["labels"])
+            if labels is None or [str(v) for v in labels] != entry[spec["names"]]:
+                problems.append(f"metadata {axis['labels']} differ from the manifest's {spec['names']} in their order")
     if problems:
-        raise ExportError(f"{model_id} subject {subject} ({', '.join(str(f) for f in files)}): "
-                          + "; ".join(problems))
+        raise ExportError(f"{where}: " + "; ".join(problems))
     return used
 
 
-def _export_head(nest_dir, staging, manifest, model_id, subject, probes):
-    """Write one subject's head; returns (label, features -> responses) for precision checks."""
-    import onnxruntime as ort
+def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes):
+    """Write one subject's (and variant's) head; returns (label, features -> responses) for the
+    precision checks."""
     import onnx
+    import onnxruntime as ort
     from .vit_onnx import (COEF_NAME, FEATURES_NAME, INTERCEPT_NAME, PCA_BIAS_NAME, PCA_MATRIX_NAME,
                            folded_pca, head_model)
-    from .vit_torch import float64_head, reference_eeg, reference_fsaverage
-    weights, blocks, metadata_path, sources, layout = _head_parts(nest_dir, model_id, subject)
-    metadata = toolkit.load_npy_dict(metadata_path)
-    used = _check_head(model_id, subject, weights, blocks, metadata, sources)
-    coef_t = np.ascontiguousarray(np.concatenate([np.asarray(b["coef_"], np.float32) for b in blocks]).T)
-    intercept = np.concatenate([np.asarray(b["intercept_"], np.float32) for b in blocks])
-    pca_matrix, pca_bias = folded_pca(weights["scaler_param"], weights["pca_param"], used)
-    names = {key: pattern.format(subject=subject)
+    from .vit_torch import float64_head, reference_head
+    files = toolkit.head_files(nest_dir, model_id, subject, variant)
+    where = f"{model_id} subject {subject}" + ("" if variant == "all" else f" {variant}") + \
+        f" ({', '.join(str(f) for f in files.values())})"
+    weights, found_format = toolkit.load_head(nest_dir, model_id, subject, variant)
+    metadata = toolkit.load_npy_dict(files["metadata"])
+    scaler, pcas, regressions, per_block = toolkit.head_blocks(weights, model_id, where)
+    used = _check_head(model_id, where, scaler, pcas, regressions, metadata)
+    if per_block:  # [P, K, rows]: each block after its own PCA
+        coef = np.stack([np.asarray(r["coef_"], np.float32).T for r in regressions])
+        intercept = np.stack([np.asarray(r["intercept_"], np.float32) for r in regressions])
+        pca_matrix, pca_bias = folded_pca(scaler, pcas, used)
+    else:  # [1, K, all rows]: every block after the one PCA
+        coef = np.concatenate([np.asarray(r["coef_"], np.float32) for r in regressions]).T[None]
+        intercept = np.concatenate([np.asarray(r["intercept_"], np.float32) for r in regressions])[None]
+        pca_matrix, pca_bias = folded_pca(scaler, pcas[:1], used)
+    coef = np.ascontiguousarray(coef)
+    blocks = coef.shape[0]
+    label = catalog.subject_label(subject)
+    names = {key: pattern.format(subject_label=label, variant=variant)
              for key, pattern in catalog.model_entry(model_id)["bundle_files"].items()}
     head_path = staging / names["head"]
     head_path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(head_model(pca_matrix.shape[0], used, doc=f"NEST {model_id} subject {subject}"), head_path)
+    onnx.save(head_model(pca_matrix.shape[0], used, blocks, doc=f"NEST {model_id} subject {subject} {variant}"),
+              head_path)
     np.save(staging / names["pca_matrix"], pca_matrix)
     np.save(staging / names["pca_bias"], pca_bias)
-    np.save(staging / names["regression_coef"], coef_t)
+    np.save(staging / names["regression_coef"], coef)
     np.save(staging / names["regression_intercept"], intercept)
     save_flat_npz(staging / names["metadata"], metadata)
 
     session = ort.InferenceSession(str(head_path), providers=["CPUExecutionProvider"])
-    inputs = {PCA_MATRIX_NAME: pca_matrix, PCA_BIAS_NAME: pca_bias, COEF_NAME: coef_t, INTERCEPT_NAME: intercept}
+    inputs = {PCA_MATRIX_NAME: pca_matrix, PCA_BIAS_NAME: pca_bias, COEF_NAME: coef, INTERCEPT_NAME: intercept}
 
     def responses(features: np.ndarray) -> np.ndarray:
         return session.run(None, {FEATURES_NAME: features, **inputs})[0]
 
-    def reference(features: np.ndarray) -> np.ndarray:
-        if model_id == EEG:
-            return reference_eeg(features, weights).reshape(len(features), -1)
-        return np.concatenate(reference_fsaverage(features, weights), axis=1)
     parity = {}
     for size, (torch_features, onnx_features, _) in probes.items():
         # the head alone on identical (torch) features; end to end from each side's own backbone
-        expected = reference(torch_features)
+        expected = reference_head(torch_features, scaler, pcas, regressions)
         record = {**compare(expected, responses(onnx_features)),
-                  "network": network_stats(float64_head(torch_features, weights), expected,
+                  "network": network_stats(float64_head(torch_features, scaler, pcas, regressions), expected,
                                            responses(torch_features))}
-        refuse_network(record, f"{model_id} subject {subject}: the head graph", size)
+        refuse_network(record, f"{where}: the head graph", size)
         parity[f"size_{size}"] = record
-    source_records = record_sources(nest_dir, sources, manifest)
-    outputs = coef_t.shape[1]
+    source_records = record_sources(nest_dir, list(files.values()), manifest)
+    outputs = coef.shape[2]
     sidecar = {
-        "model_id": model_id, "subject": subject, "backbone": "vit_b_32", "toolkit_layout": layout,
+        "model_id": model_id, "subject": subject, "variant": variant, "backbone": "vit_b_32",
+        "toolkit_format": {**found_format, "pca": "one per block" if per_block else "one shared"},
         "features": int(catalog.load_manifest()["backbones"]["vit_b_32"]["features"]),
-        "components": int(used), "outputs": int(outputs),
-        "output_layout": ("rows r*8820 + c*140 + t for repetition r, channel c, time t -> [N, 4, 63, 140]"
-                          if model_id == EEG else "lh vertices 0..163841 then rh vertices 0..163841"),
-        "inputs": {FEATURES_NAME: ["N", "features"], PCA_MATRIX_NAME: ["features", int(used)],
-                   PCA_BIAS_NAME: [int(used)], COEF_NAME: [int(used), "O"], INTERCEPT_NAME: ["O"]},
+        "components": int(used), "pca_blocks": int(blocks), "outputs": int(outputs),
+        "output_arrays": catalog.model_entry(model_id)["outputs"],
+        "output_layout": ("responses[:, p*O + o] = block p's regression row o" if per_block else
+                          "responses: the regression blocks' rows one after the other"),
+        "inputs": {FEATURES_NAME: ["N", "features"], PCA_MATRIX_NAME: ["features", int(blocks * used)],
+                   PCA_BIAS_NAME: [int(blocks * used)], COEF_NAME: [int(blocks), int(used), "O"],
+                   INTERCEPT_NAME: [int(blocks), "O"]},
         "opset": OPSET,
         "provenance": {"sources": source_records},
         "parity": parity,
     }
     (staging / names["sidecar"]).write_text(json.dumps(sidecar, indent=1), encoding="utf-8")
     graphs = manifest["models"].setdefault(model_id, {"graphs": {}})["graphs"]
-    graphs.setdefault(str(subject), {})["all"] = {
-        **names, "backbone": "vit_b_32",
-        "components": int(used), "outputs": int(outputs), "parity": parity}
-    return f"{model_id} subject {subject}", responses
+    graphs.setdefault(str(subject), {})[variant] = {
+        **names, "backbone": "vit_b_32", "components": int(used), "pca_blocks": int(blocks),
+        "outputs": int(outputs), "toolkit_format": sidecar["toolkit_format"], "parity": parity}
+    return where.split(" (")[0], responses

@@ -5,11 +5,12 @@ backbone.onnx: images uint8 [N, 3, S, S] -> features float32 [N, 460800]. Upstre
   centre crop 224, /255, ImageNet normalisation) is written by hand in front of torchvision's
   vit_b_32 feature extractor, which torch.onnx (dynamo) exports and onnxscript rewrites with
   onnxruntime's fused attention and GELU kernels.
-head: features [N, 460800] -> responses [N, O]: StandardScaler and PCA folded into one matrix
-  and bias (NEST_REFERENCE §3.6), then the regression. All four weight arrays are graph inputs,
-  stored beside the head as plain .npy files (pca_matrix [D, K], pca_bias [K], coef_t [K, O],
-  intercept [O]): the runtime keeps only the output columns a selection needs, and it can read a
-  subject's 460 MB matrix when it needs it rather than hold every subject's at once.
+head: features [N, 460800] -> responses [N, P*O]: StandardScaler and each of the P PCAs folded
+  into one matrix and bias, then each PCA block's regression (P = 1, or 4 for EEG files with one
+  PCA per repetition). All four weight arrays are graph inputs, stored beside the head as plain
+  .npy files (pca_matrix [D, P*K], pca_bias [P*K], coef [P, K, O], intercept [P, O]): the runtime
+  keeps only the output columns a selection needs, and it can read a subject's 460 MB matrix
+  when it needs it rather than hold every subject's at once.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ FEATURES_NAME = "features"
 COMPONENTS_NAME = "components"
 PCA_MATRIX_NAME = "pca_matrix"
 PCA_BIAS_NAME = "pca_bias"
-COEF_NAME = "coef_t"
+COEF_NAME = "coef"
 INTERCEPT_NAME = "intercept"
 RESPONSES_NAME = "responses"
 
@@ -149,40 +150,59 @@ def _rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
         node.input[:] = [new if name == old else name for name in node.input]
 
 
-def folded_pca(scaler: dict, pca: dict, used: int) -> tuple[np.ndarray, np.ndarray]:
-    """The StandardScaler and the first ``used`` PCA components as one affine map f @ A + a,
-    A = diag(1/scale) W^T and a = -(mean/scale + pca_mean) W^T, computed in float64 and returned
-    in float32 (the components are float32 before the regression, as upstream casts them)."""
-    components = np.asarray(pca["components_"][:used], np.float64)           # [K, D]
+def folded_pca(scaler: dict, pcas: list[dict], used: int) -> tuple[np.ndarray, np.ndarray]:
+    """The StandardScaler and the first ``used`` components of each PCA as one affine map
+    f @ A + a: per PCA, A = diag(1/scale) W^T and a = -(mean/scale + pca_mean) W^T, the PCAs'
+    blocks side by side ([D, len(pcas) * used]); computed in float64 and returned in float32
+    (the components are float32 before the regression, as upstream casts them)."""
     scale = np.asarray(scaler["scale_"], np.float64)
-    matrix = (components / scale).T                                          # [D, K]
-    bias = -(np.asarray(scaler["mean_"], np.float64) / scale + np.asarray(pca["mean_"], np.float64)) @ components.T
-    return np.ascontiguousarray(matrix, dtype=np.float32), bias.astype(np.float32)
+    centre = np.asarray(scaler["mean_"], np.float64) / scale
+    matrices, biases = [], []
+    for pca in pcas:
+        components = np.asarray(pca["components_"][:used], np.float64)       # [K, D]
+        matrices.append((components / scale).T.astype(np.float32))          # [D, K]
+        biases.append((-(centre + np.asarray(pca["mean_"], np.float64)) @ components.T).astype(np.float32))
+    matrix = matrices[0] if len(matrices) == 1 else np.concatenate(matrices, axis=1)
+    return np.ascontiguousarray(matrix), np.concatenate(biases)
 
 
-def head_model(features: int, used: int, doc: str) -> onnx.ModelProto:
-    """features [N, D] -> responses [N, O] for one subject: (f @ pca_matrix + pca_bias) @ coef_t
-    + intercept. Every weight is an input (see the module docstring), so the graph is a few
-    hundred bytes and the same for every subject of a model."""
+def head_model(features: int, used: int, pca_blocks: int, doc: str) -> onnx.ModelProto:
+    """features [N, D] -> responses [N, P*O] for one subject, P = ``pca_blocks``:
+    components = f @ pca_matrix + pca_bias ([N, P*K]); block p's responses are its K components
+    @ coef[p] + intercept[p]. Every weight is an input (see the module docstring), so the graph
+    is a few hundred bytes and the same for every subject of a model."""
     g = GraphBuilder()
     product = g.op("MatMul", [FEATURES_NAME, PCA_MATRIX_NAME])
     reduced = g.op("Add", [product, PCA_BIAS_NAME], name=COMPONENTS_NAME)
-    g.op("Add", [g.op("MatMul", [reduced, COEF_NAME]), INTERCEPT_NAME], name=RESPONSES_NAME)
+    if pca_blocks == 1:  # [N, K] @ [1, K, O] -> [1, N, O]; dropping the leading 1 copies nothing
+        blocks = g.op("Add", [g.op("MatMul", [reduced, COEF_NAME]), INTERCEPT_NAME])
+        g.op("Squeeze", [blocks, g.const("axis_0", np.array([0]))], name=RESPONSES_NAME)
+    else:  # [N, P*K] -> [P, N, K] @ [P, K, O] -> [P, N, O] -> [N, P*O]
+        split = g.op("Reshape", [reduced, g.const("blocks_of_components", np.array([-1, pca_blocks, used]))])
+        per_block = g.op("MatMul", [g.op("Transpose", [split], perm=[1, 0, 2]), COEF_NAME])
+        shifted = g.op("Add", [per_block, g.op("Unsqueeze", [INTERCEPT_NAME, g.const("axis_1", np.array([1]))])])
+        g.op("Reshape", [g.op("Transpose", [shifted], perm=[1, 0, 2]), g.const("flat", np.array([0, -1]))],
+             name=RESPONSES_NAME)
     inputs = [helper.make_tensor_value_info(FEATURES_NAME, TensorProto.FLOAT, ["N", features]),
-              helper.make_tensor_value_info(PCA_MATRIX_NAME, TensorProto.FLOAT, [features, used]),
-              helper.make_tensor_value_info(PCA_BIAS_NAME, TensorProto.FLOAT, [used]),
-              helper.make_tensor_value_info(COEF_NAME, TensorProto.FLOAT, [used, "O"]),
-              helper.make_tensor_value_info(INTERCEPT_NAME, TensorProto.FLOAT, ["O"])]
-    return g.model("nest_vit_head", doc, RESPONSES_NAME, ["N", "O"], graph_inputs=inputs)
+              helper.make_tensor_value_info(PCA_MATRIX_NAME, TensorProto.FLOAT, [features, pca_blocks * used]),
+              helper.make_tensor_value_info(PCA_BIAS_NAME, TensorProto.FLOAT, [pca_blocks * used]),
+              helper.make_tensor_value_info(COEF_NAME, TensorProto.FLOAT, [pca_blocks, used, "O"]),
+              helper.make_tensor_value_info(INTERCEPT_NAME, TensorProto.FLOAT, [pca_blocks, "O"])]
+    return g.model("nest_vit_head", doc, RESPONSES_NAME, ["N", "R"], graph_inputs=inputs)
 
 
 def int8_backbone(fp32_path: Path, int8_path: Path) -> None:
     """Dynamic int8 quantisation of the backbone's MatMul/Gemm weights (activations are quantised
     per batch at run time). An opt-in CPU precision: fidelity is measured and recorded by the
-    exporter, because trained ViTs have activation outliers that int8 can clip."""
+    exporter, because trained ViTs have activation outliers that int8 can clip.
+
+    Weights use 7 bits (reduce_range): on x86 CPUs with AVX2 but without VNNI, onnxruntime's
+    u8 x s8 kernels sum pairs of products in int16 and saturate with 8-bit weights (measured on
+    an AVX2-only EPYC: feature correlation down to -0.26, responses 0.59; with 7 bits 0.95 and
+    above 0.99). The same graph then gives the same results on every CPU."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     quantize_dynamic(fp32_path, int8_path, op_types_to_quantize=["MatMul", "Gemm"],
-                     weight_type=QuantType.QInt8, per_channel=True)
+                     weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
 
 
 def fp16_backbone(fp32_path: Path, fp16_path: Path) -> None:

@@ -9,6 +9,7 @@ reference for the folded ONNX graphs; it is never used by the runtime.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -127,24 +128,43 @@ def float64_regression(components: np.ndarray, params: dict) -> np.ndarray:
     return components @ np.asarray(params["coef_"], np.float64).T + np.asarray(params["intercept_"], np.float64)
 
 
-def float64_head(features: np.ndarray, weights: dict) -> np.ndarray:
-    """[N, outputs] in the exported head's output order (EEG repetitions 1-4, or fsaverage lh
-    then rh), in float64."""
-    blocks = ([weights["reg_param"][f"rep-{r}"] for r in range(1, 5)] if "reg_param" in weights
-              else [weights["lh_reg_param"], weights["rh_reg_param"]])
-    used = np.shape(blocks[0]["coef_"])[1]
-    components = float64_components(features, weights["scaler_param"], weights["pca_param"], used)
-    return np.concatenate([float64_regression(components, block) for block in blocks], axis=1)
+def _per_pca(pcas: list[dict], compute) -> list:
+    """compute(pca) for each block's PCA, computed once per distinct PCA (blocks may share one)."""
+    done: dict[int, Any] = {}
+    for pca in pcas:
+        if id(pca) not in done:
+            done[id(pca)] = compute(pca)
+    return [done[id(pca)] for pca in pcas]
+
+
+def reference_head(features: np.ndarray, scaler: dict, pcas: list[dict], regressions: list[dict]) -> np.ndarray:
+    """[N, outputs]: for each regression block, StandardScaler -> its PCA -> float32 ->
+    LinearRegression -> float32, as upstream; the blocks' outputs side by side."""
+    used = np.shape(regressions[0]["coef_"])[1]
+    components = _per_pca(pcas, lambda pca: reference_components(features, scaler, pca, used))
+    return np.concatenate([reference_regression(c, block) for c, block in zip(components, regressions)], axis=1)
+
+
+def float64_head(features: np.ndarray, scaler: dict, pcas: list[dict], regressions: list[dict]) -> np.ndarray:
+    """reference_head's maths in float64, without float32 rounding."""
+    used = np.shape(regressions[0]["coef_"])[1]
+    components = _per_pca(pcas, lambda pca: float64_components(features, scaler, pca, used))
+    return np.concatenate([float64_regression(c, block) for c, block in zip(components, regressions)], axis=1)
+
+
+def eeg_blocks(weights: dict) -> tuple[list[dict], list[dict]]:
+    """(PCA per repetition, regression per repetition) of an EEG head dict: one PCA shared by
+    the four regressions (NEST 1.0.0) or one per repetition (current BERG)."""
+    pca = weights["pca_param"]
+    pcas = [pca] * 4 if "components_" in pca else [pca[f"rep-{r}"] for r in range(1, 5)]
+    return pcas, [weights["reg_param"][f"rep-{r}"] for r in range(1, 5)]
 
 
 def reference_eeg(features: np.ndarray, weights: dict) -> np.ndarray:
     """[N, 4, 63, 140] EEG responses from features and a subject's head dict
     ({'scaler_param', 'pca_param', 'reg_param': {'rep-1'..'rep-4'}})."""
-    used = weights["reg_param"]["rep-1"]["coef_"].shape[1]
-    components = reference_components(features, weights["scaler_param"], weights["pca_param"], used)
-    repetitions = [reference_regression(components, weights["reg_param"][f"rep-{r}"]).reshape(-1, 63, 140)
-                   for r in range(1, 5)]
-    return np.stack(repetitions, axis=1)
+    pcas, regressions = eeg_blocks(weights)
+    return reference_head(features, weights["scaler_param"], pcas, regressions).reshape(len(features), 4, 63, 140)
 
 
 def reference_fsaverage(features: np.ndarray, weights: dict, lh_rows=None, rh_rows=None):

@@ -1,13 +1,16 @@
-"""nest_rt: a torch-free onnxruntime runtime for NEST encoding models."""
+"""nest_rt: a torch-free onnxruntime runtime for NEST and BERG encoding models."""
 from .api import NEST
-from .errors import (BundleFileNotFoundError, BundleIntegrityError, InvalidParameterError, MissingExtraError,
+from .berg import BERG
+from .errors import (BERGError, BundleFileNotFoundError, BundleIntegrityError, InvalidParameterError, MissingExtraError,
                      ModelLoadError, ModelNotFoundError, NESTError, NonFiniteOutputError, NotExportedError,
-                     OutputWriteError, ParameterTypeError, ResponsesNotFoundError, RunStateError, StimulusError,
+                     OutputWriteError, ParameterTypeError, ResourceError, ResponsesNotFoundError, RunStateError,
+                     StimulusError,
                      StimulusFileNotFoundError, StimulusTypeError, ValidationError)
 
 __version__ = "0.1.0"
 
-__all__ = ["NEST", "NESTError", "InvalidParameterError", "ParameterTypeError", "ModelNotFoundError",
+__all__ = ["NEST", "BERG", "NESTError", "BERGError", "ResourceError", "InvalidParameterError", "ParameterTypeError",
+           "ModelNotFoundError",
            "NotExportedError", "StimulusError", "StimulusTypeError", "StimulusFileNotFoundError",
            "ValidationError", "ModelLoadError", "BundleFileNotFoundError", "BundleIntegrityError",
            "NonFiniteOutputError", "ResponsesNotFoundError", "RunStateError", "OutputWriteError",

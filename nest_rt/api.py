@@ -4,16 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from . import catalog, responses, selection as selections
 from .bundle import Bundle
-from .errors import (InvalidParameterError, ParameterTypeError, ResponsesNotFoundError, StimulusError,
-                     ValidationError)
+from .errors import InvalidParameterError, ParameterTypeError, ResponsesNotFoundError, StimulusError
 from .images import Stimulus
-from .models import EncodingModel, FwrfEncodingModel, VitBackbone, VitEncodingModel, VitHead, encode_models
+from .models import (EncodingModel, FwrfEncodingModel, StackedModel, VitBackbone, VitEncodingModel, VitHead,
+                     encode_models)
 
-FWRF, EEG, FSAVERAGE = selections.FWRF, selections.EEG, selections.FSAVERAGE
+FWRF = selections.FWRF
 
 
 class NEST:
@@ -47,7 +45,7 @@ class NEST:
         self.num_threads = num_threads
         self.precision = precision
         self._backbone: VitBackbone | None = None  # one per NEST object, shared by all ViT models
-        self._heads: dict[tuple[str, int], VitHead] = {}  # one per subject, shared by its selections
+        self._heads: dict[tuple, VitHead] = {}  # one per subject and variant, shared by its selections
 
     # -- catalog queries (legacy which_* methods) --------------------------------------------
     def which_modalities(self) -> list[str]:
@@ -87,26 +85,27 @@ class NEST:
 
     def describe(self, model_id: str) -> dict[str, Any]:
         """A model card: what the model is, its inputs, outputs, parameters and what is exported."""
+        model_id = catalog.canonical_id(model_id)
         entry = catalog.model_entry(model_id)
-        exported = sorted(int(s) for s in self.bundle.manifest.get("models", {}).get(model_id, {})
-                          .get("graphs", {}))
+        graphs = self.bundle.manifest.get("models", {}).get(model_id, {}).get("graphs", {})
+        exported = [s for s in catalog.subjects(model_id) if str(s) in graphs]
         card = {
             "model_id": model_id,
             "model_info": {"modality": entry["modality"], "training_dataset": entry["catalog_dataset"],
                            "subjects": entry["subjects"], "exported_subjects": exported},
-            "description": _DESCRIPTIONS[model_id],
+            "description": entry["description"],
             "input": {"stimulus": "uint8 (or integer 0..255) images [N, 3, S, S] or [N, S, S, 3], PIL "
                                   "images or image paths; square, any size S"},
-            "output": _OUTPUTS[model_id],
-            "parameters": {"subject": entry["subjects"], "selection": sorted(selections.ALLOWED_KEYS[model_id]),
-                           "device": ["auto", "cpu", "cuda"]},
+            "output": catalog.describe_outputs(model_id),
+            "parameters": {"subject": entry["subjects"], "selection": sorted(selections.allowed_keys(model_id)),
+                           "device": ["auto", "cpu", "cuda"], **_variant_parameters(entry)},
             "parameters_by_function": {
-                "get_encoding_model": ["model_id", "subject", "selection", "device"],
+                "get_encoding_model": ["model_id", "subject", "selection", "device", *_variant_parameters(entry)],
                 "encode": ["model", "stimulus", "return_metadata", "show_progress", "center_crop"]},
-            "performance": {"parity_at_export": {  # subject -> ROI (or 'all') -> figures
-                subject: {key: graph["parity"] for key, graph in graphs.items()}
-                for subject, graphs in self.bundle.manifest["models"].get(model_id, {}).get("graphs", {}).items()}},
-            "example_usage": _EXAMPLES[model_id],
+            "performance": {"parity_at_export": {  # subject -> ROI, variant or 'all' -> figures
+                subject: {key: graph["parity"] for key, graph in by_key.items()}
+                for subject, by_key in graphs.items()}},
+            "example_usage": entry["example_usage"],
         }
         print(f"{model_id}: {card['description']}\n  output: {card['output']}\n"
               f"  exported subjects: {exported or 'none'}")
@@ -128,30 +127,35 @@ class NEST:
         return self._load(model_id, subject, device, "legacy", roi=roi)
 
     def _model_by_id(self, model_id: str, device: str = "auto", selection: dict | None = None,
-                     subject: int | None = None) -> EncodingModel:
-        catalog.model_entry(model_id)
+                     subject: Any = None, train_split: str | None = None,
+                     train_splits: str | None = None) -> EncodingModel:
+        model_id = catalog.canonical_id(model_id)
         if subject is None:
             raise InvalidParameterError(f"subject is required for {model_id}; valid subjects: "
                                         f"{catalog.subjects(model_id)}")
         subject = catalog.validate_subject(model_id, subject)
-        return self._load(model_id, subject, device, "current", selection=selection)
+        variants = _variants(model_id, train_split, train_splits)
+        return self._load(model_id, subject, device, "current", selection=selection, variants=variants)
 
-    def _load(self, model_id: str, subject: int, device: str, api: str, roi: str | None = None,
-              selection: dict | None = None) -> EncodingModel:
+    def _load(self, model_id: str, subject, device: str, api: str, roi: str | None = None,
+              selection: dict | None = None, variants: tuple[list[str], str | None] = (["all"], None)
+              ) -> EncodingModel:
         if model_id == FWRF:
             roi = roi or selections.fwrf_roi(selection)
             return FwrfEncodingModel(self.bundle, subject, roi, device, self.num_threads, api=api)
-        self.bundle.entry(model_id, subject)  # a clear NotExportedError before anything else
-        if model_id == EEG:
-            columns, shape, indices = selections.eeg_plan(selection)
-        else:
-            columns, shape, indices = selections.fsaverage_plan(
-                selection, lambda name: self.fsaverage_roi_vertices(subject, name))
-        key = (model_id, subject)
-        if key not in self._heads:
-            self._heads[key] = VitHead(self.bundle, model_id, subject, self.num_threads)
-        return VitEncodingModel(self.bundle, model_id, subject, columns, shape, self._vit_backbone(),
-                                self._heads[key], device, api=api, selection=selection, selected_indices=indices)
+        names, stacked_axis = variants
+        for variant in names:  # a clear NotExportedError before anything else
+            self.bundle.entry(model_id, subject, variant)
+        entry = self.bundle.entry(model_id, subject, names[0])
+        plans = selections.plan(model_id, selection, lambda: self.bundle.read_nested_npz(entry["metadata"]))
+        parts = []
+        for variant in names:
+            key = (model_id, subject, variant)
+            if key not in self._heads:
+                self._heads[key] = VitHead(self.bundle, model_id, subject, variant, self.num_threads)
+            parts.append(VitEncodingModel(self.bundle, model_id, subject, variant, plans, self._vit_backbone(),
+                                          self._heads[key], device, api=api, selection=selection))
+        return StackedModel(parts, stacked_axis) if stacked_axis else parts[0]
 
     def release_heads(self) -> None:
         """Forget the cached ViT heads (each may hold its subject's folded PCA matrix, about
@@ -163,31 +167,19 @@ class NEST:
             self._backbone = VitBackbone(self.bundle, self.num_threads, self.precision)
         return self._backbone
 
-    def fsaverage_roi_vertices(self, subject: int, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """An ROI's (lh, rh) vertex indices from the subject's metadata; an ROI listed in one
-        hemisphere only is empty in the other."""
-        metadata = self.bundle.read_nested_npz(self.bundle.entry(FSAVERAGE, subject)["metadata"])["fmri"]
-        hemispheres = [metadata.get(f"{side}_fsaverage_rois", {}) for side in ("lh", "rh")]
-        candidates = [name, selections.FSAVERAGE_ROI_ALIASES.get(name)]
-        key = next((c for c in candidates if c and any(c in rois for rois in hemispheres)), None)
-        if key is None:
-            listed = sorted({roi for rois in hemispheres for roi in rois})
-            raise ValidationError(f"selection['roi']={name!r}: subject {subject}'s metadata has no such ROI; "
-                                  f"it lists {listed}")
-        lh, rh = (np.asarray(rois.get(key, []), dtype=np.int64) for rois in hemispheres)
-        return lh, rh
-
     # -- encoding ----------------------------------------------------------------------------------
     def encode(self, encoding_model: EncodingModel | None = None, images: Any = None,
                return_metadata: bool | None = None, device: str = "auto", show_progress: bool = True, *,
                stimulus: Any = None, model: EncodingModel | None = None, center_crop: bool = False):
         """In silico responses, optionally with the model's metadata.
 
-        fMRI fwRF: [N, voxels]; EEG: [N, 4, channels, times]; fsaverage: (lh [N, Vl], rh [N, Vr]),
-        all float32. ``return_metadata`` defaults to True for models loaded through the legacy
-        call and False for the model-ID call, as upstream. The legacy names (``encoding_model``,
-        ``images``) and the current ones (``model``, ``stimulus``) are both accepted. Images must
-        be square unless ``center_crop`` (new) crops them to their central square.
+        fMRI fwRF: [N, voxels]; EEG: [N, 4, channels, times]; fsaverage: (lh [N, Vl], rh [N,
+        Vr]); MEG [N, sensors, times]; THINGS fMRI [N, voxels]; Utah array [N, electrodes,
+        times]; all float32 (``describe(model_id)['output']`` for each). ``return_metadata``
+        defaults to True for models loaded through the legacy call and False for the model-ID
+        call, as upstream. The legacy names (``encoding_model``, ``images``) and the current
+        ones (``model``, ``stimulus``) are both accepted. Images must be square unless
+        ``center_crop`` (new) crops them to their central square.
         """
         if (encoding_model is None) == (model is None):
             raise ParameterTypeError("pass the model once, as encoding_model=... (legacy) or model=... (current)")
@@ -211,8 +203,9 @@ class NEST:
                     show_progress: bool = True, center_crop: bool = False) -> list:
         """Responses of several models to the same images, in the models' order.
 
-        Images are decoded once per batch and the ViT backbone runs once per batch for every EEG
-        and fsaverage model: ten EEG subjects cost little more than one.
+        Images are decoded once per batch and the ViT backbone runs once per batch for every model
+        on it (EEG, MEG, fsaverage, THINGS fMRI, Utah array): ten EEG subjects cost little more
+        than one backbone pass.
         """
         if not isinstance(encoding_models, (list, tuple)) or not encoding_models:
             raise ParameterTypeError("encoding_models must be a non-empty list of models from get_encoding_model")
@@ -229,17 +222,24 @@ class NEST:
         model_id, subject, roi = self._resolve(modality, train_dataset, model, subject, roi)
         return self.bundle.read_nested_npz(self.bundle.entry(model_id, subject, roi)["metadata"])
 
-    def get_model_metadata(self, model_id: str, subject: int | None = None,
-                           roi: str | None = None) -> dict[str, Any]:
-        catalog.model_entry(model_id)
+    def get_model_metadata(self, model_id: str, subject: Any = None, roi: str | None = None,
+                           train_split: str | None = None) -> dict[str, Any]:
+        """A subject's metadata (fwRF: of one ROI). MEG's metadata is the same for every training
+        split (upstream's is split-agnostic), so ``train_split`` only says which export to read."""
+        model_id = catalog.canonical_id(model_id)
         if subject is None:
             raise InvalidParameterError(f"subject is required; valid subjects: {catalog.subjects(model_id)}")
         subject = catalog.validate_subject(model_id, subject)
         if model_id == FWRF:
-            roi = catalog.validate_roi(model_id, roi)
+            key = catalog.validate_roi(model_id, roi)
         elif roi is not None:
             raise InvalidParameterError(f"roi applies to {FWRF} only; the metadata of {model_id} is per subject")
-        return self.bundle.read_nested_npz(self.bundle.entry(model_id, subject, roi)["metadata"])
+        elif train_split is not None:
+            key = _variants(model_id, train_split, None)[0][0]
+        else:
+            exported = self.bundle.manifest["models"].get(model_id, {}).get("graphs", {}).get(str(subject), {})
+            key = next(iter(exported), catalog.variants(model_id)[0])
+        return self.bundle.read_nested_npz(self.bundle.entry(model_id, subject, key)["metadata"])
 
     # -- stored responses ----------------------------------------------------------------------------
     def load_insilico_neural_responses(self, modality: str, train_dataset: str, model: str, imageset: str,
@@ -279,25 +279,41 @@ class NEST:
         return model_id, subject, roi
 
 
+def _variant_parameters(entry: dict) -> dict[str, list[str]]:
+    described = entry.get("variants")
+    if not described:
+        return {}
+    found = {described["parameter"]: list(described["values"])}
+    if described.get("stacked"):
+        found[described["stacked"]["parameter"]] = list(described["stacked"]["values"])
+    return found
+
+
+def _variants(model_id: str, train_split: Any, train_splits: Any) -> tuple[list[str], str | None]:
+    """The variants to load, and the axis they are stacked on (None for one model).
+    ``train_split`` names one ('full', 'split1'..); ``train_splits`` is the newest card's
+    parameter: 'all' (the full model) or 'single' (the split models stacked)."""
+    described = catalog.model_entry(model_id).get("variants")
+    if described is None:
+        if train_split is not None or train_splits is not None:
+            raise InvalidParameterError(f"{model_id} has no training splits; leave train_split out")
+        return ["all"], None
+    stacked = described.get("stacked")
+    if train_splits is not None:
+        if train_split is not None:
+            raise InvalidParameterError("give train_split or train_splits, not both")
+        catalog.require_str(stacked["parameter"], train_splits)
+        catalog.require_choice(stacked["parameter"], train_splits, list(stacked["values"]))
+        chosen = stacked["values"][train_splits]
+        return ([chosen], None) if isinstance(chosen, str) else (list(chosen), stacked["axis"])
+    if train_split is None:
+        return [described["default"]], None
+    if stacked and train_split in stacked["values"]:  # 'all' / 'single' given as train_split
+        return _variants(model_id, None, train_split)
+    return [catalog.validate_variant(model_id, train_split)], None
+
+
 def _check_model(model: Any) -> None:
     if not isinstance(model, EncodingModel):
         raise ParameterTypeError("encoding_model must be the object returned by get_encoding_model, "
                                  f"got {type(model).__name__}")
-
-
-_DESCRIPTIONS = {
-    FWRF: "feature-weighted receptive field (fwRF) encoders of NSD fMRI responses, one per subject and ROI",
-    EEG: "ViT-B/32 features -> PCA -> linear regression encoders of THINGS EEG2 responses",
-    FSAVERAGE: "ViT-B/32 features -> PCA -> linear regression encoders of NSD fMRI responses on the "
-               "fsaverage surface",
-}
-_OUTPUTS = {
-    FWRF: "float32 [N, voxels] in the ROI's metadata voxel order",
-    EEG: "float32 [N, 4 repetitions, channels, times] (63 channels x 140 times unless selected)",
-    FSAVERAGE: "tuple (lh float32 [N, vertices], rh float32 [N, vertices]) (163,842 each unless selected)",
-}
-_EXAMPLES = {
-    FWRF: "nest.get_encoding_model('fmri-nsd-fwrf', subject=1, selection={'roi': 'V1'})",
-    EEG: "nest.get_encoding_model('eeg-things_eeg_2-vit_b_32', subject=1, selection={'channels': ['Oz']})",
-    FSAVERAGE: "nest.get_encoding_model('fmri-nsd_fsaverage-vit_b_32', subject=1, selection={'roi': 'V1v'})",
-}

@@ -14,7 +14,7 @@ from .errors import BundleFileNotFoundError, BundleIntegrityError, NotExportedEr
 from .paths import confined
 
 BUNDLE_MANIFEST = "bundle.json"
-BUNDLE_FORMAT = "nest_rt.bundle/2"  # 2: the ViT heads take their PCA matrix as an input
+BUNDLE_FORMAT = "nest_rt.bundle/3"  # 2: the ViT heads take their PCA matrix as an input; 3: PCA blocks
 
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
@@ -128,9 +128,11 @@ def check_manifest(manifest: dict[str, Any], where: Path) -> None:
         graphs = model.get("graphs") if isinstance(model, dict) else None
         require(isinstance(graphs, dict), f"models[{model_id!r}] has no 'graphs'")
         artifacts = known[model_id]["bundle_files"]
-        sizes = ["voxels"] if known[model_id]["family"] == "fwrf" else ["components", "outputs"]
+        sizes = ["voxels"] if known[model_id]["family"] == "fwrf" else ["components", "outputs", "pca_blocks"]
+        subjects = [str(s) for s in known[model_id]["subjects"]]
         for subject, entries in graphs.items():
-            require(subject.isdigit() and isinstance(entries, dict), f"models[{model_id!r}] subject {subject!r}")
+            require(subject in subjects and isinstance(entries, dict),
+                    f"models[{model_id!r}] subject {subject!r} is not one of {subjects}")
             for key, entry in entries.items():
                 what = f"{model_id} subject {subject} {key}"
                 require(isinstance(entry, dict), f"{what} is not an object")

@@ -10,7 +10,6 @@ from . import catalog
 from .api import NEST
 from .bundle import BUNDLE_MANIFEST, Bundle, sha256_file
 from .errors import BundleIntegrityError, NotExportedError
-from .selection import FSAVERAGE
 from .sessions import resolve_device
 
 
@@ -29,9 +28,11 @@ def bundle_rows(bundle: Bundle) -> list[dict[str, Any]]:
     """One row per exported (model, subject, ROI)."""
     rows = []
     for model_id, model in bundle.manifest["models"].items():
-        for subject, graphs in sorted(model["graphs"].items(), key=lambda item: int(item[0])):
+        order = [str(s) for s in catalog.subjects(model_id)]
+        for subject, graphs in sorted(model["graphs"].items(), key=lambda item: order.index(item[0])):
             for key, entry in graphs.items():
-                rows.append({"model_id": model_id, "subject": int(subject), "roi": None if key == "all" else key,
+                rows.append({"model_id": model_id, "subject": catalog.subject_key(model_id, subject),
+                             "roi": None if key == "all" else key,
                              "outputs": int(entry.get("voxels", entry.get("outputs", 0))),
                              **parity_summary(entry["parity"]),
                              "sizes": [name.replace("size_", "") for name in entry["parity"]]})
@@ -39,7 +40,7 @@ def bundle_rows(bundle: Bundle) -> list[dict[str, Any]]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    header = ("model", "subject", "roi", "outputs", "e2e corr", "e2e rel. error", "network error")
+    header = ("model", "subject", "roi/split", "outputs", "e2e corr", "e2e rel. error", "network error")
     lines = [(r["model_id"], str(r["subject"]), r["roi"] or "-", f"{r['outputs']:,}",
               _figure(r["min_correlation"], ".7f"), _figure(r["relative_error"], ".1e"),
               _figure(r["network_error"], ".1e")) for r in rows]
@@ -63,7 +64,7 @@ def model_info(bundle: Bundle, model_id: str) -> str:
               else source.get("layout", "unknown"))
     lines = [f"{model_id}  ({entry['catalog_modality']}, {entry['catalog_dataset']})",
              "  input:   images uint8 [N, 3, S, S], any square size S (resized inside the graph as upstream)",
-             f"  output:  {_OUTPUT[entry['family'] if model_id != FSAVERAGE else 'fsaverage']}",
+             f"  output:  {catalog.describe_outputs(model_id)}",
              f"  source:  {origin}, exported "
              f"{bundle.manifest.get('created_utc')} with "
              + ", ".join(f"{name} {version}" for name, version in tools.items()),
@@ -72,19 +73,14 @@ def model_info(bundle: Bundle, model_id: str) -> str:
     if backbone:
         precisions = ", ".join(["fp32", *backbone.get("precisions", {})])
         lines.append(f"  backbone: {entry['backbone']} ({backbone['features']:,} features; precisions {precisions})")
-    lines.append("  exported (subject, roi: outputs; parity at export, end to end: min correlation / max "
+    lines.append("  exported (subject, roi or split: outputs; parity at export, end to end: min correlation / max "
                  "relative error; the network on identical pixels: max error vs float64):")
     for row in rows:
-        lines.append(f"    sub-{row['subject']:02d} {row['roi'] or 'all':>10}: {row['outputs']:>7,}  "
+        lines.append(f"    sub-{catalog.subject_label(row['subject'])} {row['roi'] or 'all':>10}: {row['outputs']:>7,}  "
                      f"{_figure(row['min_correlation'], '.7f')} / {_figure(row['relative_error'], '.1e')}; "
                      f"{_figure(row['network_error'], '.1e')}"
                      + (f"  (at S = {', '.join(row['sizes'])})" if row["sizes"] else ""))
     return "\n".join(lines)
-
-
-_OUTPUT = {"fwrf": "float32 [N, voxels] per ROI",
-           "vit_b_32": "float32 [N, 4 repetitions, 63 channels, 140 times] (selectable channels/times)",
-           "fsaverage": "float32 (lh [N, 163842], rh [N, 163842]) (selectable ROI or vertex masks)"}
 
 
 def verify_bundle(bundle_dir: str | Path, device: str = "auto", expect_sha256: str | None = None,

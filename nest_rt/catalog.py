@@ -10,7 +10,7 @@ import json
 from importlib import resources
 from typing import Any
 
-from .errors import ModelNotFoundError, ParameterTypeError
+from .errors import InvalidParameterError, ModelNotFoundError, ParameterTypeError
 
 MANIFEST_NAME = "models_manifest.json"
 
@@ -27,12 +27,31 @@ def models() -> dict[str, dict[str, Any]]:
 
 
 def model_entry(model_id: str) -> dict[str, Any]:
+    return models()[canonical_id(model_id)]
+
+
+def canonical_id(model_id: str) -> str:
+    """The manifest's id for ``model_id``, which may be an alias that upstream's cards use
+    ('fmri-things_fmri1-vit_b_32') or a short name ('meg')."""
     require_str("model_id", model_id)
     entries = models()
-    if model_id not in entries:
-        raise ModelNotFoundError(
-            f"model_id {model_id!r} is not a NEST model; valid model ids: {sorted(entries)}")
-    return entries[model_id]
+    if model_id in entries:
+        return model_id
+    for known, entry in entries.items():
+        if model_id in entry.get("aliases", []) or model_id == entry.get("alias"):
+            return known
+    raise ModelNotFoundError(f"model_id {model_id!r} is not a NEST/BERG model; valid model ids: {sorted(entries)}")
+
+
+def is_linear(model_id: str) -> bool:
+    """Whether the model is a backbone followed by a linear head (every model but the fwRF)."""
+    return "head" in model_entry(model_id)
+
+
+def model_triple(model_id: str) -> tuple[str, str, str]:
+    """(modality, train_dataset, model): the parts of the id, and of upstream's folder names."""
+    modality, train_dataset, model = canonical_id(model_id).split("-")
+    return modality, train_dataset, model
 
 
 def require_str(name: str, value: Any) -> None:
@@ -81,21 +100,65 @@ def model_id_for_legacy(modality: str, train_dataset: str, model: str) -> str:
     raise AssertionError("unreachable: legacy_models() only lists catalogued triples")
 
 
-def subjects(model_id: str) -> list[int]:
+def subjects(model_id: str) -> list:
     return list(model_entry(model_id)["subjects"])
+
+
+def subject_label(subject: int | str) -> str:
+    """How a subject appears in file names: 'sub-01' for numbered subjects, 'sub-F' for TVSD's
+    monkeys."""
+    return f"{subject:02d}" if isinstance(subject, int) else str(subject)
+
+
+def subject_key(model_id: str, text: str) -> int | str:
+    """A subject as written in bundle.json or on a command line ('1', 'F') -> its catalog value."""
+    known = subjects(model_id)
+    if all(isinstance(s, int) for s in known):
+        try:
+            return validate_subject(model_id, int(text))
+        except ValueError:
+            pass
+    return validate_subject(model_id, text)
+
+
+def variants(model_id: str) -> list[str]:
+    """Variants of one subject's model (MEG: training splits); ['all'] where there is one model."""
+    described = model_entry(model_id).get("variants")
+    return list(described["values"]) if described else ["all"]
+
+
+def validate_variant(model_id: str, variant: Any) -> str:
+    described = model_entry(model_id).get("variants")
+    if described is None:
+        raise InvalidParameterError(f"{model_id} has no variants (no train_split)")
+    require_str(described["parameter"], variant)
+    require_choice(described["parameter"], variant, described["values"])
+    return variant
 
 
 def rois(model_id: str) -> list[str]:
     return list(model_entry(model_id).get("rois", []))
 
 
-def validate_subject(model_id: str, subject: Any) -> int:
+
+def validate_subject(model_id: str, subject: Any) -> int | str:
+    """The subject as the catalog lists it: an int (most models) or a str (TVSD's monkeys 'N'
+    and 'F'); the names upstream's cards also use ('P1' for MEG, 'sub-01' for THINGS-fMRI) are
+    accepted for the numbers they stand for."""
     import numbers
-    if isinstance(subject, bool) or not isinstance(subject, numbers.Integral):
-        raise ParameterTypeError(
-            f"subject must be an int, got {type(subject).__name__} ({subject!r})")
-    subject = int(subject)
-    require_choice("subject", subject, subjects(model_id))
+    entry = model_entry(model_id)
+    valid = subjects(model_id)
+    if isinstance(subject, str) and subject in entry.get("subject_aliases", {}):
+        return entry["subject_aliases"][subject]
+    numbered = all(isinstance(s, int) for s in valid)
+    if numbered and (isinstance(subject, bool) or not isinstance(subject, numbers.Integral)):
+        raise ParameterTypeError(f"subject must be an int for {canonical_id(model_id)}, got "
+                                 f"{type(subject).__name__} ({subject!r}); valid subjects: {valid}")
+    if not numbered and not isinstance(subject, str):
+        raise ParameterTypeError(f"subject must be a str for {canonical_id(model_id)}, got "
+                                 f"{type(subject).__name__} ({subject!r}); valid subjects: {valid}")
+    subject = int(subject) if numbered else subject
+    require_choice("subject", subject, valid)
     return subject
 
 
@@ -118,3 +181,29 @@ def _unique(items) -> list:
         if item not in out:
             out.append(item)
     return out
+
+
+def array_names(model_id: str) -> list[str] | None:
+    """Names of a model's output arrays when it has several (fsaverage: lh, rh), else None."""
+    outputs = model_entry(model_id).get("outputs", [])
+    return [output["name"] for output in outputs] if len(outputs) > 1 else None
+
+
+def describe_outputs(model_id: str) -> str:
+    """The output's shape in words, from the manifest's output arrays."""
+    entry = model_entry(model_id)
+    if "outputs" not in entry:
+        return entry["output_description"]
+    arrays = []
+    for output in entry["outputs"]:
+        axes = [f"{a['name']}={a['size']}" for a in output["axes"]]
+        if output.get("block_axis"):
+            axes.insert(0, f"{output['block_axis']}={len(output['blocks'])}")
+        arrays.append(f"float32 [N, {', '.join(axes)}]")
+    text = arrays[0] if len(arrays) == 1 else "tuple (" + ", ".join(
+        f"{o['name']} {a}" for o, a in zip(entry["outputs"], arrays)) + ")"
+    stacked = (entry.get("variants") or {}).get("stacked")
+    if stacked:
+        text += (f"; {stacked['parameter']}='single': [N, {stacked['axis']}="
+                 f"{len(stacked['values']['single'])}, ...] (one per split model)")
+    return text + "; selections shrink the axes they act on"

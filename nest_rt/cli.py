@@ -99,13 +99,15 @@ def _parser() -> argparse.ArgumentParser:
     synth.set_defaults(handler=_synthetic)
 
     export = commands.add_parser("export", help="toolkit directory -> ONNX bundle (needs torch)")
-    export.add_argument("--nest-dir", type=Path, required=True, help="NEST toolkit directory")
+    export.add_argument("--nest-dir", "--berg-dir", dest="nest_dir", type=Path, required=True,
+                        help="NEST or BERG toolkit directory (the folder holding encoding_models/)")
     export.add_argument("--out", type=Path, required=True, help="bundle directory to create")
-    export.add_argument("--models", nargs="+", choices=list(catalog.models()), help="default: all supported")
-    export.add_argument("--subjects", type=int, nargs="+", help="default: every subject found")
+    export.add_argument("--models", nargs="+", metavar="MODEL",
+                        help=f"model ids or short names (default: every model found): {', '.join(catalog.models())}")
+    export.add_argument("--subjects", nargs="+", help="default: every subject found (TVSD: N, F)")
     export.add_argument("--rois", nargs="+", help="fwRF ROIs (default: every ROI found)")
     export.add_argument("--vit-weights", type=Path,
-                        help="torchvision vit_b_32 state dict for the EEG and fsaverage models "
+                        help="torchvision vit_b_32 state dict for the ViT-B/32 models "
                              "(default: torchvision's ImageNet weights, downloaded or cached as upstream)")
     export.add_argument("--precisions", nargs="+", choices=["int8", "fp16"], default=[],
                         help="also write these ViT backbones: int8 (CPU) and/or fp16 (CUDA only); "
@@ -181,8 +183,14 @@ Each --model gives a model and what to encode with it:
   eeg:subjects=all                      EEG, every exported subject, all 63 channels x 140 times
   eeg:subjects=1,2:channels=Oz,O1:timepoints=20-79
   fsaverage:subjects=1:roi=V1v          fsaverage surface, one ROI (no roi: all 327,684 vertices)
+  meg:subjects=1-4:region=Occipital     MEG, Occipital sensors (train_split=full,split1: one output each;
+                                        train_splits=single: the four splits stacked)
+  tvsd:subjects=F:roi=V4,V1+IT          Utah array, monkey F: V4, and V1 with IT (one output each)
+  things_fmri:subjects=1:roi=V1+lFFA    THINGS fMRI voxels of V1 then lFFA
+Keys: subjects, roi, the model's list selections (channels, region, sensors), its 0/1 masks given as
+indices and ranges (timepoints=0-69, electrodes=0-99, sensor_index, voxel_index), train_split(s).
 Images are decoded once per batch for all models, and the ViT backbone runs once per batch
-for every EEG and fsaverage model. Output layout and run record: see README ("Encoding at scale").
+for every model on it. Output layout and run record: see README ("Encoding at scale").
 Interrupted runs resume when the same command is run again; a different command on the same
 --out is refused.
 """
@@ -206,8 +214,7 @@ def _list(args) -> None:
 def _info(args) -> None:
     from .bundle import Bundle
     from .bundle_tools import model_info
-    from .runs import MODEL_ALIASES
-    print(model_info(Bundle(_bundle(args)), MODEL_ALIASES.get(args.model, args.model)))
+    print(model_info(Bundle(_bundle(args)), catalog.canonical_id(args.model)))
 
 
 def _verify(args) -> None:

@@ -11,6 +11,11 @@ class NESTError(Exception):
     """Base class of every error raised on purpose by nest_rt."""
 
 
+# Current upstream (BERG) renamed its base class; both names are the one class here, so
+# ``except BERGError`` and ``except NESTError`` catch the same errors.
+BERGError = NESTError
+
+
 class InvalidParameterError(NESTError, ValueError):
     """An argument has an allowed type but a value outside what is accepted."""
 
@@ -65,11 +70,16 @@ class RunStateError(NESTError, ValueError):
     not fit together); nothing is mixed or overwritten."""
 
 
-class OutputWriteError(NESTError, OSError):
+class ResourceError(NESTError):
+    """Something the call needs is not available: a writable output, an optional package
+    (upstream's name for this family)."""
+
+
+class OutputWriteError(ResourceError, OSError):
     """Response files cannot be written (unwritable folder, disk full); finished chunks are kept."""
 
 
-class MissingExtraError(NESTError, ImportError):
+class MissingExtraError(ResourceError, ImportError):
     """An optional dependency of the feature asked for is not installed (the message says
     which extra to install)."""
 

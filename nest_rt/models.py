@@ -13,7 +13,7 @@ import numpy as np
 from .bundle import Bundle
 from .errors import BundleIntegrityError, InvalidParameterError, NonFiniteOutputError, NotExportedError
 from .images import Stimulus
-from .selection import FSAVERAGE
+from .selection import OutputPlan
 from .sessions import create_session, resolve_device
 
 # The fwRF readout holds a few float32 [n, 256, V] temporaries at once. Small batches keep
@@ -89,6 +89,19 @@ class EncodingModel:
 
     def describe_output(self) -> str:
         raise NotImplementedError
+
+    def release_weights(self) -> None:
+        """Drop weights kept between calls (they are read again when next needed)."""
+
+    def cleanup(self) -> None:
+        """Upstream's name: release what the model holds beyond its sessions."""
+        self.release_weights()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:  # upstream's __exit__(self) failed on leaving a with block
+        self.cleanup()
 
 
 class FwrfEncodingModel(EncodingModel):
@@ -177,25 +190,27 @@ class VitBackbone:
 
 
 class VitHead:
-    """One subject's head graph and folded PCA weights, shared by every selection of it.
+    """One subject's folded scaler + PCA weights (and head graph), shared by every selection of it.
 
-    The graph takes all its weights as inputs. The PCA matrix is read from its .npy file (not
-    memory-mapped: mapped pages would count towards the process as long as the map lives) and
-    either kept or dropped after use, as the encode loop decides.
+    pca_matrix is [features, P*K]: one block of K components per PCA (P = 1, or 4 for EEG files
+    with one PCA per repetition). It is read from its .npy file (not memory-mapped: mapped pages
+    would count towards the process as long as the map lives) and either kept or dropped after
+    use, as the encode loop decides.
     """
 
-    def __init__(self, bundle: Bundle, model_id: str, subject: int, num_threads: int | None):
-        entry = bundle.entry(model_id, subject)
+    def __init__(self, bundle: Bundle, model_id: str, subject, variant: str, num_threads: int | None):
+        entry = bundle.entry(model_id, subject, variant)
         self.sessions = Sessions(bundle.path(entry["head"]), num_threads)
         self._matrix_path, self._bias_path = bundle.path(entry["pca_matrix"]), bundle.path(entry["pca_bias"])
         shape = np.load(self._matrix_path, mmap_mode="r", allow_pickle=False).shape
         bias_shape = np.load(self._bias_path, mmap_mode="r", allow_pickle=False).shape
-        expected = int(entry["components"])
+        self.pca_blocks, self.components = int(entry.get("pca_blocks", 1)), int(entry["components"])
+        expected = self.pca_blocks * self.components
         if len(shape) != 2 or shape[1] != expected or bias_shape != (expected,):
             raise BundleIntegrityError(f"{model_id} subject {subject}: PCA arrays have shapes {shape} and "
                                        f"{bias_shape}, the manifest says [features, {expected}] and [{expected}]")
-        self.features, self.components = shape
-        self.nbytes = 4 * self.features * self.components
+        self.features = shape[0]
+        self.nbytes = 4 * self.features * expected
         self._kept: tuple[np.ndarray, np.ndarray] | None = None
 
     def projection(self, keep: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -211,59 +226,59 @@ class VitHead:
 
 
 class VitEncodingModel(EncodingModel):
-    """One subject of a ViT model (EEG or fsaverage) with its selection applied.
+    """One subject (and variant) of a linear model on the ViT backbone, with its selection applied.
 
     The selection picks regression columns once, here, so the head computes only the outputs
-    that were asked for.
+    that were asked for. The head gives [N, P * O] values (P PCA blocks of O columns each); they
+    are split into the model's output arrays (fsaverage: lh and rh) in the manifest's order.
     """
 
     batch_size = _VIT_HEAD_BATCH
 
-    def __init__(self, bundle: Bundle, model_id: str, subject: int, columns: np.ndarray | None,
-                 output_shape: tuple, backbone: VitBackbone, head: VitHead, device: str,
-                 api: str = "legacy", selection: dict | None = None,
-                 selected_indices: dict[str, np.ndarray] | None = None):
+    def __init__(self, bundle: Bundle, model_id: str, subject, variant: str, plans: list[OutputPlan],
+                 backbone: VitBackbone, head: VitHead, device: str, api: str = "legacy",
+                 selection: dict | None = None):
         super().__init__(bundle, subject, device, api)
-        self.model_id = model_id
+        self.model_id, self.variant = model_id, variant
         self.selection = selection or {}
-        # EEG: channel and time indices; fsaverage: lh and rh vertex indices
-        self.selected_indices = selected_indices or {}
-        self._entry = bundle.entry(model_id, subject)
+        self.plans = plans
+        # per output array and axis: the kept indices (EEG channels and times, fsaverage vertices...)
+        self.selected_indices = {plan.name: plan.indices for plan in plans}
+        self._entry = bundle.entry(model_id, subject, variant)
         self.sidecar: dict[str, Any] = bundle.read_json(self._entry["sidecar"])
         self._backbone, self.head = backbone, head
         head_width = head.sessions.get(self.device).get_inputs()[0].shape[1]
         if head_width != backbone.features or head.features != backbone.features:
             raise BundleIntegrityError(
-                f"{model_id} subject {subject}: the head takes {head_width} features (PCA matrix: "
+                f"{self.describe_output()}: the head takes {head_width} features (PCA matrix: "
                 f"{head.features}) but the bundle's backbone gives {backbone.features}; re-export the bundle")
         self._coef_path = bundle.path(self._entry["regression_coef"])
         self._intercept_path = bundle.path(self._entry["regression_intercept"])
         coef = np.load(self._coef_path, mmap_mode="r", allow_pickle=False)
         intercept = np.load(self._intercept_path, mmap_mode="r", allow_pickle=False)
-        expected = (int(self._entry["components"]), int(self._entry["outputs"]))
-        if coef.shape != expected or intercept.shape != expected[1:]:
+        expected = (head.pca_blocks, head.components, int(self._entry["outputs"]))
+        if coef.shape != expected or intercept.shape != (expected[0], expected[2]):
             raise BundleIntegrityError(
-                f"{model_id} subject {subject}: regression arrays have shapes {coef.shape} and "
-                f"{intercept.shape}, the manifest says {expected} and {expected[1:]}")
-        self._columns = columns
-        self.outputs = int(expected[1] if columns is None else len(columns))
-        self.weight_bytes = 4 * self.outputs * (expected[0] + 1)  # the selected regression columns
+                f"{self.describe_output()}: regression arrays have shapes {coef.shape} and {intercept.shape}, "
+                f"the manifest says {expected} and {(expected[0], expected[2])}")
+        self._columns = _columns(plans, head.pca_blocks, expected[2], self.describe_output())
+        self.outputs = int(expected[2] if self._columns is None else len(self._columns))
+        self.weight_bytes = 4 * head.pca_blocks * self.outputs * (head.components + 1)  # the kept columns
         self._regression: tuple[np.ndarray, np.ndarray] | None = None
         self._device_values: dict[str, dict] = {}
-        self._output_shape = output_shape  # per image: (4, channels, times) or ((lh,), (rh,))
         backbone.load(self.device)  # load now, like upstream's get_encoding_model
 
     def __repr__(self) -> str:
-        return (f"<VitEncodingModel {self.model_id} subject={self.subject} outputs={self.outputs} "
+        return (f"<VitEncodingModel {self.model_id} subject={self.subject!r} outputs={self.outputs} "
                 f"device={self.device!r}>")
 
     def describe_output(self) -> str:
-        return f"{self.model_id} subject {self.subject}"
+        variant = "" if self.variant == "all" else f" {self.variant}"
+        return f"{self.model_id} subject {self.subject}{variant}"
 
     def allocate(self, count: int):
-        if self.model_id == FSAVERAGE:
-            return tuple(np.empty((count, *shape), dtype=np.float32) for shape in self._output_shape)
-        return np.empty((count, *self._output_shape), dtype=np.float32)
+        arrays = tuple(np.empty((count, *plan.shape), dtype=np.float32) for plan in self.plans)
+        return arrays if len(arrays) > 1 else arrays[0]
 
     def regression(self, keep: bool) -> tuple[np.ndarray, np.ndarray]:
         """The selected columns of the regression weights (and intercept)."""
@@ -271,9 +286,9 @@ class VitEncodingModel(EncodingModel):
             return self._regression
         coef = np.load(self._coef_path, mmap_mode="r", allow_pickle=False)
         intercept = np.load(self._intercept_path, allow_pickle=False)
-        selected = (np.ascontiguousarray(coef if self._columns is None else coef[:, self._columns], dtype=np.float32),
-                    np.ascontiguousarray(intercept if self._columns is None else intercept[self._columns],
-                                         dtype=np.float32))
+        if self._columns is not None:
+            coef, intercept = coef[:, :, self._columns], intercept[:, self._columns]
+        selected = (np.ascontiguousarray(coef, dtype=np.float32), np.ascontiguousarray(intercept, dtype=np.float32))
         del coef  # close the map: only the copy stays
         if keep:
             self._regression = selected
@@ -287,7 +302,7 @@ class VitEncodingModel(EncodingModel):
     def _weights(self, keep: bool) -> dict[str, np.ndarray]:
         matrix, bias = self.head.projection(keep)
         coef, intercept = self.regression(keep)
-        return {"pca_matrix": matrix, "pca_bias": bias, "coef_t": coef, "intercept": intercept}
+        return {"pca_matrix": matrix, "pca_bias": bias, "coef": coef, "intercept": intercept}
 
     def _weights_on_device(self, device: str, keep: bool) -> dict:
         """The weights as OrtValues on ``device``, copied there once while they are kept (not
@@ -309,10 +324,60 @@ class VitEncodingModel(EncodingModel):
             flat = _run_bound(session, features, self._weights_on_device(device, keep))
         else:  # CPU: numpy inputs are used in place, without a copy
             flat = session.run(None, {"features": features, **self._weights(keep)})[0]
-        if self.model_id == FSAVERAGE:
-            split = self._output_shape[0][0]
-            return flat[:, :split], flat[:, split:]
-        return flat.reshape(len(flat), *self._output_shape)
+        arrays, start = [], 0
+        for plan in self.plans:
+            width = int(np.prod(plan.shape))
+            arrays.append(flat[:, start:start + width].reshape(len(flat), *plan.shape))
+            start += width
+        return tuple(arrays) if len(arrays) > 1 else arrays[0]
+
+
+class StackedModel(EncodingModel):
+    """Several variants of one subject stacked on a new axis 1 (MEG's train_splits='single': the
+    four split models as [N, 4, sensors, times]); each part shares the backbone's features."""
+
+    def __init__(self, parts: list[VitEncodingModel], axis_name: str):
+        first = parts[0]
+        super().__init__(first._bundle, first.subject, first.device, first.api)
+        self.parts, self.axis_name = parts, axis_name
+        self.model_id, self.selection = first.model_id, first.selection
+        self.variant = "+".join(part.variant for part in parts)
+        self.plans, self.selected_indices, self._entry = first.plans, first.selected_indices, first._entry
+        self.batch_size = first.batch_size
+        self.head = None
+
+    def __repr__(self) -> str:
+        return f"<StackedModel {self.model_id} subject={self.subject!r} {self.axis_name}={len(self.parts)}>"
+
+    def describe_output(self) -> str:
+        return f"{self.model_id} subject {self.subject} {self.axis_name} {self.variant}"
+
+    def allocate(self, count: int):
+        return np.empty((count, len(self.parts), *self.plans[0].shape), dtype=np.float32)
+
+    def run_batch(self, images: np.ndarray, device: str, shared: dict):
+        return np.stack([part.run_batch(images, device, shared) for part in self.parts], axis=1)
+
+    def release_weights(self) -> None:
+        for part in self.parts:
+            part.release_weights()
+
+
+def _columns(plans: list[OutputPlan], pca_blocks: int, outputs: int, what: str) -> np.ndarray | None:
+    """Head columns to keep, or None for all. With one PCA the columns of every regression block
+    follow each other (block b's rows from b * rows_per_block); with one PCA per block each block
+    has its own O columns, the same ones kept in every block."""
+    if all(plan.is_everything() for plan in plans):
+        return None
+    if pca_blocks > 1:
+        if len(plans) != 1:
+            raise BundleIntegrityError(f"{what}: one PCA per block needs a single output array")
+        return plans[0].rows
+    block_rows = {block: int(np.prod([axis["size"] for axis in plan.axes])) for plan in plans for block in plan.blocks}
+    offsets = np.cumsum([0] + [block_rows[b] for b in sorted(block_rows)])
+    if offsets[-1] != outputs:
+        raise BundleIntegrityError(f"{what}: the head has {outputs} outputs, the manifest's blocks {offsets[-1]}")
+    return np.concatenate([offsets[block] + plan.rows for plan in plans for block in plan.blocks])
 
 
 # Devices whose head weights are bound as device-resident OrtValues (see _weights_on_device).
@@ -360,7 +425,7 @@ def iter_responses(models: list[EncodingModel], stimulus: Stimulus, device: str 
     for batch in stimulus.batches(batch_size):
         shared: dict = {"stream_heads": stream_heads}
         for index, (model, model_device) in enumerate(zip(models, devices)):
-            step = len(batch.images) if stream_heads and isinstance(model, VitEncodingModel) else model.batch_size
+            step = len(batch.images) if stream_heads and _linear_parts(model) else model.batch_size
             for start in range(0, len(batch.images), step):
                 stop = min(start + step, len(batch.images))
                 shared["position"] = (start, stop)
@@ -373,7 +438,7 @@ def iter_responses(models: list[EncodingModel], stimulus: Stimulus, device: str 
 
 def _stream_heads(models: list[EncodingModel]) -> bool:
     """Whether the ViT heads of these models are too large to keep in memory together."""
-    vit = [model for model in models if isinstance(model, VitEncodingModel)]
+    vit = [part for model in models for part in _linear_parts(model)]
     heads = {id(model.head): model.head for model in vit}
     total = sum(head.nbytes for head in heads.values()) + sum(model.weight_bytes for model in vit)
     if len(vit) < 2 or total <= _RESIDENT_WEIGHT_BYTES:
@@ -381,6 +446,12 @@ def _stream_heads(models: list[EncodingModel]) -> bool:
     for model in vit:  # weights kept by earlier calls would defeat the purpose
         model.release_weights()
     return True
+
+
+def _linear_parts(model: EncodingModel) -> list[VitEncodingModel]:
+    if isinstance(model, StackedModel):
+        return model.parts
+    return [model] if isinstance(model, VitEncodingModel) else []
 
 
 def as_arrays(block) -> tuple:

@@ -45,7 +45,7 @@ def plot_run(run_dir, out_dir, outputs=None, images=None, max_images=200) -> lis
                  if all(spec["shape"][1:])}
         name = re.sub(r"[^A-Za-z0-9._-]", "_", output["name"])
         title = _title(run, output, rows, count, picked=images is not None)
-        eeg = next(iter(parts.values())).ndim == 4
+        eeg = next(iter(parts.values())).ndim >= 3  # time courses (EEG, MEG, Utah array)
         draw_summary, draw_images = (_eeg_summary, _eeg_images) if eeg else (_fmri_summary, _fmri_images)
         figure = Figure(figsize=(13, 5), dpi=DPI, layout="constrained")
         draw_summary(figure, output, parts, rows)
@@ -151,43 +151,56 @@ def _short(value) -> str:
     return str(value)
 
 
-def _eeg_axes(output: dict, channel_count: int, time_count: int):
+def _course_axes(output: dict, channel_count: int, time_count: int):
+    """(times, row labels, row axis name) of a [.., rows, times] output: EEG channels, MEG
+    sensors, Utah-array electrodes, from the run record's axes."""
     axes = output.get("axes", {})
     times = np.asarray(axes.get("times") or np.arange(time_count), dtype=float)
-    channels = axes.get("channels") or [str(c) for c in range(channel_count)]
-    return times, channels
+    names = [name for name in axes if name != "times"]
+    name = names[-1] if names else "channels"
+    labels = axes.get(name) if isinstance(axes.get(name), list) else None
+    return times, [str(label) for label in labels] if labels else [str(c) for c in range(channel_count)], name
 
 
-def _butterfly(ax, times, courses: np.ndarray, label: str) -> None:
-    """One thin line per channel, the mean across channels bold."""
+def _butterfly(ax, times, courses: np.ndarray, label: str, rows: str) -> None:
+    """One thin line per channel (sensor, electrode), their mean bold."""
     ax.plot(times, courses.T, linewidth=0.6, alpha=0.6)
-    ax.plot(times, courses.mean(axis=0), color="black", linewidth=2.2, label="mean of channels")
+    ax.plot(times, courses.mean(axis=0), color="black", linewidth=2.2, label=f"mean of {rows}")
     ax.axhline(0, color="grey", linewidth=0.5)
     ax.set(xlabel="time (s)", ylabel="response (a.u.)", title=label, xlim=(times[0], times[-1]))
     ax.legend(loc="upper right", fontsize="small")
 
 
+def _averaged(output: dict, responses: np.ndarray) -> tuple[np.ndarray, str]:
+    """[N, ..., rows, times] -> [N, rows, times], averaging the axes between (EEG repetitions,
+    MEG splits); and what was averaged, in words."""
+    middle = [name for name in output.get("axes", {})][:responses.ndim - 3]
+    averaged = responses.mean(axis=tuple(range(1, responses.ndim - 2))) if responses.ndim > 3 else responses
+    return averaged, (", mean of " + " and ".join(middle)) if middle else ""
+
+
 def _eeg_summary(figure, output: dict, parts: dict, rows: list[int]) -> None:
-    mean = parts["responses"].mean(axis=(0, 1))  # [N, 4, C, T] -> [C, T]: images and repetitions
-    times, channels = _eeg_axes(output, *mean.shape)
+    per_image, averaged = _averaged(output, parts["responses"])
+    mean = per_image.mean(axis=0)  # [C, T]
+    times, channels, name = _course_axes(output, *mean.shape)
     left, right = figure.subplots(1, 2, width_ratios=[1, 1.2])
-    _butterfly(left, times, mean, f"butterfly: {len(channels)} channels, mean of images and repetitions")
+    _butterfly(left, times, mean, f"butterfly: {len(channels)} {name}, mean of images{averaged}", name)
     limit = float(np.abs(mean).max()) or 1.0
     image = right.imshow(mean, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest",
                          extent=(times[0], times[-1], len(channels) - 0.5, -0.5))
     if len(channels) <= 70:
         right.set_yticks(range(len(channels)), channels, fontsize=6 if len(channels) > 20 else 9)
-    right.set(xlabel="time (s)", ylabel="channel", title="channel x time (mean of images and repetitions)")
+    right.set(xlabel="time (s)", ylabel=name, title=f"{name} x time (mean of images{averaged})")
     figure.colorbar(image, ax=right, label="response (a.u.)")
 
 
 def _eeg_images(figure, output: dict, parts: dict, rows: list[int], thumbnails: list) -> None:
-    responses = parts["responses"].mean(axis=1)  # [N, 4, C, T] -> [N, C, T]: repetitions averaged
-    times, channels = _eeg_axes(output, *responses.shape[1:])
+    responses, averaged = _averaged(output, parts["responses"])
+    times, channels, name = _course_axes(output, *responses.shape[1:])
     grid = figure.subplots(len(rows), 2, width_ratios=[1, 5], squeeze=False)
     for (thumb_ax, curve_ax), row, thumbnail, courses in zip(grid, rows, thumbnails, responses):
         _show_thumbnail(thumb_ax, thumbnail, row)
-        _butterfly(curve_ax, times, courses, f"image {row}: {len(channels)} channels, mean of repetitions")
+        _butterfly(curve_ax, times, courses, f"image {row}: {len(channels)} {name}{averaged}", name)
 
 
 def _show_thumbnail(ax, thumbnail: tuple, row: int) -> None:

@@ -26,22 +26,18 @@ from .bundle import Bundle, read_nested_npz
 from .errors import (BundleIntegrityError, InvalidParameterError, MissingExtraError,
                      NESTError, ParameterTypeError, ResponsesNotFoundError, RunStateError)
 from .run_files import RUN_RECORD, read_run_record
-from .selection import EEG, FSAVERAGE, FWRF
+from .selection import EEG, FWRF
 
 PREGENERATED_DIR = "pregenerated_insilico_neural_responses"
 UPSTREAM_IMAGESETS = ["nsd", "imagenet_val", "things"]
 DATASET = "synthetic_neural_responses"
-# Upstream pregenerated no fsaverage responses; nest-rt encode writes them under this triple.
-_ENCODE_ONLY_TRIPLES = {("fmri", "nsd_fsaverage", "vit_b_32"): FSAVERAGE}
 
 
 def model_triple(model_id: str) -> tuple[str, str, str]:
-    """(modality, train_dataset, model) naming a model's response folders."""
-    for triple, encode_only in _ENCODE_ONLY_TRIPLES.items():
-        if model_id == encode_only:
-            return triple
+    """(modality, train_dataset, model) naming a model's response folders: its legacy triple
+    where it has one, else the parts of its id (upstream's toolkit folder names)."""
     legacy = catalog.model_entry(model_id)["legacy"]
-    return legacy["modality"], legacy["train_dataset"], legacy["model"]
+    return (legacy["modality"], legacy["train_dataset"], legacy["model"]) if legacy else catalog.model_triple(model_id)
 
 
 def model_dir(model_id: str) -> str:
@@ -49,8 +45,8 @@ def model_dir(model_id: str) -> str:
     return f"modality-{modality}/train_dataset-{train_dataset}/model-{model}"
 
 
-def file_stem(subject: int, roi: str | None = None) -> str:
-    return f"sub-{subject:02d}" + (f"_roi-{roi}" if roi else "")
+def file_stem(subject: int | str, roi: str | None = None) -> str:
+    return f"sub-{catalog.subject_label(subject)}" + (f"_roi-{roi}" if roi else "")
 
 
 def responses_file(stem: str, suffix: str) -> str:
@@ -77,14 +73,17 @@ def parse_request(modality: Any, train_dataset: Any, model: Any, imageset: Any, 
     """Validate the arguments in upstream's order; the imageset is checked against the disk later."""
     for name, value in (("modality", modality), ("train_dataset", train_dataset), ("model", model)):
         catalog.require_str(name, value)
-    model_id = (_ENCODE_ONLY_TRIPLES.get((modality, train_dataset, model))
-                or catalog.model_id_for_legacy(modality, train_dataset, model))
+    # upstream pregenerated responses of the legacy models only; nest-rt encode writes those of
+    # the others under their own ids' parts
+    encode_only = f"{modality}-{train_dataset}-{model}"
+    model_id = (encode_only if encode_only in catalog.models() and not catalog.model_entry(encode_only)["legacy"]
+                else catalog.model_id_for_legacy(modality, train_dataset, model))
     catalog.require_str("imageset", imageset)
     if imageset in ("", ".", "..") or Path(imageset).name != imageset:
         raise InvalidParameterError(f"imageset must be a plain folder name such as {UPSTREAM_IMAGESETS}, "
                                     f"got {imageset!r}")
     subject = catalog.validate_subject(model_id, subject)
-    if model_id == FWRF or (model_id == FSAVERAGE and roi is not None):
+    if model_id == FWRF or (catalog.rois(model_id) and roi is not None):
         roi = catalog.validate_roi(model_id, roi)
     elif model_id == EEG:
         roi = None  # upstream ignores roi for EEG
@@ -122,7 +121,8 @@ def _require_finished_run(folder: Path) -> None:
 def find_responses(roots: Sequence[Path], request: Request) -> Path:
     """The first root's .h5 (upstream's format, preferred) or .npy of the request."""
     _check_imageset(roots, request)
-    suffixes = [".h5", "_lh.npy" if request.model_id == FSAVERAGE else ".npy"]
+    arrays = catalog.array_names(request.model_id)
+    suffixes = [".h5", f"_{arrays[0]}.npy" if arrays else ".npy"]
     for root in roots:
         for suffix in suffixes:
             path = root / request.directory / responses_file(request.stem, suffix)
@@ -154,14 +154,14 @@ def find_metadata(roots: Sequence[Path], request: Request) -> Path:
 
 def open_responses(path: Path, request: Request):
     """Lazy responses: an h5py Dataset (the file stays open, as upstream) or a read-only
-    memory-mapped array; fsaverage gives the tuple (lh, rh)."""
+    memory-mapped array; a model of several arrays gives a tuple (fsaverage: (lh, rh))."""
+    arrays = catalog.array_names(request.model_id)
     if path.suffix == ".h5":
-        names = ["lh", "rh"] if request.model_id == FSAVERAGE else [DATASET]
-        datasets = _open_h5(path, names)
-        return tuple(datasets) if request.model_id == FSAVERAGE else datasets[0]
-    if request.model_id == FSAVERAGE:
-        stem_path = str(path)[:-len("_lh.npy")]
-        return tuple(_open_npy(Path(f"{stem_path}_{side}.npy")) for side in ("lh", "rh"))
+        datasets = _open_h5(path, arrays or [DATASET])
+        return tuple(datasets) if arrays else datasets[0]
+    if arrays:
+        stem_path = str(path)[:-len(f"_{arrays[0]}.npy")]
+        return tuple(_open_npy(Path(f"{stem_path}_{name}.npy")) for name in arrays)
     return _open_npy(path)
 
 

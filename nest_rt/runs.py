@@ -29,7 +29,7 @@ import json
 import os
 import platform
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,28 +48,31 @@ from .run_files import (LOCK, PARTIAL, PROGRESS, RUN_FORMAT, RUN_RECORD, TEMPORA
                         locked, read_run_record, write_failure, write_h5, write_json_atomically)
 
 DEFAULT_CHUNK_SIZE = 256
-MODEL_ALIASES = {"fwrf": selections.FWRF, "eeg": selections.EEG, "fsaverage": selections.FSAVERAGE}
 
 
 # -- what to encode ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelRequest:
     model_id: str
-    subject: int
+    subject: Any
     selection: dict
+    variant: dict = field(default_factory=dict)  # {'train_split': 'split1'} or {'train_splits': 'single'}
 
 
 def parse_model_spec(spec: str, bundle: Bundle) -> list[ModelRequest]:
-    """``MODEL[:key=v1,v2...]...`` -> one request per subject and ROI.
+    """``MODEL[:key=v1,v2...]...`` -> one request per subject, ROI and variant.
 
-    MODEL is a model id or fwrf / eeg / fsaverage. Keys: ``subjects`` (numbers or ``all``:
-    every exported subject, the default), ``roi`` (fwRF: ROIs or ``all`` exported; fsaverage:
-    ROIs, one output each), ``channels`` (EEG channel names) and ``timepoints`` (EEG time indices
-    and inclusive ranges such as ``0-69``).
+    MODEL is a model id or a short name (fwrf, eeg, fsaverage, meg, things_fmri, tvsd). Keys:
+    ``subjects`` (ids, ranges such as ``1-4``, or ``all``: every exported subject, the default);
+    ``roi`` (ROIs, one output each; ``A+B`` is one output of both; fwRF: ``all`` = every
+    exported ROI); the model's list selections (``channels``, ``region``, ``sensors``: one
+    output of all the names given); its masks given as indices and inclusive ranges
+    (``timepoints=0-69``, ``electrodes=0-99``); and ``train_split`` (one output per split named)
+    or ``train_splits=single`` for MEG.
     """
     name, *fields = spec.split(":")
-    model_id = MODEL_ALIASES.get(name, name)
-    catalog.model_entry(model_id)
+    model_id = catalog.canonical_id(name)
+    entry = catalog.model_entry(model_id)
     options: dict[str, list[str]] = {}
     for item in fields:
         key, equals, value = item.partition("=")
@@ -78,21 +81,28 @@ def parse_model_spec(spec: str, bundle: Bundle) -> list[ModelRequest]:
         if key in options:
             raise InvalidParameterError(f"--model {spec!r}: {key} is given twice")
         options[key] = value.split(",")
-    allowed = {"subjects"} | selections.ALLOWED_KEYS[model_id] - {"lh_vertices", "rh_vertices"}
+    variant_keys = set()
+    if entry.get("variants"):
+        variant_keys = {entry["variants"]["parameter"], entry["variants"]["stacked"]["parameter"]}
+    allowed = {"subjects"} | selections.allowed_keys(model_id) | variant_keys
     unknown = set(options) - allowed
     if unknown:
-        raise InvalidParameterError(f"--model {spec!r}: unknown keys {sorted(unknown)}; {model_id} takes {sorted(allowed)}")
-    exported = sorted(int(s) for s in bundle.manifest.get("models", {}).get(model_id, {}).get("graphs", {}))
+        raise InvalidParameterError(f"--model {spec!r}: unknown keys {sorted(unknown)}; "
+                                    f"{model_id} takes {sorted(allowed)}")
+    exported = [catalog.subject_key(model_id, s) for s in bundle.manifest.get("models", {}).get(model_id, {})
+                .get("graphs", {})]
     if not exported:
         raise InvalidParameterError(f"--model {spec!r}: the bundle has no {model_id} models")
     subjects = _subjects(spec, options.get("subjects", ["all"]), model_id, exported)
+    base: dict[str, Any] = {}
+    specs = entry.get("selection", {})
+    for key, values in options.items():
+        if key in specs and key != "roi":
+            base[key] = (_index_mask(spec, key, values, _axis_size(entry, specs[key]))
+                         if specs[key]["kind"] == "mask" else values)
+    variants = [{key: value} for key in sorted(variant_keys & set(options)) for value in options[key]] or [{}]
     requests = []
     for subject in subjects:
-        base: dict[str, Any] = {}
-        if "channels" in options:
-            base["channels"] = options["channels"]
-        if "timepoints" in options:
-            base["timepoints"] = _time_mask(spec, options["timepoints"], catalog.model_entry(model_id))
         rois = options.get("roi")
         if rois == ["all"]:
             rois = (sorted(bundle.manifest["models"][model_id]["graphs"][str(subject)])
@@ -100,33 +110,46 @@ def parse_model_spec(spec: str, bundle: Bundle) -> list[ModelRequest]:
         if model_id == selections.FWRF and rois is None:
             raise InvalidParameterError(f"--model {spec!r}: {model_id} needs roi=NAME[,NAME...] or roi=all")
         for roi in rois or [None]:
-            requests.append(ModelRequest(model_id, subject, {**base, **({"roi": roi} if roi else {})}))
+            roi_value = None if roi is None else (roi if model_id == selections.FWRF or "+" not in roi
+                                                  else roi.split("+"))
+            for variant in variants:
+                requests.append(ModelRequest(model_id, subject, {**base, **({"roi": roi_value} if roi else {})},
+                                             variant))
     return requests
 
 
-def _subjects(spec: str, values: list[str], model_id: str, exported: list[int]) -> list[int]:
+def _subjects(spec: str, values: list[str], model_id: str, exported: list) -> list:
     if values == ["all"]:
         return exported
+    expanded = []
+    for value in values:  # numbered subjects also as ranges: 1-4
+        low, dash, high = value.partition("-")
+        expanded += ([str(n) for n in range(int(low), int(high) + 1)] if dash and low.isdigit() and high.isdigit()
+                     else [value])
     try:
-        chosen = [int(value) for value in values]
-    except ValueError:
-        raise InvalidParameterError(f"--model {spec!r}: subjects must be numbers or 'all', got {values}") from None
-    for subject in chosen:
-        catalog.validate_subject(model_id, subject)
-    return chosen
+        return [catalog.subject_key(model_id, value) for value in expanded]
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameterError(f"--model {spec!r}: subjects must be {catalog.subjects(model_id)} or 'all', "
+                                    f"got {values}") from exc
 
 
-def _time_mask(spec: str, values: list[str], entry: dict) -> list[int]:
-    count = entry["times"]["count"]
+def _axis_size(entry: dict, key_spec: dict) -> int:
+    return next(axis["size"] for output in entry["outputs"] for axis in output["axes"]
+                if axis["name"] == key_spec["axis"] and key_spec.get("output", output["name"]) == output["name"])
+
+
+def _index_mask(spec: str, key: str, values: list[str], count: int) -> list[int]:
+    """Indices and inclusive ranges ('0-69') -> a 0/1 mask of ``count`` values."""
     mask = [0] * count
     for value in values:
         low, _, high = value.partition("-")
         try:
             first, last = int(low), int(high or low)
         except ValueError:
-            raise InvalidParameterError(f"--model {spec!r}: timepoints are indices or ranges like 0-69, got {value!r}") from None
+            raise InvalidParameterError(f"--model {spec!r}: {key} are indices or ranges like 0-69, "
+                                        f"got {value!r}") from None
         if not 0 <= first <= last < count:
-            raise InvalidParameterError(f"--model {spec!r}: timepoints {value!r} outside 0-{count - 1}")
+            raise InvalidParameterError(f"--model {spec!r}: {key} {value!r} outside 0-{count - 1}")
         mask[first:last + 1] = [1] * (last + 1 - first)
     return mask
 
@@ -160,13 +183,15 @@ def plan_outputs(nest: NEST, requests: list[ModelRequest], imageset: str, device
     outputs = []
     for request in requests:
         model = nest.get_encoding_model(request.model_id, subject=request.subject,
-                                        selection=request.selection or None, device=device)
-        stem = file_stem(request.subject, request.selection.get("roi"))
+                                        selection=request.selection or None, device=device, **request.variant)
+        roi = request.selection.get("roi")
+        stem = file_stem(request.subject, roi if isinstance(roi, str) or roi is None else "+".join(roi))
+        stem += "".join(f"_{key.replace('_', '-')}-{value}" for key, value in request.variant.items())
         other = {key: value for key, value in request.selection.items() if key != "roi"}
         if other:
             stem += "_sel-" + hashlib.sha256(json.dumps(other, sort_keys=True).encode()).hexdigest()[:8]
         empty = model.allocate(0)
-        shapes = ({"lh": empty[0].shape[1:], "rh": empty[1].shape[1:]} if isinstance(empty, tuple)
+        shapes = ({plan.name: array.shape[1:] for plan, array in zip(model.plans, empty)} if isinstance(empty, tuple)
                   else {"responses": empty.shape[1:]})
         metadata = model.metadata()
         axes, chosen = _axes(request, model, shapes, metadata)
@@ -179,18 +204,38 @@ def plan_outputs(nest: NEST, requests: list[ModelRequest], imageset: str, device
 
 
 def _axes(request: ModelRequest, model: EncodingModel, shapes: dict, metadata: dict) -> tuple[dict, dict]:
-    """Labels of the output axes for the run record, and the selected indices (as the model
-    chose them when it was loaded) for the metadata."""
-    if request.model_id == selections.EEG:
-        chosen = model.selected_indices
-        names = catalog.model_entry(selections.EEG)["channels"]
-        all_times = np.asarray(metadata["eeg"]["times"], dtype=np.float64)
-        return ({"repetitions": int(shapes["responses"][0]), "channels": [names[i] for i in chosen["channels"]],
-                 "times": all_times[chosen["times"]].round(6).tolist()}, chosen)
-    if request.model_id == selections.FSAVERAGE:
-        chosen = model.selected_indices
-        return {"vertices": {"lh": len(chosen["lh_vertices"]), "rh": len(chosen["rh_vertices"])}}, chosen
-    return {"voxels": int(shapes["responses"][0])}, {"roi": np.array(request.selection["roi"])}
+    """Labels of the output axes for the run record (an axis the manifest gives labels for, such
+    as EEG channels or times, lists the kept labels; others their count), and the selected
+    indices (as the model chose them when it was loaded) for the metadata."""
+    if not catalog.is_linear(request.model_id):
+        return {"voxels": int(shapes["responses"][0])}, {"roi": np.array(request.selection["roi"])}
+    described = {}
+    for plan in model.plans:
+        axes: dict[str, Any] = {}
+        if getattr(model, "axis_name", None):
+            axes[model.axis_name] = len(model.parts)
+        if plan.block_axis:
+            axes[plan.block_axis] = len(plan.blocks)
+        for axis in plan.axes:
+            kept = plan.indices[axis["name"]]
+            labels = _metadata_at(metadata, axis.get("labels"))
+            axes[axis["name"]] = (np.asarray(labels)[kept].tolist() if labels is not None else len(kept))
+        described[plan.name] = axes
+    if len(model.plans) == 1:
+        return described[model.plans[0].name], model.plans[0].indices
+    return described, model.selected_indices
+
+
+def _metadata_at(metadata: dict, path: str | None):
+    if path is None:
+        return None
+    node: Any = metadata
+    for part in path.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    values = np.asarray(node)
+    return values.round(6) if values.dtype.kind == "f" else values.astype(str)
 
 
 # -- the images of a run -----------------------------------------------------------------------
@@ -365,6 +410,7 @@ def _finishing(out: Path, outputs: list[Output]) -> bool:
 def _output_record(output: Output, rows: int, h5: bool) -> dict[str, Any]:
     return {"name": output.name, "model_id": output.request.model_id, "subject": output.request.subject,
             "selection": output.request.selection,
+            **({"variant": output.request.variant} if output.request.variant else {}),
             "arrays": {array: {"file": output.array_file(array), "shape": [rows, *shape], "dtype": "float32"}
                        for array, shape in output.shapes.items()},
             "axes": output.axes, "metadata": output.metadata_file, "h5": output.h5_file if h5 else None}

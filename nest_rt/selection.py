@@ -3,24 +3,64 @@
 Selections make the work smaller, not just the output: the indices chosen here decide which
 regression columns the runtime keeps, so an fsaverage ROI of 1,000 vertices computes 1,000
 outputs rather than 327,684.
+
+Every linear model's selections are described in ``models_manifest.json`` (its ``selection``,
+``outputs`` and ``combine`` entries); this module interprets those descriptions. A selection key
+has a kind (how its value becomes indices) and acts on one axis of one or all output arrays:
+
+- ``names``: a list of names from a manifest list (EEG channels), kept in the user's order;
+- ``mask``: a 0/1 vector as long as the axis;
+- ``metadata_equals``: names matched against a per-position metadata array (MEG regions);
+- ``metadata_label``: names looked up in a metadata label list, whose index is matched against
+  a per-position assignment array (TVSD ROIs);
+- ``metadata_indices``: names whose index arrays are stored in the metadata (fMRI ROIs).
+
+Keys acting on the same axis are combined as the model's ``combine`` entry says: ``union``
+(sorted, without repeats), ``concatenate`` (in the manifest's key order, repeats kept, as
+upstream's THINGS-fMRI does) or, by default, at most one key per axis.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
 from . import catalog
 from .errors import InvalidParameterError, ParameterTypeError, ValidationError
 
+FWRF = "fmri-nsd-fwrf"
 EEG = "eeg-things_eeg_2-vit_b_32"
 FSAVERAGE = "fmri-nsd_fsaverage-vit_b_32"
-FWRF = "fmri-nsd-fwrf"
-ALLOWED_KEYS = {FWRF: {"roi"}, EEG: {"channels", "timepoints"},
-                FSAVERAGE: {"roi", "lh_vertices", "rh_vertices"}}
-# The fsaverage model card lists 'OVWFA'; the ROI dictionaries use NSD's colour-table name 'OWFA'
-# (upstream Q13), so either name selects that ROI here.
-FSAVERAGE_ROI_ALIASES = {"OVWFA": "OWFA", "OWFA": "OVWFA"}
+
+
+@dataclass
+class OutputPlan:
+    """One output array of a model after selection: which regression blocks feed it and the
+    indices kept on each of its axes."""
+
+    name: str
+    blocks: list[int]
+    block_axis: str | None
+    axes: list[dict]
+    indices: dict[str, np.ndarray]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Per-image shape: (blocks, *axes) when the blocks form an axis, else (*axes)."""
+        sizes = tuple(len(self.indices[axis["name"]]) for axis in self.axes)
+        return (len(self.blocks), *sizes) if self.block_axis else sizes
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Regression rows (within one block) of the kept outputs, in output order: the axes'
+        indices combined in C order, as upstream's reshape of each block's rows."""
+        grids = np.meshgrid(*[self.indices[axis["name"]] for axis in self.axes], indexing="ij")
+        return np.ravel_multi_index([grid.ravel() for grid in grids],
+                                    [axis["size"] for axis in self.axes]).astype(np.int64)
+
+    def is_everything(self) -> bool:
+        return all(np.array_equal(self.indices[axis["name"]], np.arange(axis["size"])) for axis in self.axes)
 
 
 def check_keys(model_id: str, selection: Any) -> dict:
@@ -28,11 +68,17 @@ def check_keys(model_id: str, selection: Any) -> dict:
         return {}
     if not isinstance(selection, dict):
         raise ParameterTypeError(f"selection must be a dict or None, got {type(selection).__name__}")
-    unknown = set(selection) - ALLOWED_KEYS[model_id]
+    allowed = allowed_keys(model_id)
+    unknown = set(selection) - allowed
     if unknown:
-        raise InvalidParameterError(f"selection keys {sorted(unknown)} are not valid for {model_id}; "
-                                    f"valid keys: {sorted(ALLOWED_KEYS[model_id])}")
+        raise InvalidParameterError(f"selection keys {sorted(unknown, key=str)} are not valid for {model_id}; "
+                                    f"valid keys: {sorted(allowed)}")
     return selection
+
+
+def allowed_keys(model_id: str) -> set[str]:
+    entry = catalog.model_entry(model_id)
+    return set(entry["selection"]) if "selection" in entry else {"roi"}
 
 
 def fwrf_roi(selection: Any) -> str:
@@ -42,83 +88,136 @@ def fwrf_roi(selection: Any) -> str:
     return catalog.validate_roi(FWRF, selection["roi"])
 
 
-def eeg_indices(selection: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(channel indices in the user's order, ascending time indices)."""
-    selection = check_keys(EEG, selection)
-    entry = catalog.model_entry(EEG)
-    names = entry["channels"]
-    channels = np.arange(len(names))
-    if "channels" in selection:
-        chosen = selection["channels"]
-        if isinstance(chosen, str) or not isinstance(chosen, (list, tuple)):
-            raise ParameterTypeError(f"selection['channels'] must be a list of channel names, "
-                                     f"got {type(chosen).__name__}")
-        if not all(isinstance(name, str) for name in chosen):
-            raise ParameterTypeError("selection['channels'] must hold channel names (str)")
-        unknown = [name for name in chosen if name not in names]
-        if unknown:
-            raise ValidationError(f"selection['channels'] has unknown channels {unknown}; "
-                                        f"valid channels: {names}")
-        if not chosen:
-            raise ValidationError("selection['channels'] is empty; leave it out for all 63 channels")
-        channels = np.array([names.index(name) for name in chosen])
-    times = np.arange(entry["times"]["count"])
-    if "timepoints" in selection:
-        times = np.flatnonzero(binary_mask("selection['timepoints']", selection["timepoints"], len(times)))
-    return channels, times
+def plan(model_id: str, selection: Any, metadata: Callable[[], dict]) -> list[OutputPlan]:
+    """The output arrays of a linear model under ``selection``. ``metadata()`` returns the
+    subject's metadata dict; it is called only if a key needs it."""
+    selection = check_keys(model_id, selection)
+    entry = catalog.model_entry(model_id)
+    specs = entry["selection"]
+    for key, spec in specs.items():
+        clash = [other for other in spec.get("excludes", []) if key in selection and other in selection]
+        if clash:
+            raise ValidationError(f"give selection[{key!r}] or selection[{clash[0]!r}], not both "
+                                  "(upstream silently ignored one of them)")
+    chosen: dict[tuple[str, str], list[tuple[str, np.ndarray]]] = {}
+    outputs = entry["outputs"]
+    for key, spec in specs.items():  # the manifest's order decides the order of concatenation
+        if key not in selection:
+            continue
+        targets = [o for o in outputs if spec.get("output", o["name"]) == o["name"]]
+        for output in targets:
+            size = next(a["size"] for a in output["axes"] if a["name"] == spec["axis"])
+            found = _indices(model_id, key, spec, selection[key], size, output["name"], metadata)
+            chosen.setdefault((output["name"], spec["axis"]), []).append((key, found))
+    plans = []
+    for output in outputs:
+        indices = {}
+        for axis in output["axes"]:
+            parts = chosen.get((output["name"], axis["name"]))
+            indices[axis["name"]] = (np.arange(axis["size"]) if parts is None else
+                                     _combine(model_id, axis["name"], parts))
+        plans.append(OutputPlan(output["name"], list(output["blocks"]), output.get("block_axis"),
+                                list(output["axes"]), indices))
+    if all(min(p.shape) == 0 for p in plans):
+        empty = sorted({axis["name"] for p in plans for axis in p.axes if len(p.indices[axis["name"]]) == 0})
+        raise ValidationError(f"selection {sorted(selection)} selects nothing of {model_id} for this subject "
+                              f"(no {', '.join(empty)})")
+    return plans
 
 
-def eeg_columns(channels: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """Regression columns r*8820 + c*140 + t in output order [repetition, channel, time]."""
-    entry = catalog.model_entry(EEG)
-    per_channel = entry["times"]["count"]
-    per_repetition = len(entry["channels"]) * per_channel
-    reps = np.arange(entry["repetitions"])
-    return (reps[:, None, None] * per_repetition + channels[None, :, None] * per_channel
-            + times[None, None, :]).ravel()
+def _combine(model_id: str, axis: str, parts: list[tuple[str, np.ndarray]]) -> np.ndarray:
+    rule = catalog.model_entry(model_id).get("combine", {}).get(axis, "one")
+    if len(parts) == 1 and rule != "union":
+        return parts[0][1]
+    if rule == "union":
+        return np.unique(np.concatenate([found for _, found in parts]))
+    if rule == "concatenate":
+        return np.concatenate([found for _, found in parts])
+    keys = [key for key, _ in parts]
+    raise ValidationError(f"selection keys {keys} both choose the {axis} of {model_id}; give one of them")
 
 
-def eeg_plan(selection: Any) -> tuple[np.ndarray | None, tuple[int, int, int], dict[str, np.ndarray]]:
-    """(regression columns, or None for all; output shape per image [4, channels, times]; the
-    selected channel and time indices)."""
-    channels, times = eeg_indices(selection)
-    repetitions = catalog.model_entry(EEG)["repetitions"]
-    return ((eeg_columns(channels, times) if selection else None), (repetitions, len(channels), len(times)),
-            {"channels": channels, "times": times})
+def _indices(model_id: str, key: str, spec: dict, value: Any, size: int, output: str,
+             metadata: Callable[[], dict]) -> np.ndarray:
+    name = f"selection[{key!r}]"
+    kind = spec["kind"]
+    if kind == "mask":
+        return np.flatnonzero(binary_mask(name, value, size))
+    entry = catalog.model_entry(model_id)
+    if kind == "names":
+        names = list(entry[spec["names"]])
+        chosen = _names(name, value, names, bare_name=False)
+        return np.array([names.index(item) for item in chosen], dtype=np.int64)
+    choices = list(entry[spec["choices"]])
+    chosen = _names(name, value, choices + list(spec.get("aliases", {})), bare_name=True)
+    if kind == "metadata_equals":
+        per_position = np.asarray(_metadata_value(metadata(), spec["metadata"], name)).astype(str)
+        return np.flatnonzero(np.isin(per_position, chosen))
+    if kind == "metadata_label":
+        labels = [str(label) for label in _metadata_value(metadata(), spec["labels"], name)]
+        assignments = np.asarray(_metadata_value(metadata(), spec["metadata"], name))
+        missing = [item for item in chosen if item not in labels]
+        if missing:
+            raise ValidationError(f"{name}: {missing} not in this subject's labels {labels}")
+        return np.flatnonzero(np.isin(assignments, [labels.index(item) for item in chosen]))
+    if kind == "metadata_indices":
+        outputs = [o["name"] for o in entry["outputs"]]
+        parts = [_roi_indices(spec, metadata(), item, output, outputs, name) for item in chosen]
+        found = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        if found.size and (found.min() < 0 or found.max() >= size):
+            raise ValidationError(f"{name}: the metadata's indices fall outside 0..{size - 1}")
+        return found
+    raise AssertionError(f"unknown selection kind {kind!r} in models_manifest.json")
 
 
-def fsaverage_plan(selection: Any, roi_vertices) -> tuple[np.ndarray | None, tuple, dict[str, np.ndarray]]:
-    """(regression columns, or None for all; per-image output shapes ((lh,), (rh,)); the
-    selected vertex indices per hemisphere)."""
-    lh, rh = fsaverage_indices(selection, roi_vertices)
-    vertices = catalog.model_entry(FSAVERAGE)["vertices_per_hemisphere"]
-    return ((np.concatenate([lh, rh + vertices]) if selection else None), ((len(lh),), (len(rh),)),
-            {"lh_vertices": lh, "rh_vertices": rh})
+def _roi_indices(spec: dict, metadata: dict, item: str, output: str, outputs: list[str], name: str) -> np.ndarray:
+    """One ROI's stored indices; an alias (fsaverage's card says 'OVWFA', its metadata 'OWFA')
+    is tried when the name itself is not stored. An ROI stored for another output only (one
+    hemisphere) is empty here."""
+    candidates = [c for c in (item, spec.get("aliases", {}).get(item)) if c]
+    for candidate in candidates:
+        path = spec["metadata"].format(output=output, name=candidate)
+        if _has_path(metadata, path):
+            return np.asarray(_metadata_value(metadata, path, name), dtype=np.int64).ravel()
+    if any(_has_path(metadata, spec["metadata"].format(output=o, name=c)) for o in outputs for c in candidates):
+        return np.zeros(0, np.int64)
+    listed = sorted({roi for o in outputs for roi in
+                     _metadata_value(metadata, spec["metadata"].format(output=o, name="").rstrip("/"), name)})
+    raise ValidationError(f"{name}={item!r}: this subject's metadata has no such ROI; it lists {listed}")
 
 
-def fsaverage_indices(selection: Any, roi_vertices) -> tuple[np.ndarray, np.ndarray]:
-    """(lh vertex indices, rh vertex indices). ``roi_vertices(name)`` returns an ROI's
-    (lh, rh) indices from the subject's metadata."""
-    selection = check_keys(FSAVERAGE, selection)
-    vertices = catalog.model_entry(FSAVERAGE)["vertices_per_hemisphere"]
-    everything = np.arange(vertices)
-    if "roi" in selection:
-        if {"lh_vertices", "rh_vertices"} & set(selection):
-            raise ValidationError("give selection['roi'] or vertex masks, not both "
-                                        "(upstream silently ignored the masks)")
-        roi = selection["roi"]
-        catalog.require_str("selection['roi']", roi)
-        if roi not in catalog.rois(FSAVERAGE) + ["OWFA"]:
-            raise ValidationError(f"selection['roi']={roi!r} is not valid; valid values: {catalog.rois(FSAVERAGE)}")
-        lh, rh = roi_vertices(roi)
-        if len(lh) + len(rh) == 0:
-            raise ValidationError(f"ROI {roi!r} has no vertices in either hemisphere for this subject")
-        return lh, rh
-    lh = everything if "lh_vertices" not in selection else np.flatnonzero(
-        binary_mask("selection['lh_vertices']", selection["lh_vertices"], vertices))
-    rh = everything if "rh_vertices" not in selection else np.flatnonzero(
-        binary_mask("selection['rh_vertices']", selection["rh_vertices"], vertices))
-    return lh, rh
+def _has_path(metadata: dict, path: str) -> bool:
+    node: Any = metadata
+    for part in path.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _metadata_value(metadata: dict, path: str, name: str) -> Any:
+    if not _has_path(metadata, path):
+        raise ValidationError(f"{name} needs the subject's metadata {path!r}, which the bundle does not have")
+    node: Any = metadata
+    for part in path.split("/"):
+        node = node[part]
+    return node
+
+
+def _names(name: str, value: Any, valid: list[str], bare_name: bool) -> list[str]:
+    """A list of names (or, with ``bare_name``, one name: upstream's ROI validator takes both,
+    its channel validator only lists), each one of ``valid``."""
+    chosen = [value] if bare_name and isinstance(value, str) else value
+    if not isinstance(chosen, (list, tuple, np.ndarray)) or not all(isinstance(v, (str, np.str_)) for v in chosen):
+        expected = "a name or a list of names (str)" if bare_name else "a list of names (str)"
+        raise ParameterTypeError(f"{name} must be {expected}, got {type(value).__name__}")
+    chosen = [str(v) for v in chosen]
+    if not chosen:
+        raise ValidationError(f"{name} is empty; leave it out to keep everything")
+    unknown = [v for v in chosen if v not in valid]
+    if unknown:
+        raise ValidationError(f"{name} has unknown values {unknown}; valid values: {valid}")
+    return chosen
 
 
 def binary_mask(name: str, values: Any, length: int) -> np.ndarray:

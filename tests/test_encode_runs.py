@@ -318,7 +318,7 @@ def test_list_info_verify_and_plot(vit_bundle, complete_run, tmp_path):
     listing = cli("list", "--bundle", str(vit_bundle))
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
-    assert lines[0].split()[:4] == ["model", "subject", "roi", "outputs"]
+    assert lines[0].split()[:4] == ["model", "subject", "roi/split", "outputs"]
     assert any(line.split()[:4] == ["fmri-nsd-fwrf", "1", "lateral", "20"] for line in lines)
     assert any(line.split()[:4] == ["fmri-nsd_fsaverage-vit_b_32", "1", "-", "327,684"] for line in lines)
     assert "5 models in" in lines[-1]

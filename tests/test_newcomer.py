@@ -46,9 +46,9 @@ def test_synthetic_toolkits_of_every_family(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "--vit-weights" in result.stdout
     assert toolkit.available_fwrf(out) == {2: ["V1"]}
-    assert toolkit.available_subjects(out, "eeg-things_eeg_2-vit_b_32") == [2]
-    assert toolkit.available_subjects(out, "fmri-nsd_fsaverage-vit_b_32") == [2]
-    head = toolkit.load_npy_dict(toolkit.fsaverage_files(out, 2)["weights"])
+    assert list(toolkit.available_heads(out, "eeg-things_eeg_2-vit_b_32")) == [2]
+    assert list(toolkit.available_heads(out, "fmri-nsd_fsaverage-vit_b_32")) == [2]
+    head = toolkit.load_npy_dict(toolkit.head_files(out, "fmri-nsd_fsaverage-vit_b_32", 2)["weights"])
     assert head["pca_param"]["components_"].shape == (4, 460800)
 
 

@@ -100,7 +100,7 @@ def test_damaged_toolkit_files_are_named(toolkit_dir, tmp_path):
 
 def test_bundle_manifest_records_everything(bundle_dir, toolkit_dir):
     manifest = json.loads((bundle_dir / "bundle.json").read_text())
-    assert manifest["format"] == "nest_rt.bundle/2" and manifest["opset"] == 18
+    assert manifest["format"] == "nest_rt.bundle/3" and manifest["opset"] == 18
     assert {"nest_rt", "torch", "onnx", "onnxruntime", "numpy", "python"} <= set(manifest["tools"])
     graphs = manifest["models"]["fmri-nsd-fwrf"]["graphs"]["1"]
     assert list(graphs) == catalog.rois("fmri-nsd-fwrf")

@@ -52,7 +52,7 @@ def test_eeg_matches_reference(nest, vit_toolkit, features, size):
     model = nest.get_encoding_model("eeg", "things_eeg_2", "vit_b_32", subject=2)
     got, metadata = nest.encode(model, images)
     assert got.shape == (5, 4, 63, 140)
-    assert_parity(reference_eeg(features(images), toolkit.load_eeg_head(vit_toolkit, 2)), got, size)
+    assert_parity(reference_eeg(features(images), toolkit.load_head(vit_toolkit, "eeg-things_eeg_2-vit_b_32", 2)[0]), got, size)
     assert metadata["eeg"]["ch_names"][:3] == ["Fp1", "F3", "F7"] and len(metadata["eeg"]["times"]) == 140
 
 
@@ -64,11 +64,11 @@ def test_eeg_legacy_layout_matches_reference(tmp_path, features):
                                     log=quiet)
     images = synthetic.synthetic_images(4, 256, seed=1)
     got = NEST(bundle).encode(NEST(bundle).get_encoding_model(EEG, subject=3), stimulus=images)
-    weights = toolkit.load_eeg_head(nest_dir, 3)
+    weights = toolkit.load_head(nest_dir, "eeg-things_eeg_2-vit_b_32", 3)[0]
     assert weights["pca_param"]["components_"].shape == (40, 460800)  # 1000 in real legacy files
     assert_parity(reference_eeg(features(images), weights), got, 256)
     sidecar = json.loads((bundle / "eeg-things_eeg_2-vit_b_32" / "sub-03.json").read_text())
-    assert sidecar["toolkit_layout"] == "legacy" and sidecar["components"] == 12
+    assert sidecar["toolkit_format"]["layout"] == "legacy" and sidecar["components"] == 12
 
 
 def test_backbone_uses_onnxruntime_fused_attention_and_gelu(vit_bundle):
@@ -88,15 +88,15 @@ def test_fsaverage_all_vertices_match_reference(nest, vit_toolkit, features, siz
     images = synthetic.synthetic_images(4, size, seed=size + 1)
     lh, rh = nest.encode(nest.get_encoding_model(FSAVERAGE, subject=1), stimulus=images)
     assert lh.shape == rh.shape == (4, VERTICES)
-    weights = toolkit.load_npy_dict(toolkit.fsaverage_files(vit_toolkit, 1)["weights"])
+    weights = toolkit.load_npy_dict(toolkit.head_files(vit_toolkit, "fmri-nsd_fsaverage-vit_b_32", 1)["weights"])
     expected = reference_fsaverage(features(images), weights)
     assert_parity(np.concatenate(expected, axis=1), np.concatenate([lh, rh], axis=1), size)
 
 
 def test_fsaverage_roi_and_vertex_selections(nest, vit_toolkit, features):
     images = synthetic.synthetic_images(3, 300, seed=8)
-    weights = toolkit.load_npy_dict(toolkit.fsaverage_files(vit_toolkit, 1)["weights"])
-    rois = toolkit.load_npy_dict(toolkit.fsaverage_files(vit_toolkit, 1)["metadata"])["fmri"]
+    weights = toolkit.load_npy_dict(toolkit.head_files(vit_toolkit, "fmri-nsd_fsaverage-vit_b_32", 1)["weights"])
+    rois = toolkit.load_npy_dict(toolkit.head_files(vit_toolkit, "fmri-nsd_fsaverage-vit_b_32", 1)["metadata"])["fmri"]
     lh_rows, rh_rows = rois["lh_fsaverage_rois"]["FFA-1"], rois["rh_fsaverage_rois"]["FFA-1"]
     model = nest.get_encoding_model(FSAVERAGE, subject=1, selection={"roi": "FFA-1"})
     assert model.outputs == len(lh_rows) + len(rh_rows) < 2 * VERTICES  # only those columns are computed
@@ -272,11 +272,14 @@ def test_return_metadata_defaults_follow_the_api(nest):
 
 
 def test_catalog_queries(nest, capsys):
-    assert nest.list_models() == ["fmri-nsd-fwrf", EEG, FSAVERAGE]
+    assert nest.list_models() == ["fmri-nsd-fwrf", EEG, FSAVERAGE, "meg-things_meg_1-vit_b_32",
+                                  "fmri-things_fmri_1-vit_b_32", "utah_array-tvsd-vit_b_32"]
     catalog = nest.get_model_catalog(print_format=True)
     assert catalog == {"fMRI": ["Natural Scenes Dataset (NSD) (fsaverage surface space)",
-                                "Natural Scenes Dataset (NSD) (subject-native volume space)"],
-                       "EEG": ["THINGS EEG2"]}
+                                "Natural Scenes Dataset (NSD) (subject-native volume space)",
+                                "THINGS fMRI1 (subject-native volume space)"],
+                       "EEG": ["THINGS EEG2"], "MEG": ["THINGS MEG1"],
+                       "utah_array": ["TVSD (THINGS Ventral Stream Spiking Dataset)"]}
     assert "THINGS EEG2" in capsys.readouterr().out
     card = nest.describe(EEG)
     assert set(card) == {"model_id", "model_info", "description", "input", "output", "parameters",
@@ -293,7 +296,7 @@ def test_catalog_queries(nest, capsys):
     (lambda n: n.get_encoding_model(EEG, subject=3), ValueError, ["does not contain", "--subjects 3"]),
     (lambda n: n.get_encoding_model(EEG, subject=1, selection={"rois": 1}), ValueError, ["'rois'", "channels"]),
     (lambda n: n.get_encoding_model(EEG, subject=1, selection={"channels": ["Oz", "Q9"]}), ValueError,
-     ["unknown channels ['Q9']"]),
+     ["unknown values ['Q9']"]),
     (lambda n: n.get_encoding_model(EEG, subject=1, selection={"channels": "Oz"}), TypeError, ["list"]),
     (lambda n: n.get_encoding_model(EEG, subject=1, selection={"channels": []}), ValueError, ["empty"]),
     (lambda n: n.get_encoding_model(EEG, subject=1, selection={"timepoints": [1] * 139}), ValueError,
@@ -315,14 +318,14 @@ def test_catalog_queries(nest, capsys):
     (lambda n: n.get_encoding_model(EEG, subject=1, selection={"timepoints": [[1], [1, 0]]}), ValueError,
      ["flat list"]),
     (lambda n: n.get_encoding_model(EEG, subject=1, selection={"channels": [np.array(["Oz"])]}), TypeError,
-     ["channel names (str)"]),
+     ["names (str)"]),
 ])
 def test_selection_and_model_id_errors(nest, call, kind, words):
     assert_nest_error(lambda: call(nest), kind, words)
 
 
 def test_empty_roi_is_an_error(nest, vit_toolkit):
-    rois = toolkit.load_npy_dict(toolkit.fsaverage_files(vit_toolkit, 1)["metadata"])["fmri"]
+    rois = toolkit.load_npy_dict(toolkit.head_files(vit_toolkit, "fmri-nsd_fsaverage-vit_b_32", 1)["metadata"])["fmri"]
     empty = [name for name in rois["lh_fsaverage_rois"]
              if len(rois["lh_fsaverage_rois"][name]) == 0 and len(rois["rh_fsaverage_rois"][name]) == 0]
     one_sided = [name for name in rois["lh_fsaverage_rois"] if len(rois["lh_fsaverage_rois"][name]) == 0
@@ -363,7 +366,7 @@ def test_head_width_must_match_backbone(bundle_copy):
     from nest_rt.bundle import sha256_file
     from nest_rt_export.vit_onnx import head_model
     folder = bundle_copy / "eeg-things_eeg_2-vit_b_32"
-    onnx.save(head_model(1000, 12, doc=""), folder / "sub-01.head.onnx")
+    onnx.save(head_model(1000, 12, 1, doc=""), folder / "sub-01.head.onnx")
     np.save(folder / "sub-01.pca_matrix.npy", np.zeros((1000, 12), np.float32))
     manifest = json.loads((bundle_copy / "bundle.json").read_text())
     for name in ("sub-01.head.onnx", "sub-01.pca_matrix.npy"):
@@ -375,12 +378,12 @@ def test_head_width_must_match_backbone(bundle_copy):
 
 def test_regression_arrays_must_match_the_manifest(bundle_copy):
     from nest_rt.bundle import sha256_file
-    coef = bundle_copy / "eeg-things_eeg_2-vit_b_32" / "sub-02.regression_coef_t.npy"
-    np.save(coef, np.load(coef)[:, :100])
+    coef = bundle_copy / "eeg-things_eeg_2-vit_b_32" / "sub-02.regression_coef.npy"
+    np.save(coef, np.load(coef)[:, :, :100])
     manifest = json.loads((bundle_copy / "bundle.json").read_text())
-    manifest["files"]["eeg-things_eeg_2-vit_b_32/sub-02.regression_coef_t.npy"]["sha256"] = sha256_file(coef)
+    manifest["files"]["eeg-things_eeg_2-vit_b_32/sub-02.regression_coef.npy"]["sha256"] = sha256_file(coef)
     (bundle_copy / "bundle.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match=r"regression arrays have shapes \(12, 100\)"):
+    with pytest.raises(ValueError, match=r"regression arrays have shapes \(1, 12, 100\)"):
         NEST(bundle_copy).get_encoding_model(EEG, subject=2)
 
 

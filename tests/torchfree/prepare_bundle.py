@@ -1,8 +1,9 @@
 """Run with torch: write a bundle and torch-reference responses for the torch-free tests.
 
 Usage: python tests/torchfree/prepare_bundle.py WORK_DIR
-Writes WORK_DIR/bundle (fwRF, EEG and fsaverage models) and WORK_DIR/expected.npz (images and
-torch reference responses).
+Writes WORK_DIR/bundle (fwRF, EEG, fsaverage, MEG and Utah-array models) and
+WORK_DIR/expected.npz (images and torch reference responses; MEG and Utah array from the
+upstream-style reference of tests/berg_reference.py).
 """
 from __future__ import annotations
 
@@ -11,27 +12,33 @@ from pathlib import Path
 
 import numpy as np
 
-from nest_rt_export import exporter, synthetic, synthetic_vit, toolkit
+from nest_rt_export import exporter, synthetic, synthetic_berg, synthetic_vit, toolkit
 from nest_rt_export.fwrf_torch import FwrfReference
 from nest_rt_export.vit_torch import VitFeatures, load_vit, reference_eeg, reference_features, reference_fsaverage
 
 SUBJECT = 2
 ROIS = ["V1", "FFA-1", "lateral"]
-
-
 FSAVERAGE_ROI = "V1v"
+MEG_SELECTION = {"region": ["Occipital"]}
+TVSD_SELECTION = {"roi": ["V4"]}
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from berg_reference import upstream_responses  # noqa: E402  (tests/, found through the path above)
 
 
 def main(work: Path) -> None:
     nest_dir = synthetic.write_toolkit(work / "toolkit", subjects=[SUBJECT], rois=ROIS, voxels=40, seed=5)
     synthetic_vit.write_vit_toolkit(nest_dir, eeg_subjects=[SUBJECT], fsaverage_subjects=[SUBJECT],
                                     components=8, seed=5)
+    # the same seed writes the same ViT weights as write_vit_toolkit above
+    synthetic_berg.write_berg_toolkit(nest_dir, meg_subjects=[SUBJECT], meg_variants=("full",),
+                                      tvsd_subjects=["F"], components=8, seed=5)
     vit_weights = nest_dir / synthetic_vit.VIT_WEIGHTS_NAME
     exporter.export_bundle(nest_dir, work / "bundle", vit_weights=vit_weights, overwrite=True)
     features = VitFeatures(load_vit(vit_weights))
-    eeg_weights = toolkit.load_eeg_head(nest_dir, SUBJECT)
-    fsaverage_weights = toolkit.load_npy_dict(toolkit.fsaverage_files(nest_dir, SUBJECT)["weights"])
-    rois = toolkit.load_npy_dict(toolkit.fsaverage_files(nest_dir, SUBJECT)["metadata"])["fmri"]
+    eeg_weights = toolkit.load_head(nest_dir, "eeg-things_eeg_2-vit_b_32", SUBJECT)[0]
+    fsaverage_weights = toolkit.load_npy_dict(toolkit.head_files(nest_dir, "fmri-nsd_fsaverage-vit_b_32", SUBJECT)["weights"])
+    rois = toolkit.load_npy_dict(toolkit.head_files(nest_dir, "fmri-nsd_fsaverage-vit_b_32", SUBJECT)["metadata"])["fmri"]
     arrays = {}
     for size in (227, 256, 300):
         images = synthetic.synthetic_images(5, size, seed=size)
@@ -46,6 +53,13 @@ def main(work: Path) -> None:
         lh, rh = reference_fsaverage(vit_features, fsaverage_weights,
                                      rois["lh_fsaverage_rois"][FSAVERAGE_ROI], rois["rh_fsaverage_rois"][FSAVERAGE_ROI])
         arrays[f"expected_{size}_fsaverage_lh"], arrays[f"expected_{size}_fsaverage_rh"] = lh, rh
+        # 8 images: over 5 the per-output correlation of a resized size is too noisy for 0.9999
+        arrays[f"berg_images_{size}"] = berg_images = synthetic.synthetic_images(8, size, seed=size + 1)
+        berg_features = reference_features(features, berg_images)
+        arrays[f"expected_{size}_meg"] = upstream_responses(nest_dir, "meg-things_meg_1-vit_b_32", SUBJECT,
+                                                            berg_features, MEG_SELECTION)
+        arrays[f"expected_{size}_tvsd"] = upstream_responses(nest_dir, "utah_array-tvsd-vit_b_32", "F",
+                                                             berg_features, TVSD_SELECTION)
     np.savez(work / "expected.npz", **arrays)
 
 

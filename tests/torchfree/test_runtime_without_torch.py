@@ -71,6 +71,21 @@ def test_vit_models_like_the_torch_reference(expected, size, kind):
     assert within(compare(reference, got), END_TO_END_TOLERANCE["vit"][kind])
 
 
+@pytest.mark.parametrize("size, kind", [(227, "resized"), (256, "native"), (300, "resized")])
+def test_berg_meg_and_utah_array_models_like_the_reference(expected, size, kind):
+    from nest_rt import BERG
+    from nest_rt_export.parity import END_TO_END_TOLERANCE, compare, within
+    berg = BERG(WORK / "bundle")
+    images = expected[f"berg_images_{size}"]
+    meg = berg.get_encoding_model("meg-things_meg_1-vit_b_32", subject=SUBJECT,
+                                  selection={"region": ["Occipital"]})  # MEG_SELECTION of prepare_bundle.py
+    tvsd = berg.get_encoding_model("utah_array-tvsd-vit_b_32", subject="F", selection={"roi": ["V4"]})
+    for name, responses in zip(("meg", "tvsd"), berg.encode_many([meg, tvsd], images, show_progress=False)):
+        reference = expected[f"expected_{size}_{name}"]
+        assert responses.shape == reference.shape and responses.shape[-1] == {"meg": 281, "tvsd": 300}[name]
+        assert within(compare(reference, responses), END_TO_END_TOLERANCE["vit"][kind]), name
+
+
 def test_encode_many_mixes_fwrf_and_vit_models(expected):
     """A large fwRF ROI (small internal batches) next to ViT models (batches of 16) gives what
     each model gives alone."""

@@ -1,0 +1,292 @@
+"""Synthetic BERG toolkit files for the ViT-B/32 linear models, in upstream's formats
+(shared/BERG_REFERENCE.md §0, §1, §3, §4, §5).
+
+``write_berg_toolkit`` writes, under ``berg_dir``:
+
+- the random torchvision ViT-B/32 state dict of ``synthetic_vit.write_vit_weights`` (so
+  ``--vit-weights`` works as with the NEST synthetic toolkits), and a per-model
+  StandardScaler calibrated on that ViT's features, as ``synthetic_vit.write_vit_toolkit`` does;
+- EEG (``eeg-things_eeg_2-vit_b_32``, current format): one scaler, four PCAs (``rep-1``..``rep-4``)
+  stored as real pickled ``sklearn.decomposition.PCA`` objects (``eeg_pca_form="object"``) or as
+  plain dicts of their attributes (``"dict"``, the intermediate upstream variant), four
+  regressions; metadata whose ``ch_names`` is an ndarray of str for odd subjects and a list for
+  even ones;
+- MEG (``meg-things_meg_1-vit_b_32``): one weights file per train split
+  (``weights_P{n}_{split}.npy``), or the older single ``weights_P{n}.npy``, and the sensor
+  metadata (271 CTF sensor names, prefixes, hemispheres, regions);
+- THINGS-fMRI (``fmri-things_fmri_1-vit_b_32``): ``weights_sub-0{n}.npy`` with 211,339 voxels and
+  metadata with the 29 ROIs (overlapping, some unsorted);
+- TVSD (``utah_array-tvsd-vit_b_32``): ``weights_monkey{N|F}.npy`` with 1,024 electrodes x 300
+  time points and metadata with shuffled V1/V4/IT assignments.
+
+The file paths are written out here from the reference document on purpose, and not read from
+models_manifest.json: a toolkit built from the manifest's own patterns could not reveal a wrong
+pattern in the manifest, while one built from the document makes the runtime fail to find it.
+
+Every ``.npy`` file is a pickled dict in a 0-d object array (``np.save(..., allow_pickle=True)``).
+Output sizes are always the real ones; ``components`` (250 in real files) can be made small for
+fast tests. ``coef_dtype`` chooses the dtype of ``coef_`` and ``intercept_`` (unknown upstream).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.decomposition import PCA
+from torchvision.models import vit_b_32
+
+from . import synthetic_vit
+from .synthetic_vit import _eeg_metadata, _pca, _regression, _save, _scaler
+from .vit_torch import VitFeatures, reference_features
+
+ROOT = "encoding_models"
+EEG_DIR = f"{ROOT}/modality-eeg/train_dataset-things_eeg_2/model-vit_b_32"
+MEG_DIR = f"{ROOT}/modality-meg/train_dataset-things_meg_1/model-vit_b_32"
+THINGS_FMRI_DIR = f"{ROOT}/modality-fmri/train_dataset-things_fmri_1/model-vit_b_32"
+TVSD_DIR = f"{ROOT}/modality-utah_array/train_dataset-tvsd/model-vit_b_32"
+WEIGHTS = "encoding_models_weights"
+METADATA = "metadata"
+
+EEG_CHANNELS, EEG_TIMES = 63, 140
+MEG_SENSORS, MEG_TIMES = 271, 281
+THINGS_FMRI_VOXELS = 211_339
+TVSD_ELECTRODES, TVSD_TIMES = 1024, 300
+MEG_SPLITS = ("full", "split1", "split2", "split3", "split4")
+THINGS_FMRI_ROIS = ("V1", "V2", "V3", "hV4", "VO1", "VO2", "LO1_prf", "LO2_prf", "TO1", "TO2", "V3b",
+                    "V3a", "lFFA", "rFFA", "lOFA", "rOFA", "lEBA", "rEBA", "lPPA", "rPPA", "lRSC",
+                    "rRSC", "lTOS", "rTOS", "lLOC", "rLOC", "IT", "lSTS", "rSTS")
+TVSD_ROIS = ("V1", "V4", "IT")
+# CTF sensors per prefix (131 per hemisphere would be the full 275 system; THINGS-MEG keeps 271)
+MEG_PREFIX_COUNTS = {"C": 24, "F": 34, "O": 19, "P": 20, "T": 33}
+MEG_MIDLINE_COUNTS = {"MZC": 4, "MZF": 3, "MZO": 3, "MZP": 1}
+MEG_REGIONS = {"C": "Central", "F": "Frontal", "O": "Occipital", "P": "Parietal", "T": "Temporal"}
+_PCA_ATTRIBUTES = ("components_", "mean_", "explained_variance_", "explained_variance_ratio_",
+                   "singular_values_", "n_components_", "n_samples_", "noise_variance_", "n_features_in_")
+
+
+def eeg_paths(berg_dir: Path, subject: int) -> dict[str, Path]:
+    return {"weights": Path(berg_dir) / EEG_DIR / WEIGHTS / f"weights_subject-{subject:02d}.npy",
+            "metadata": Path(berg_dir) / EEG_DIR / METADATA / f"metadata_subject-{subject:02d}.npy"}
+
+
+def meg_paths(berg_dir: Path, subject: int, split: str | None) -> dict[str, Path]:
+    """``split`` None: the older single weights file ``weights_P{n}.npy``."""
+    name = f"weights_P{subject}.npy" if split is None else f"weights_P{subject}_{split}.npy"
+    return {"weights": Path(berg_dir) / MEG_DIR / WEIGHTS / name,
+            "metadata": Path(berg_dir) / MEG_DIR / METADATA / f"metadata_P{subject}.npy"}
+
+
+def things_fmri_paths(berg_dir: Path, subject: int) -> dict[str, Path]:
+    # upstream formats f'sub-0{subject}' (not {subject:02d}): subject 1 -> sub-01
+    return {"weights": Path(berg_dir) / THINGS_FMRI_DIR / WEIGHTS / f"weights_sub-0{subject}.npy",
+            "metadata": Path(berg_dir) / THINGS_FMRI_DIR / METADATA / f"metadata_sub-0{subject}.npy"}
+
+
+def tvsd_paths(berg_dir: Path, monkey: str) -> dict[str, Path]:
+    return {"weights": Path(berg_dir) / TVSD_DIR / WEIGHTS / f"weights_monkey{monkey}.npy",
+            "metadata": Path(berg_dir) / TVSD_DIR / METADATA / f"metadata_monkey{monkey}.npy"}
+
+
+def write_berg_toolkit(berg_dir: Path, *, eeg_subjects=(), eeg_pca_form: str = "object", meg_subjects=(),
+                       meg_variants=MEG_SPLITS, meg_unsplit: bool = False, things_fmri_subjects=(),
+                       tvsd_subjects=(), components: int = 250, seed: int = 0,
+                       coef_dtype: str = "float32") -> Path:
+    """Writes the ViT weights and the requested subjects' files; returns ``berg_dir``.
+
+    ``meg_unsplit`` writes the older ``weights_P{n}.npy`` instead of one file per variant."""
+    if eeg_pca_form not in ("object", "dict"):
+        raise ValueError(f"eeg_pca_form must be 'object' or 'dict', got {eeg_pca_form!r}")
+    if coef_dtype not in ("float32", "float64"):
+        raise ValueError(f"coef_dtype must be 'float32' or 'float64', got {coef_dtype!r}")
+    unknown = sorted(set(meg_variants) - set(MEG_SPLITS))
+    if unknown:
+        raise ValueError(f"unknown MEG train splits {unknown}; known: {list(MEG_SPLITS)}")
+    bad_monkeys = sorted(set(tvsd_subjects) - {"N", "F"})
+    if bad_monkeys:
+        raise ValueError(f"TVSD subjects are the monkeys 'N' and 'F', got {bad_monkeys}")
+    berg_dir = Path(berg_dir)
+    features = _calibration_features(berg_dir, seed)
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(coef_dtype)
+    for subject in eeg_subjects:
+        _write_eeg(berg_dir, int(subject), eeg_pca_form, components, features, rng, dtype)
+    for subject in meg_subjects:
+        _write_meg(berg_dir, int(subject), None if meg_unsplit else tuple(meg_variants), components,
+                   features, rng, dtype)
+    for subject in things_fmri_subjects:
+        _write_things_fmri(berg_dir, int(subject), components, features, rng, dtype)
+    for monkey in tvsd_subjects:
+        _write_tvsd(berg_dir, monkey, components, features, rng, dtype)
+    return berg_dir
+
+
+def _calibration_features(berg_dir: Path, seed: int) -> np.ndarray:
+    """Features of the random ViT on a few synthetic images, as write_vit_toolkit measures them."""
+    weights_path = synthetic_vit.write_vit_weights(berg_dir, seed)
+    vit = vit_b_32()
+    vit.load_state_dict(torch.load(weights_path, weights_only=True))
+    images = synthetic_vit.synthetic_images(synthetic_vit._CALIBRATION_IMAGES, 256, seed)
+    return reference_features(VitFeatures(vit.eval()), images)
+
+
+def _head(features, rng, components: int, samples: int, outputs: int, dtype) -> dict:
+    return {"scaler_param": _scaler(features, rng), "pca_param": _pca(rng, components, samples),
+            "reg_param": _cast_regression(_regression(rng, outputs, components), dtype)}
+
+
+def _cast_regression(regression: dict, dtype) -> dict:
+    return {**regression, "coef_": regression["coef_"].astype(dtype, copy=False),
+            "intercept_": regression["intercept_"].astype(dtype, copy=False)}
+
+
+def _pca_object(attributes: dict, random_state: int) -> PCA:
+    """A PCA that looks fitted (what upstream's training pickles with copy.deepcopy(pca))."""
+    pca = PCA(n_components=int(attributes["n_components_"]), random_state=random_state)
+    for key in _PCA_ATTRIBUTES:
+        setattr(pca, key, attributes[key])
+    pca._fit_svd_solver = "randomized"  # what "auto" picks for 16,540 x 460,800 and 250 components
+    return pca
+
+
+# -- EEG (§1) ----------------------------------------------------------------------------------
+def _write_eeg(berg_dir, subject, pca_form, components, features, rng, dtype) -> None:
+    paths = eeg_paths(berg_dir, subject)
+    pcas, regressions = {}, {}
+    for r in range(1, 5):
+        attributes = _pca(rng, components, 16540)  # fresh random components for each repetition
+        pcas[f"rep-{r}"] = (_pca_object(attributes, 20200220 + 1000 * subject + 10 * r)
+                            if pca_form == "object" else attributes)
+        regressions[f"rep-{r}"] = _cast_regression(_regression(rng, EEG_CHANNELS * EEG_TIMES, components), dtype)
+    _save(paths["weights"], {"scaler_param": _scaler(features, rng), "pca_param": pcas, "reg_param": regressions})
+    metadata = _eeg_metadata(rng)
+    if subject % 2 == 1:  # the reference leaves the type open: ndarray of str for odd subjects
+        metadata["eeg"]["ch_names"] = np.asarray(metadata["eeg"]["ch_names"], dtype=str)
+    else:
+        metadata["eeg"]["ch_names"] = list(metadata["eeg"]["ch_names"])
+    _save(paths["metadata"], metadata)
+
+
+# -- MEG (§3) ----------------------------------------------------------------------------------
+def meg_sensor_names() -> np.ndarray:
+    """271 CTF-style names (prefix + row digit + index digit), sorted as MNE lists them."""
+    names = []
+    groups = [(f"M{side}{letter}", count) for side in "LR" for letter, count in MEG_PREFIX_COUNTS.items()]
+    for prefix, count in groups + list(MEG_MIDLINE_COUNTS.items()):
+        names += [f"{prefix}{i // 7 + 1}{i % 7 + 1}" for i in range(count)]
+    assert len(names) == MEG_SENSORS and len(set(names)) == MEG_SENSORS
+    return np.asarray(sorted(names), dtype=str)
+
+
+def _meg_metadata(subject: int, rng) -> dict:
+    names = meg_sensor_names()
+    prefixes = np.asarray([name[:3] for name in names], dtype=str)
+    hemispheres = np.asarray([{"L": "left", "R": "right", "Z": "midline"}[name[1]] for name in names], dtype=str)
+    regions = np.asarray([MEG_REGIONS[name[2]] for name in names], dtype=str)
+    train, split, test = 22248, 5562, 2400
+
+    def trials(count, kind):
+        return np.asarray([f"{kind}_{i:05d}.jpg" for i in range(count)], dtype=str)
+    splits = {f"single_training split_{n}": {
+        "train_img_files": trials(split, f"split{n}"),
+        "correlation_results": rng.uniform(-0.1, 0.5, (MEG_SENSORS, MEG_TIMES)).astype(np.float32),
+        "percent_noise_ceiling": rng.uniform(0, 100, (MEG_SENSORS, MEG_TIMES)).astype(np.float32)}
+        for n in range(1, 5)}
+    return {
+        "meg": {"times": np.round(-0.1 + 0.005 * np.arange(MEG_TIMES), 6), "subject_id": f"P{subject}"},
+        "sensors": {"sensor_names": names, "sensor_prefixes": prefixes, "sensor_hemispheres": hemispheres,
+                    "sensor_regions": regions, "n_sensors": MEG_SENSORS},
+        "encoding_model": {
+            "all_training_splits": {
+                "train_img_files": trials(train, "train"),
+                "correlation_results": rng.uniform(-0.1, 0.6, (MEG_SENSORS, MEG_TIMES)).astype(np.float32),
+                "percent_noise_ceiling": rng.uniform(0, 100, (MEG_SENSORS, MEG_TIMES)).astype(np.float32)},
+            **splits,
+            "test_img_files": trials(test, "test"),
+            "ncsnr": rng.uniform(0, 1, (MEG_TIMES, MEG_SENSORS)).astype(np.float32),
+            "noise_ceiling": rng.uniform(0, 100, (MEG_TIMES, MEG_SENSORS)).astype(np.float32)},
+    }
+
+
+def _write_meg(berg_dir, subject, variants, components, features, rng, dtype) -> None:
+    # each train split is its own trained model: its own scaler, PCA and regression
+    for split in (None,) if variants is None else variants:
+        samples = 22248 if split in (None, "full") else 5562
+        _save(meg_paths(berg_dir, subject, split)["weights"],
+              _head(features, rng, components, samples, MEG_SENSORS * MEG_TIMES, dtype))
+    _save(meg_paths(berg_dir, subject, None)["metadata"], _meg_metadata(subject, rng))
+
+
+# -- THINGS-fMRI (§4) --------------------------------------------------------------------------
+def _things_fmri_rois(rng) -> dict[str, np.ndarray]:
+    """29 ROIs of 50..3000 voxels; a third left unsorted, several overlapping others."""
+    n = THINGS_FMRI_VOXELS
+    rois: dict[str, np.ndarray] = {}
+    for index, name in enumerate(THINGS_FMRI_ROIS):
+        size = int(rng.integers(50, 3001))
+        start = int(rng.integers(0, n - 3 * size))
+        voxels = start + rng.choice(3 * size, size, replace=False)  # random order
+        rois[name] = voxels if index % 3 == 1 else np.sort(voxels)
+    overlaps = {"V2": ("V1",), "V3a": ("V3b",), "lLOC": ("LO1_prf", "LO2_prf"), "IT": ("lFFA", "rFFA"),
+                "rSTS": ("lSTS",)}
+    for name, others in overlaps.items():
+        own = rois[name]
+        take = max(10, len(own) // (2 * len(others)))  # sizes stay within 50..3000
+        shared = np.concatenate([rng.choice(rois[other], min(take, len(rois[other])), replace=False)
+                                 for other in others])
+        merged = np.union1d(own[:len(own) - len(shared)], shared)
+        rois[name] = rng.permutation(merged) if name in ("IT", "V2") else merged
+    return {name: voxels.astype(np.int64) for name, voxels in rois.items()}
+
+
+def _write_things_fmri(berg_dir, subject, components, features, rng, dtype) -> None:
+    paths = things_fmri_paths(berg_dir, subject)
+    n = THINGS_FMRI_VOXELS
+    _save(paths["weights"], _head(features, rng, components, 8640, n, dtype))
+    grid = (72, 91, 75)  # a 2 mm volume; the voxels are a subset of it in C order
+    flat = np.sort(rng.choice(int(np.prod(grid)), n, replace=False))
+    coords = np.stack(np.unravel_index(flat, grid), axis=1).astype(np.int64)
+    concepts = np.asarray([f"concept_{i:04d}" for i in range(720)], dtype=str)
+    _save(paths["metadata"], {
+        "fmri": {"voxel_coords": coords, "n_voxels": n, "subject_id": f"sub-0{subject}"},
+        "encoding_model": {
+            "train_stimuli": np.asarray([f"{concepts[i % 720]}_{i // 720:02d}s.jpg" for i in range(8640)], dtype=str),
+            "train_concepts": concepts,
+            "test_stimuli": np.asarray([f"test_{i:03d}.jpg" for i in range(100)], dtype=str),
+            "test_concepts": concepts[:100],
+            "noise_ceiling_singletrial": rng.uniform(0, 60, n).astype(np.float32),
+            "noise_ceiling_testset": rng.uniform(0, 90, n).astype(np.float32),
+            "splithalf_uncorrected": rng.uniform(-0.1, 0.8, n).astype(np.float32),
+            "splithalf_corrected": rng.uniform(-0.1, 0.9, n).astype(np.float32),
+            "correlation_results": rng.uniform(-0.1, 0.7, n).astype(np.float32)},
+        "prf": {"eccentricity": rng.uniform(0, 10, n).astype(np.float32),
+                "polarangle": rng.uniform(0, 360, n).astype(np.float32),
+                "rsquared": rng.uniform(0, 1, n).astype(np.float32),
+                "size": rng.uniform(0.1, 5, n).astype(np.float32)},
+        "roi": _things_fmri_rois(rng),
+    })
+
+
+# -- TVSD (§5) ---------------------------------------------------------------------------------
+def _write_tvsd(berg_dir, monkey, components, features, rng, dtype) -> None:
+    paths = tvsd_paths(berg_dir, monkey)
+    e, t = TVSD_ELECTRODES, TVSD_TIMES
+    _save(paths["weights"], _head(features, rng, components, 22248, e * t, dtype))
+    v4 = int(rng.integers(200, 300))
+    it = int(rng.integers(150, 250))
+    assignments = np.repeat(np.arange(3, dtype=np.int64), [e - v4 - it, v4, it])
+    rng.shuffle(assignments)  # not contiguous blocks
+    labels = list(TVSD_ROIS) if monkey == "N" else np.asarray(TVSD_ROIS, dtype=str)
+    _save(paths["metadata"], {
+        "utah-array": {"times": np.round(-0.1 + 0.001 * np.arange(t), 6),
+                       "electrode_order": rng.permutation(e).astype(np.int64) + 1,
+                       "monkey_id": monkey, "n_electrodes": e},
+        "roi": {"roi_assignments": assignments, "roi_labels": labels},
+        "encoding_model": {
+            "test_avg_img_files": np.asarray([f"test_{i:03d}.jpg" for i in range(100)], dtype=str),
+            "SNR": rng.uniform(0, 8, (4, e)).astype(np.float32),
+            "SNR_max": rng.uniform(0, 10, e).astype(np.float32),
+            "oracle": rng.uniform(0, 1, e).astype(np.float32),
+            "ncsnr": rng.uniform(0, 1, (e, t)).astype(np.float32),
+            "noise_ceiling": rng.uniform(0, 100, (e, t)).astype(np.float32)},
+    })
