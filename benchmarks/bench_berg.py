@@ -153,11 +153,15 @@ def worker_setup(args) -> dict:
         from nest_rt_export.synthetic_berg import write_berg_toolkit
         from nest_rt_export.synthetic_vit import VIT_WEIGHTS_NAME, write_vit_toolkit
         marker.unlink(missing_ok=True)
-        log(f"writing the synthetic BERG toolkit to {toolkit_dir} (once)")
-        write_vit_toolkit(toolkit_dir, fsaverage_subjects=[1], components=COMPONENTS, seed=0)
-        write_berg_toolkit(toolkit_dir, eeg_subjects=list(range(1, ten + 1)), eeg_pca_form="object",
-                           meg_subjects=[1], meg_variants=("full",), things_fmri_subjects=[1],
-                           tvsd_subjects=["F"], components=COMPONENTS, seed=0)
+        written = toolkit_dir / "written.json"  # the toolkit alone (an export may fail after it)
+        toolkit_wanted = {key: wanted[key] for key in ("format", "eeg_subjects", "components")}
+        if not (written.is_file() and json.loads(written.read_text()) == toolkit_wanted):
+            log(f"writing the synthetic BERG toolkit to {toolkit_dir} (once)")
+            write_vit_toolkit(toolkit_dir, fsaverage_subjects=[1], components=COMPONENTS, seed=0)
+            write_berg_toolkit(toolkit_dir, eeg_subjects=list(range(1, ten + 1)), eeg_pca_form="object",
+                               meg_subjects=[1], meg_variants=("full",), things_fmri_subjects=[1],
+                               tvsd_subjects=["F"], components=COMPONENTS, seed=0)
+            written.write_text(json.dumps(toolkit_wanted))
         log(f"exporting it to {bundle_dir} (once)")
         export_bundle(toolkit_dir, bundle_dir, vit_weights=toolkit_dir / VIT_WEIGHTS_NAME, overwrite=True, log=log)
         marker.write_text(json.dumps(wanted))

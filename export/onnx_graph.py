@@ -50,8 +50,15 @@ class GraphBuilder:
             initializer=list(self.initializers.values()), doc_string=doc)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="nest_rt_export")
+        stamp_minimum_ir_version(model)
         onnx.checker.check_model(model)
         return model
+
+
+def stamp_minimum_ir_version(model: onnx.ModelProto) -> None:
+    """The lowest IR version the model's opsets need, instead of the newest the onnx package
+    writes (IR 14 with onnx 1.23, which onnxruntime before 1.32 refuses to load)."""
+    model.ir_version = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
 
 
 def resized_pixels(g: GraphBuilder, size_hw: tuple[int, int]) -> str:

@@ -1,7 +1,7 @@
 """Synthetic NEST toolkits: random weights in exactly the upstream file formats and sizes.
 
 Real toolkits are many GB and cannot be downloaded everywhere, so tests, the demo and the
-benchmarks build their own. The files written here follow NEST_REFERENCE §1 key by key
+benchmarks build their own. The files written here follow upstream's files key by key
 (``'args.'`` Namespace, ``best_params``/``final_params``, ``stim_mean``, ``betas_info``, ...), so
 the exporter reads them through the same code path as a real toolkit.
 
@@ -79,7 +79,7 @@ def write_pregenerated(nest_dir: Path, model_id: str, subject: int, roi: str | N
     """Upstream's pregenerated responses of one model for each image set: an HDF5 file with
     random float32 responses [images, *response_shape] and a pickled metadata dict.
 
-    What upstream's metadata files hold is unverified (NEST_REFERENCE §6.3). This writes a
+    What upstream's metadata files hold is unverified. This writes a
     plausible guess: the model's own metadata plus the image set's name and, per response
     row, the index of its image in that set.
     """

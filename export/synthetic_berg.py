@@ -1,5 +1,5 @@
-"""Synthetic BERG toolkit files for the ViT-B/32 linear models, in upstream's formats
-(shared/BERG_REFERENCE.md §0, §1, §3, §4, §5).
+"""Synthetic BERG toolkit files for the ViT-B/32 linear models, in upstream's formats (as
+upstream BERG's model loaders, training scripts and model cards describe them).
 
 ``write_berg_toolkit`` writes, under ``berg_dir``:
 
@@ -19,9 +19,9 @@
 - TVSD (``utah_array-tvsd-vit_b_32``): ``weights_monkey{N|F}.npy`` with 1,024 electrodes x 300
   time points and metadata with shuffled V1/V4/IT assignments.
 
-The file paths are written out here from the reference document on purpose, and not read from
+The file paths are written out here from upstream's loaders on purpose, and not read from
 models_manifest.json: a toolkit built from the manifest's own patterns could not reveal a wrong
-pattern in the manifest, while one built from the document makes the runtime fail to find it.
+pattern in the manifest, while one built from upstream's makes the runtime fail to find it.
 
 Every ``.npy`` file is a pickled dict in a 0-d object array (``np.save(..., allow_pickle=True)``).
 Output sizes are always the real ones; ``components`` (250 in real files) can be made small for
@@ -149,7 +149,7 @@ def _pca_object(attributes: dict, random_state: int) -> PCA:
     return pca
 
 
-# -- EEG (§1) ----------------------------------------------------------------------------------
+# -- EEG ----------------------------------------------------------------------------------
 def _write_eeg(berg_dir, subject, pca_form, components, features, rng, dtype) -> None:
     paths = eeg_paths(berg_dir, subject)
     pcas, regressions = {}, {}
@@ -167,7 +167,7 @@ def _write_eeg(berg_dir, subject, pca_form, components, features, rng, dtype) ->
     _save(paths["metadata"], metadata)
 
 
-# -- MEG (§3) ----------------------------------------------------------------------------------
+# -- MEG ----------------------------------------------------------------------------------
 def meg_sensor_names() -> np.ndarray:
     """271 CTF-style names (prefix + row digit + index digit), sorted as MNE lists them."""
     names = []
@@ -217,7 +217,7 @@ def _write_meg(berg_dir, subject, variants, components, features, rng, dtype) ->
     _save(meg_paths(berg_dir, subject, None)["metadata"], _meg_metadata(subject, rng))
 
 
-# -- THINGS-fMRI (§4) --------------------------------------------------------------------------
+# -- THINGS-fMRI --------------------------------------------------------------------------
 def _things_fmri_rois(rng) -> dict[str, np.ndarray]:
     """29 ROIs of 50..3000 voxels; a third left unsorted, several overlapping others."""
     n = THINGS_FMRI_VOXELS
@@ -267,7 +267,7 @@ def _write_things_fmri(berg_dir, subject, components, features, rng, dtype) -> N
     })
 
 
-# -- TVSD (§5) ---------------------------------------------------------------------------------
+# -- TVSD ---------------------------------------------------------------------------------
 def _write_tvsd(berg_dir, monkey, components, features, rng, dtype) -> None:
     paths = tvsd_paths(berg_dir, monkey)
     e, t = TVSD_ELECTRODES, TVSD_TIMES

@@ -1,5 +1,5 @@
 """Synthetic ViT-B/32 toolkit parts: a random torchvision state dict, EEG heads (current and
-legacy layouts) and fsaverage heads, in upstream's file formats (NEST_REFERENCE §1.5-1.7).
+legacy layouts) and fsaverage heads, in upstream's file formats.
 
 The scaler statistics are measured on features of the random ViT itself, so standardised
 features, PCA components and responses all have unit-order scale and vary across images.

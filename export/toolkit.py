@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from nest_rt import catalog
+from nest_rt.bundle import nested_value
 
 LAYOUT_CURRENT = "current"
 LAYOUT_LEGACY = "legacy"
@@ -98,7 +99,7 @@ def load_npy_dict(path: Path) -> dict[str, Any]:
 
 # -- .pt checkpoints ------------------------------------------------------------------------
 def _torch_safe_globals() -> list:
-    """Globals that NEST fwRF checkpoints need beyond plain tensors (see NEST_REFERENCE §1.3)."""
+    """Globals that NEST fwRF checkpoints need beyond plain tensors."""
     from numpy._core import multiarray
     dtype_classes = [type(np.dtype(t)) for t in (np.float32, np.float64, np.int64, np.int32,
                                                   np.int16, np.uint8, np.bool_)]
@@ -230,30 +231,21 @@ def available_heads(nest_dir: Path, model_id: str) -> dict[Any, list[str]]:
     return found
 
 
-def value_at(weights: dict, path: str) -> Any:
-    node: Any = weights
-    for part in path.split("/"):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def head_blocks(weights: dict, model_id: str, where: str) -> tuple[dict, list[dict], list[dict], bool]:
     """(scaler, the PCA of each regression block, the regression blocks, whether each block has
     its own PCA), found in a head dict where the manifest's ``head`` entry says. One shared PCA
     holds 'components_' itself; otherwise every block names its own (EEG's 'pca_param/rep-N')."""
     head = catalog.model_entry(model_id)["head"]
     problems = []
-    scaler = value_at(weights, head["scaler"])
+    scaler = nested_value(weights, head["scaler"])
     if not isinstance(scaler, dict):
         problems.append(f"no StandardScaler parameters at {head['scaler']!r}")
-    shared = value_at(weights, head["shared_pca"])
+    shared = nested_value(weights, head["shared_pca"])
     per_block = isinstance(shared, dict) and "components_" not in shared
     pcas, regressions = [], []
     for block in head["blocks"]:
-        regression = value_at(weights, block["regression"])
-        pca = value_at(weights, block["pca"]) if per_block and "pca" in block else shared
+        regression = nested_value(weights, block["regression"])
+        pca = nested_value(weights, block["pca"]) if per_block and "pca" in block else shared
         if not isinstance(regression, dict) or not {"coef_", "intercept_"} <= set(regression):
             problems.append(f"no regression coef_/intercept_ at {block['regression']!r}")
         if not isinstance(pca, dict) or not {"components_", "mean_"} <= set(pca):

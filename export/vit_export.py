@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from nest_rt import catalog
+from nest_rt.bundle import nested_value
 
 from . import toolkit
 from .artifacts import ExportError, record_sources, save_flat_npz
@@ -169,7 +170,7 @@ def _check_head(model_id: str, where: str, scaler: dict, pcas: list, regressions
                 problems.append(f"regression {entry['head']['blocks'][block]['regression']} has coef_ {coef} and "
                                 f"intercept_ {intercept}, expected ({rows}, {used}) and ({rows},)")
         for axis in output["axes"]:
-            labels = toolkit.value_at(metadata, axis["labels"]) if "labels" in axis else None
+            labels = nested_value(metadata, axis.get("labels"))
             if "labels" in axis and (labels is None or len(labels) != axis["size"]):
                 problems.append(f"metadata {axis['labels']} has {None if labels is None else len(labels)} "
                                 f"values, expected {axis['size']}")
@@ -184,7 +185,7 @@ def _check_head(model_id: str, where: str, scaler: dict, pcas: list, regressions
     for spec in entry["selection"].values():
         if spec["kind"] == "names":  # the runtime selects by the manifest's names: they must be these
             axis = next(a for o in entry["outputs"] for a in o["axes"] if a["name"] == spec["axis"])
-            labels = toolkit.value_at(metadata, axis["labels"])
+            labels = nested_value(metadata, axis["labels"])
             if labels is None or [str(v) for v in labels] != entry[spec["names"]]:
                 problems.append(f"metadata {axis['labels']} differ from the manifest's {spec['names']} in their order")
     if problems:
@@ -193,8 +194,8 @@ def _check_head(model_id: str, where: str, scaler: dict, pcas: list, regressions
 
 
 def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes):
-    """Write one subject's (and variant's) head; returns (label, features -> responses) for the
-    precision checks."""
+    """Write one subject's (and variant's) head; returns (label, features -> responses, reading
+    the written weights) for the precision checks."""
     import onnx
     import onnxruntime as ort
     from .vit_onnx import (COEF_NAME, FEATURES_NAME, INTERCEPT_NAME, PCA_BIAS_NAME, PCA_MATRIX_NAME,
@@ -267,4 +268,12 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes
     graphs.setdefault(str(subject), {})[variant] = {
         **names, "backbone": "vit_b_32", "components": int(used), "pca_blocks": int(blocks),
         "outputs": int(outputs), "toolkit_format": sidecar["toolkit_format"], "parity": parity}
-    return where.split(" (")[0], responses
+    saved = {name: staging / names[key] for name, key in ((PCA_MATRIX_NAME, "pca_matrix"), (PCA_BIAS_NAME, "pca_bias"),
+                                                          (COEF_NAME, "regression_coef"),
+                                                          (INTERCEPT_NAME, "regression_intercept"))}
+
+    def responses_from_files(features: np.ndarray) -> np.ndarray:
+        # read back when needed: holding every head's weights until the precision checks would
+        # keep ten EEG subjects' 18 GB in memory
+        return session.run(None, {FEATURES_NAME: features, **{k: np.load(v) for k, v in saved.items()}})[0]
+    return where.split(" (")[0], responses_from_files

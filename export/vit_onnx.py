@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .onnx_graph import OPSET, GraphBuilder, resized_pixels
+from .onnx_graph import OPSET, GraphBuilder, resized_pixels, stamp_minimum_ir_version
 
 RESIZE = 256
 CROP = 224
@@ -141,6 +141,7 @@ def backbone_model(vit) -> onnx.ModelProto:
     unique = {(o.domain, o.version): o for o in merged.opset_import}
     del merged.opset_import[:]
     merged.opset_import.extend(unique.values())
+    stamp_minimum_ir_version(merged)
     return merged
 
 

@@ -52,15 +52,17 @@ class Bundle:
         check_manifest(self.manifest, manifest_path)
         self._verified: set[str] = set()
 
-    def entry(self, model_id: str, subject: int, roi: str | None = None) -> dict[str, Any]:
-        """The manifest entry of one exported model (per subject, and per ROI for fwRF), or
-        NotExportedError saying how to export it."""
+    def entry(self, model_id: str, subject: int | str, roi: str | None = None) -> dict[str, Any]:
+        """The manifest entry of one exported model (per subject, and per ROI for fwRF or per
+        variant for MEG: ``roi`` is that key), or NotExportedError saying how to export it."""
         graphs = self.manifest["models"].get(model_id, {}).get("graphs", {})
         found = graphs.get(str(subject), {}).get(roi or "all")
         if found is None:
             source = self.manifest.get("source", {}).get("nest_dir") or "TOOLKIT"
-            what = f"{model_id} subject {subject}" + (f" roi {roi}" if roi else "")
-            options = f"--models {model_id} --subjects {subject}" + (f" --rois {roi}" if roi else "")
+            per_roi = bool(roi) and not catalog.is_linear(model_id)  # fwRF graphs
+            what = f"{model_id} subject {subject}" + (f" roi {roi}" if per_roi else
+                                                      f" {roi}" if roi and roi != "all" else "")
+            options = f"--models {model_id} --subjects {subject}" + (f" --rois {roi}" if per_roi else "")
             raise NotExportedError(
                 f"bundle {str(self.root)!r} does not contain {what}; export it with: "
                 f"nest-rt export --nest-dir {source} --out NEW_BUNDLE {options}")
@@ -164,6 +166,19 @@ def check_manifest(manifest: dict[str, Any], where: Path) -> None:
 
 
 _PARITY_KEYS = ("min_correlation", "relative_error")
+
+
+def nested_value(tree: Any, path: str | None) -> Any:
+    """``tree['a']['b']`` for the path 'a/b' (metadata and weight dicts), or None where any part
+    is missing."""
+    if path is None:
+        return None
+    node = tree
+    for part in path.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def read_nested_npz(path: str | Path) -> dict[str, Any]:

@@ -140,7 +140,6 @@ def rois(model_id: str) -> list[str]:
     return list(model_entry(model_id).get("rois", []))
 
 
-
 def validate_subject(model_id: str, subject: Any) -> int | str:
     """The subject as the catalog lists it: an int (most models) or a str (TVSD's monkeys 'N'
     and 'F'); the names upstream's cards also use ('P1' for MEG, 'sub-01' for THINGS-fMRI) are

@@ -37,7 +37,7 @@ import numpy as np
 
 from . import catalog, selection as selections
 from .api import NEST
-from .bundle import Bundle, sha256_file, write_nested_npz
+from .bundle import Bundle, nested_value, sha256_file, write_nested_npz
 from .errors import InvalidParameterError, OutputWriteError, RunStateError, StimulusError
 from .image_files import ARRAY_SUFFIXES, ImageList, list_image_files, load_image, open_image_array, scan_images
 from .images import Stimulus, is_channels_last
@@ -218,7 +218,7 @@ def _axes(request: ModelRequest, model: EncodingModel, shapes: dict, metadata: d
             axes[plan.block_axis] = len(plan.blocks)
         for axis in plan.axes:
             kept = plan.indices[axis["name"]]
-            labels = _metadata_at(metadata, axis.get("labels"))
+            labels = _labels(metadata, axis.get("labels"))
             axes[axis["name"]] = (np.asarray(labels)[kept].tolist() if labels is not None else len(kept))
         described[plan.name] = axes
     if len(model.plans) == 1:
@@ -226,15 +226,11 @@ def _axes(request: ModelRequest, model: EncodingModel, shapes: dict, metadata: d
     return described, model.selected_indices
 
 
-def _metadata_at(metadata: dict, path: str | None):
-    if path is None:
+def _labels(metadata: dict, path: str | None):
+    values = nested_value(metadata, path)
+    if values is None:
         return None
-    node: Any = metadata
-    for part in path.split("/"):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    values = np.asarray(node)
+    values = np.asarray(values)
     return values.round(6) if values.dtype.kind == "f" else values.astype(str)
 
 

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import catalog
+from .bundle import nested_value
 from .errors import InvalidParameterError, ParameterTypeError, ValidationError
 
 FWRF = "fmri-nsd-fwrf"
@@ -187,21 +188,14 @@ def _roi_indices(spec: dict, metadata: dict, item: str, output: str, outputs: li
 
 
 def _has_path(metadata: dict, path: str) -> bool:
-    node: Any = metadata
-    for part in path.split("/"):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
+    return nested_value(metadata, path) is not None
 
 
 def _metadata_value(metadata: dict, path: str, name: str) -> Any:
-    if not _has_path(metadata, path):
+    value = nested_value(metadata, path)
+    if value is None:
         raise ValidationError(f"{name} needs the subject's metadata {path!r}, which the bundle does not have")
-    node: Any = metadata
-    for part in path.split("/"):
-        node = node[part]
-    return node
+    return value
 
 
 def _names(name: str, value: Any, valid: list[str], bare_name: bool) -> list[str]:

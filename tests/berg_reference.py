@@ -1,12 +1,12 @@
 """Upstream-style reference of BERG's ViT-B/32 linear models (a test helper, not a test file).
 
-Computes what upstream BERG returns for a toolkit's files and ViT features, following
-shared/BERG_REFERENCE.md (§0.2 head maths, §1 EEG, §2 fsaverage, §3 MEG, §4 THINGS-fMRI,
-§5 TVSD) in upstream's order of operations, with scikit-learn's StandardScaler, PCA and
-LinearRegression rebuilt from the stored attributes (or, for the current EEG files, the pickled
-PCA objects themselves). File paths, selections and heads are written here from the reference
-document, independently of nest_rt and of the exporter: only the torch backbone comes from
-nest_rt_export.vit_torch.
+Computes what upstream BERG returns for a toolkit's files and ViT features, following upstream's
+model loaders (berg/models/eeg/things_eeg2_vit_b_32.py, meg/things_meg_1_vit_b_32.py,
+fmri/things_fmri_1_vit_b_32.py, utah_array/tvsd_vit_b_32.py, fmri/nsd_fsaverage_vit_b_32.py) in
+their order of operations, with scikit-learn's StandardScaler, PCA and LinearRegression rebuilt
+from the stored attributes (or, for the current EEG files, the pickled PCA objects themselves).
+File paths, selections and heads are written here from upstream's loaders, independently of
+nest_rt and of the exporter: only the torch backbone comes from nest_rt_export.vit_torch.
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def upstream_responses(berg_dir, model_id: str, subject, features: np.ndarray, s
     raise ValueError(f"no upstream reference for model {model_id!r}")
 
 
-# -- shared pieces (§0.2) ----------------------------------------------------------------------
+# -- shared pieces ----------------------------------------------------------------------
 def _load(path: Path) -> dict:
     return np.load(path, allow_pickle=True).item()
 
@@ -131,7 +131,7 @@ def _as_list(value, name: str) -> list:
     return list(value)
 
 
-# -- EEG (§1) ----------------------------------------------------------------------------------
+# -- EEG ----------------------------------------------------------------------------------
 def _eeg(folder: Path, subject: int, features, selection):
     _check_keys(selection, ("channels", "timepoints"))
     weights = _load(folder / "encoding_models_weights" / f"weights_subject-{subject:02d}.npy")
@@ -174,7 +174,7 @@ def _eeg(folder: Path, subject: int, features, selection):
     return np.concatenate(out)
 
 
-# -- MEG (§3) ----------------------------------------------------------------------------------
+# -- MEG ----------------------------------------------------------------------------------
 MEG_SENSORS, MEG_TIMES = 271, 281
 
 
@@ -216,7 +216,7 @@ def _meg(folder: Path, subject: int, features, selection, train_split: str):
     return np.concatenate(out).astype(np.float32)
 
 
-# -- THINGS-fMRI (§4) --------------------------------------------------------------------------
+# -- THINGS-fMRI --------------------------------------------------------------------------
 THINGS_FMRI_VOXELS = 211_339
 
 
@@ -241,7 +241,7 @@ def _things_fmri(folder: Path, subject: int, features, selection):
     return np.concatenate([regression.predict(_components(scaler, pca, batch)) for batch in _batches(features)])
 
 
-# -- TVSD (§5) ---------------------------------------------------------------------------------
+# -- TVSD ---------------------------------------------------------------------------------
 TVSD_ELECTRODES, TVSD_TIMES = 1024, 300
 
 
@@ -275,7 +275,7 @@ def _tvsd(folder: Path, monkey: str, features, selection):
     return np.concatenate(out).astype(np.float32)
 
 
-# -- fsaverage (§2) ----------------------------------------------------------------------------
+# -- fsaverage ----------------------------------------------------------------------------
 FSAVERAGE_VERTICES = 163_842
 
 

@@ -32,6 +32,19 @@ def edit_json(path: Path, change) -> None:
     path.write_text(json.dumps(content))
 
 
+def count_backbone_calls(nest, monkeypatch) -> list[int]:
+    """The batch sizes of every call of ``nest``'s ViT backbone from now on (on the CPU)."""
+    backbone = nest._vit_backbone()
+    session, calls = backbone._sessions.get("cpu"), []
+
+    class CountingSession:
+        def run(self, outputs, feeds):
+            calls.append(len(feeds["images"]))
+            return session.run(outputs, feeds)
+    monkeypatch.setitem(backbone._sessions._by_device, "cpu", CountingSession())
+    return calls
+
+
 def assert_nest_error(call, kind: type, words: list[str]) -> None:
     """call() raises ``kind`` (a built-in base) that is also a NESTError and names every word."""
     from nest_rt import NESTError

@@ -26,7 +26,7 @@ from nest_rt_export import exporter, synthetic, synthetic_berg, synthetic_vit, t
 from nest_rt_export.artifacts import ExportError
 from nest_rt_export.parity import END_TO_END_TOLERANCE, compare, within
 
-from conftest import assert_nest_error, quiet
+from conftest import assert_nest_error, count_backbone_calls, quiet
 
 EEG, MEG = "eeg-things_eeg_2-vit_b_32", "meg-things_meg_1-vit_b_32"
 THINGS_FMRI, TVSD = "fmri-things_fmri_1-vit_b_32", "utah_array-tvsd-vit_b_32"
@@ -156,14 +156,7 @@ def test_one_backbone_pass_per_batch_for_every_model(berg, monkeypatch):
               nest.get_encoding_model(THINGS_FMRI, subject=2, selection={"roi": ["V1"]}),
               nest.get_encoding_model(TVSD, subject="F")]
     separate = [nest.encode(model=m, stimulus=images, show_progress=False) for m in models]
-    session = nest._vit_backbone()._sessions.get("cpu")
-    calls = []
-
-    class CountingSession:
-        def run(self, outputs, feeds):
-            calls.append(len(feeds["images"]))
-            return session.run(outputs, feeds)
-    monkeypatch.setitem(nest._vit_backbone()._sessions._by_device, "cpu", CountingSession())
+    calls = count_backbone_calls(nest, monkeypatch)
     together = berg.encode_many(models, images, show_progress=False)
     assert calls == [16, 4], "the backbone must run once per batch for all models"
     for a, b in zip(together, separate):

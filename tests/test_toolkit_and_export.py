@@ -28,7 +28,7 @@ def test_checkpoint_has_upstream_keys_and_loads_strictly(toolkit_dir):
     assert checkpoint["stim_mean"].shape == (1, 3, 1, 1) and checkpoint["stim_mean"].dtype == np.float32
     encoder = checkpoint["best_params"]["enc"]
     assert len(encoder) == 54 and encoder["enc.bn1.num_batches_tracked"].dtype == torch.int64
-    assert sum(v.numel() for v in encoder.values()) == 1_367_562  # NEST_REFERENCE §1.4
+    assert sum(v.numel() for v in encoder.values()) == 1_367_562  # the gnet Encoder's parameter count upstream
     FwrfEncoder().load_state_dict(encoder, strict=True)
     readout = checkpoint["best_params"]["fwrfs"][SUBJECT]
     assert {k: tuple(v.shape) for k, v in readout.items()} == {

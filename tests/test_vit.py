@@ -21,7 +21,7 @@ from nest_rt_export import exporter, synthetic, synthetic_vit, toolkit
 from nest_rt_export.parity import END_TO_END_TOLERANCE, compare, within
 from nest_rt_export.vit_torch import VitFeatures, load_vit, reference_eeg, reference_features, reference_fsaverage
 
-from conftest import assert_nest_error, quiet
+from conftest import assert_nest_error, count_backbone_calls, quiet
 
 EEG, FSAVERAGE = "eeg-things_eeg_2-vit_b_32", "fmri-nsd_fsaverage-vit_b_32"
 VERTICES = 163842
@@ -141,14 +141,7 @@ def test_encode_many_shares_the_backbone(nest, monkeypatch):
     models = [nest.get_encoding_model(EEG, subject=s) for s in (1, 2)]
     models.append(nest.get_encoding_model(FSAVERAGE, subject=1, selection={"roi": "V2d"}))
     separate = [nest.encode(m, stimulus=images) for m in models]
-    session = nest._vit_backbone()._sessions.get("cpu")
-    calls = []
-
-    class CountingSession:
-        def run(self, outputs, feeds):
-            calls.append(len(feeds["images"]))
-            return session.run(outputs, feeds)
-    monkeypatch.setitem(nest._vit_backbone()._sessions._by_device, "cpu", CountingSession())
+    calls = count_backbone_calls(nest, monkeypatch)
     together = nest.encode_many(models, images, show_progress=False)
     assert calls == [16, 4], "the backbone must run once per batch for all models"
     np.testing.assert_array_equal(together[0], separate[0])
@@ -403,3 +396,14 @@ def test_missing_backbone_file(bundle_copy):
     (bundle_copy / "vit_b_32" / "backbone.onnx").unlink()
     with pytest.raises(FileNotFoundError, match="backbone.onnx"):
         NEST(bundle_copy).get_encoding_model(FSAVERAGE, subject=1)
+
+
+def test_every_graph_has_the_lowest_ir_version_its_opsets_need(vit_bundle):
+    """onnx 1.23 stamps IR 14, which onnxruntime before 1.32 (and onnxruntime-node, the C#
+    package) refuses; every graph of the bundle, the lower precisions included, says what it needs."""
+    import onnx
+    graphs = sorted(vit_bundle.rglob("*.onnx"))
+    assert len(graphs) >= 6 and any("int8" in g.name for g in graphs) and any("fp16" in g.name for g in graphs)
+    for path in graphs:
+        model = onnx.load(path, load_external_data=False)
+        assert model.ir_version == onnx.helper.find_min_ir_version_for(list(model.opset_import), True) <= 10, path
