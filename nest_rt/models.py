@@ -344,7 +344,6 @@ class StackedModel(EncodingModel):
         self.variant = "+".join(part.variant for part in parts)
         self.plans, self.selected_indices, self._entry = first.plans, first.selected_indices, first._entry
         self.batch_size = first.batch_size
-        self.head = None
 
     def __repr__(self) -> str:
         return f"<StackedModel {self.model_id} subject={self.subject!r} {self.axis_name}={len(self.parts)}>"
