@@ -34,15 +34,17 @@ __all__ = ["ExportError", "export_bundle"]
 
 def export_bundle(nest_dir: str | Path, out: str | Path, models: list[str] | None = None,
                   subjects: list[int] | None = None, rois: list[str] | None = None,
-                  vit_weights: str | Path | None = None, precisions: tuple[str, ...] = (),
+                  vit_weights: str | Path | None = None, alexnet_weights: str | Path | None = None,
+                  precisions: tuple[str, ...] = (),
                   overwrite: bool = False, pregenerated: bool = False,
                   log: Callable[[str], None] = print) -> Path:
     """Export the requested models (default: every model found in the toolkit).
 
     ``subjects`` applies to every model (subjects a model does not have are skipped; TVSD's are
     'N' and 'F'), ``rois`` to the fwRF model. Every training split found is exported (MEG).
-    ``vit_weights`` is a torchvision vit_b_32 state dict; without it the ViT models use
-    torchvision's ImageNet weights, downloaded or cached as upstream does. ``precisions`` adds
+    ``vit_weights`` is a torchvision vit_b_32 state dict and ``alexnet_weights`` an alexnet one;
+    without them the ViT and trained AlexNet models use torchvision's ImageNet weights, downloaded
+    or cached as upstream does (the untrained AlexNet is built from upstream's seed). ``precisions`` adds
     opt-in backbones ('int8' for the CPU, 'fp16' for CUDA), each with its fidelity against fp32
     recorded. ``pregenerated`` converts the legacy toolkit's pregenerated response metadata to
     npz in the bundle (the .h5 responses stay in the toolkit).
@@ -72,7 +74,8 @@ def export_bundle(nest_dir: str | Path, out: str | Path, models: list[str] | Non
             log(f"exporting {FWRF} subject {subject} roi {roi}")
             export_fwrf(nest_dir, staging, manifest, subject, roi)
         if vit:
-            export_vit(nest_dir, staging, manifest, vit, vit_weights, log, precisions=tuple(precisions))
+            export_vit(nest_dir, staging, manifest, vit, {"vit_b_32": vit_weights, "alexnet": alexnet_weights},
+                       log, precisions=tuple(precisions))
     log(f"bundle written to {out}")
     return out
 

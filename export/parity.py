@@ -44,6 +44,11 @@ END_TO_END_TOLERANCE = {
     # Upsampling small images (224 -> 256) creates many near ties: up to 6.6e-4, correlation 0.99997.
     "vit": {"native": {"relative_error": 1e-5, "min_correlation": 0.99999},    # S = 256: no resize
             "resized": {"relative_error": 1e-3, "min_correlation": 0.9999}},
+    # AlexNet's 11x11 stride-4 conv1 and its max pools carry the resize's 1-grey-level
+    # differences further than the ViT's patch embedding: upsampled 224 -> 256, up to 1.09e-3
+    # (correlation 0.99994) on the trained stand-in's fsaverage head; 300 -> 256 up to 1.4e-4.
+    "alexnet": {"native": {"relative_error": 1e-5, "min_correlation": 0.99999},  # S = 256: no resize
+                "resized": {"relative_error": 2e-3, "min_correlation": 0.9999}},
 }
 
 

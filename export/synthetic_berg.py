@@ -17,7 +17,14 @@ upstream BERG's model loaders, training scripts and model cards describe them).
 - THINGS-fMRI (``fmri-things_fmri_1-vit_b_32``): ``weights_sub-0{n}.npy`` with 211,339 voxels and
   metadata with the 29 ROIs (overlapping, some unsorted);
 - TVSD (``utah_array-tvsd-vit_b_32``): ``weights_monkey{N|F}.npy`` with 1,024 electrodes x 300
-  time points and metadata with shuffled V1/V4/IT assignments.
+  time points and metadata with shuffled V1/V4/IT assignments;
+- the AlexNet models (``model-alexnet`` and ``model-alexnet_untrained``): EEG as the ViT one's
+  current format (four PCAs, as objects or dicts) and fsaverage (one PCA as plain arrays, two
+  hemispheres of 163,842 vertices, the newer card's metadata: ``nsdgeneral`` among the ROIs and
+  ``_nsdcore`` / ``_nsdsynthetic`` accuracy keys), with 205,672 features. Their scalers are
+  calibrated on the features of their own backbone: a random torchvision alexnet state dict
+  (``alexnet_synthetic.pth``, for ``--alexnet-weights``) for the trained one, upstream's seeded
+  initialisation for the untrained one.
 
 The file paths are written out here from upstream's loaders on purpose, and not read from
 models_manifest.json: a toolkit built from the manifest's own patterns could not reveal a wrong
@@ -34,9 +41,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.decomposition import PCA
-from torchvision.models import vit_b_32
+from torchvision.models import alexnet, vit_b_32
 
-from . import synthetic_vit
+from . import alexnet_torch, synthetic_vit
 from .synthetic_vit import _eeg_metadata, _pca, _regression, _save, _scaler
 from .vit_torch import VitFeatures, reference_features
 
@@ -45,6 +52,14 @@ EEG_DIR = f"{ROOT}/modality-eeg/train_dataset-things_eeg_2/model-vit_b_32"
 MEG_DIR = f"{ROOT}/modality-meg/train_dataset-things_meg_1/model-vit_b_32"
 THINGS_FMRI_DIR = f"{ROOT}/modality-fmri/train_dataset-things_fmri_1/model-vit_b_32"
 TVSD_DIR = f"{ROOT}/modality-utah_array/train_dataset-tvsd/model-vit_b_32"
+ALEXNET_BACKBONES = ("alexnet", "alexnet_untrained")
+ALEXNET_WEIGHTS_NAME = "alexnet_synthetic.pth"
+FSAVERAGE_VERTICES = 163_842
+# the fsaverage ROIs of the AlexNet card; the metadata names OVWFA 'OWFA' (NSD's colour table)
+FSAVERAGE_ROIS = ("V1d", "V1v", "V2d", "V2v", "V3d", "V3v", "hV4", "OFA", "FFA-1", "FFA-2", "mTL-faces",
+                  "aTL-faces", "OWFA", "VWFA-1", "VWFA-2", "mfs-words", "mTL-words", "OPA", "PPA", "RSC",
+                  "EBA", "FBA-1", "FBA-2", "mTL-bodies", "early", "midventral", "midlateral", "midparietal",
+                  "parietal", "lateral", "ventral", "nsdgeneral")
 WEIGHTS = "encoding_models_weights"
 METADATA = "metadata"
 
@@ -70,6 +85,18 @@ def eeg_paths(berg_dir: Path, subject: int) -> dict[str, Path]:
             "metadata": Path(berg_dir) / EEG_DIR / METADATA / f"metadata_subject-{subject:02d}.npy"}
 
 
+def alexnet_eeg_paths(berg_dir: Path, backbone: str, subject: int) -> dict[str, Path]:
+    folder = Path(berg_dir) / ROOT / f"modality-eeg/train_dataset-things_eeg_2/model-{backbone}"
+    return {"weights": folder / WEIGHTS / f"weights_subject-{subject:02d}.npy",
+            "metadata": folder / METADATA / f"metadata_subject-{subject:02d}.npy"}
+
+
+def alexnet_fsaverage_paths(berg_dir: Path, backbone: str, subject: int) -> dict[str, Path]:
+    folder = Path(berg_dir) / ROOT / f"modality-fmri/train_dataset-nsd_fsaverage/model-{backbone}"
+    return {"weights": folder / WEIGHTS / f"weights_subject-{subject:02d}.npy",
+            "metadata": folder / METADATA / f"metadata_subject-{subject:02d}.npy"}
+
+
 def meg_paths(berg_dir: Path, subject: int, split: str | None) -> dict[str, Path]:
     """``split`` None: the older single weights file ``weights_P{n}.npy``."""
     name = f"weights_P{subject}.npy" if split is None else f"weights_P{subject}_{split}.npy"
@@ -90,11 +117,13 @@ def tvsd_paths(berg_dir: Path, monkey: str) -> dict[str, Path]:
 
 def write_berg_toolkit(berg_dir: Path, *, eeg_subjects=(), eeg_pca_form: str = "object", meg_subjects=(),
                        meg_variants=MEG_SPLITS, meg_unsplit: bool = False, things_fmri_subjects=(),
-                       tvsd_subjects=(), components: int = 250, seed: int = 0,
+                       tvsd_subjects=(), alexnet_eeg_subjects=(), alexnet_fsaverage_subjects=(),
+                       alexnet_backbones=ALEXNET_BACKBONES, components: int = 250, seed: int = 0,
                        coef_dtype: str = "float32") -> Path:
     """Writes the ViT weights and the requested subjects' files; returns ``berg_dir``.
 
-    ``meg_unsplit`` writes the older ``weights_P{n}.npy`` instead of one file per variant."""
+    ``meg_unsplit`` writes the older ``weights_P{n}.npy`` instead of one file per variant; the
+    AlexNet subjects are written for each of ``alexnet_backbones`` (EEG with ``eeg_pca_form``)."""
     if eeg_pca_form not in ("object", "dict"):
         raise ValueError(f"eeg_pca_form must be 'object' or 'dict', got {eeg_pca_form!r}")
     if coef_dtype not in ("float32", "float64"):
@@ -105,12 +134,24 @@ def write_berg_toolkit(berg_dir: Path, *, eeg_subjects=(), eeg_pca_form: str = "
     bad_monkeys = sorted(set(tvsd_subjects) - {"N", "F"})
     if bad_monkeys:
         raise ValueError(f"TVSD subjects are the monkeys 'N' and 'F', got {bad_monkeys}")
+    unknown = sorted(set(alexnet_backbones) - set(ALEXNET_BACKBONES))
+    if unknown:
+        raise ValueError(f"unknown AlexNet backbones {unknown}; known: {list(ALEXNET_BACKBONES)}")
     berg_dir = Path(berg_dir)
-    features = _calibration_features(berg_dir, seed)
+    vit_subjects = (eeg_subjects, meg_subjects, things_fmri_subjects, tvsd_subjects)
+    features = _calibration_features(berg_dir, seed) if any(vit_subjects) else None
     rng = np.random.default_rng(seed)
     dtype = np.dtype(coef_dtype)
     for subject in eeg_subjects:
-        _write_eeg(berg_dir, int(subject), eeg_pca_form, components, features, rng, dtype)
+        _write_eeg(eeg_paths(berg_dir, int(subject)), int(subject), eeg_pca_form, components, features, rng, dtype)
+    for backbone in alexnet_backbones if (alexnet_eeg_subjects or alexnet_fsaverage_subjects) else ():
+        alexnet_features = _alexnet_calibration_features(berg_dir, backbone, seed)
+        for subject in alexnet_eeg_subjects:
+            _write_eeg(alexnet_eeg_paths(berg_dir, backbone, int(subject)), int(subject), eeg_pca_form, components,
+                       alexnet_features, rng, dtype)
+        for subject in alexnet_fsaverage_subjects:
+            _write_fsaverage(alexnet_fsaverage_paths(berg_dir, backbone, int(subject)), components,
+                             alexnet_features, rng, dtype)
     for subject in meg_subjects:
         _write_meg(berg_dir, int(subject), None if meg_unsplit else tuple(meg_variants), components,
                    features, rng, dtype)
@@ -130,8 +171,38 @@ def _calibration_features(berg_dir: Path, seed: int) -> np.ndarray:
     return reference_features(VitFeatures(vit.eval()), images)
 
 
+# ImageNet-trained AlexNet's activations are far larger than a default initialisation's (its
+# logits reach tens); scaling conv1 raises every later activation, so that the trained stand-in
+# and the untrained backbone test the graphs at two different scales.
+_TRAINED_CONV1_SCALE = 30.0
+
+
+def write_alexnet_weights(berg_dir: Path, seed: int = 0) -> Path:
+    """A random torchvision alexnet state dict standing in for the ImageNet weights (what
+    --alexnet-weights expects): drawn under another seed than upstream's untrained one, with
+    conv1 scaled by _TRAINED_CONV1_SCALE, so the two backbones differ in values and scale."""
+    path = Path(berg_dir) / ALEXNET_WEIGHTS_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        state = alexnet().state_dict()
+    state["features.0.weight"] *= _TRAINED_CONV1_SCALE
+    torch.save(state, path)
+    return path
+
+
+def _alexnet_calibration_features(berg_dir: Path, backbone: str, seed: int) -> np.ndarray:
+    if backbone == "alexnet":
+        network = alexnet_torch.load_alexnet(write_alexnet_weights(berg_dir, seed))
+    else:
+        network = alexnet_torch.untrained_alexnet()
+    images = synthetic_vit.synthetic_images(synthetic_vit._CALIBRATION_IMAGES, 256, seed)
+    return reference_features(alexnet_torch.AlexNetFeatures(network), images,
+                              transform=alexnet_torch.upstream_transform())
+
+
 def _head(features, rng, components: int, samples: int, outputs: int, dtype) -> dict:
-    return {"scaler_param": _scaler(features, rng), "pca_param": _pca(rng, components, samples),
+    return {"scaler_param": _scaler(features, rng), "pca_param": _pca(rng, components, samples, features.shape[1]),
             "reg_param": _cast_regression(_regression(rng, outputs, components), dtype)}
 
 
@@ -150,11 +221,10 @@ def _pca_object(attributes: dict, random_state: int) -> PCA:
 
 
 # -- EEG ----------------------------------------------------------------------------------
-def _write_eeg(berg_dir, subject, pca_form, components, features, rng, dtype) -> None:
-    paths = eeg_paths(berg_dir, subject)
+def _write_eeg(paths, subject, pca_form, components, features, rng, dtype) -> None:
     pcas, regressions = {}, {}
     for r in range(1, 5):
-        attributes = _pca(rng, components, 16540)  # fresh random components for each repetition
+        attributes = _pca(rng, components, 16540, features.shape[1])  # fresh components per repetition
         pcas[f"rep-{r}"] = (_pca_object(attributes, 20200220 + 1000 * subject + 10 * r)
                             if pca_form == "object" else attributes)
         regressions[f"rep-{r}"] = _cast_regression(_regression(rng, EEG_CHANNELS * EEG_TIMES, components), dtype)
@@ -289,4 +359,32 @@ def _write_tvsd(berg_dir, monkey, components, features, rng, dtype) -> None:
             "oracle": rng.uniform(0, 1, e).astype(np.float32),
             "ncsnr": rng.uniform(0, 1, (e, t)).astype(np.float32),
             "noise_ceiling": rng.uniform(0, 100, (e, t)).astype(np.float32)},
+    })
+
+
+# -- fsaverage (AlexNet) ------------------------------------------------------------------
+def _write_fsaverage(paths, components, features, rng, dtype) -> None:
+    n = FSAVERAGE_VERTICES
+    _save(paths["weights"], {"scaler_param": _scaler(features, rng),
+                             "pca_param": _pca(rng, components, 9000, features.shape[1]),
+                             "lh_reg_param": _cast_regression(_regression(rng, n, components), dtype),
+                             "rh_reg_param": _cast_regression(_regression(rng, n, components), dtype)})
+
+    def rois(left: bool) -> dict[str, np.ndarray]:
+        found = {}
+        for index, name in enumerate(FSAVERAGE_ROIS):
+            # nsdgeneral is the large visual mask; a few ROIs are empty (in the left hemisphere only, some)
+            size = 0 if index % 7 == 4 or (left and index % 6 == 2) else int(rng.integers(100, 2500))
+            size = 15000 if name == "nsdgeneral" else size
+            found[name] = np.sort(rng.choice(n, size, replace=False)).astype(np.int64)
+        return found
+    image_ids = np.sort(rng.permutation(73000)[:10000])
+    accuracy = {f"{h}_{key}_{split}": rng.uniform(0, 0.6, n).astype(np.float32)
+                for h in ("lh", "rh") for key in ("correlation", "r2", "noise_ceiling", "explained_variance")
+                for split in ("nsdcore", "nsdsynthetic")}
+    _save(paths["metadata"], {
+        "fmri": {"lh_ncsnr": rng.uniform(0, 1, n).astype(np.float32), "rh_ncsnr": rng.uniform(0, 1, n).astype(np.float32),
+                 "lh_fsaverage_rois": rois(left=True), "rh_fsaverage_rois": rois(left=False)},
+        "encoding_models": {"train_img_num": image_ids[:9000], "val_img_num": image_ids[9000:9485],
+                            "test_img_num": image_ids[9485:], **accuracy},
     })

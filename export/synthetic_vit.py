@@ -59,25 +59,27 @@ def write_vit_toolkit(nest_dir: Path, eeg_subjects: list[int] = (), fsaverage_su
 
 
 def _scaler(features: np.ndarray, rng) -> dict:
-    mean = features.mean(axis=0).astype(np.float64) + rng.normal(0, 0.01, FEATURES)
-    var = features.var(axis=0).astype(np.float64) * rng.uniform(0.8, 1.2, FEATURES) + 1e-3
+    """A StandardScaler calibrated on ``features`` [n, F] of the model's own backbone."""
+    count = features.shape[1]
+    mean = features.mean(axis=0).astype(np.float64) + rng.normal(0, 0.01, count)
+    var = features.var(axis=0).astype(np.float64) * rng.uniform(0.8, 1.2, count) + 1e-3
     scale = np.sqrt(var)
     scale[var < 1e-2] = 1.0  # sklearn replaces near-zero scales by 1: readers must use scale_
-    return {"mean_": mean, "var_": var, "scale_": scale, "n_features_in_": FEATURES,
+    return {"mean_": mean, "var_": var, "scale_": scale, "n_features_in_": count,
             "n_samples_seen_": np.int64(16540)}
 
 
-def _pca(rng, components: int, samples: int) -> dict:
+def _pca(rng, components: int, samples: int, features: int = FEATURES) -> dict:
     # Fitted on float32 features (the scaler returns float32 for float32 input), scikit-learn's
     # PCA keeps float32 for components_, mean_ and the variances. A float64 mean_ here would make
     # scikit-learn upcast the components on every transform and slow the upstream benchmark path.
-    rows = rng.normal(0, 1, (components, FEATURES)).astype(np.float32)
+    rows = rng.normal(0, 1, (components, features)).astype(np.float32)
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     variance = np.sort(rng.uniform(1, 100, components))[::-1].astype(np.float32)
-    return {"components_": rows, "mean_": rng.normal(0, 0.05, FEATURES).astype(np.float32),
+    return {"components_": rows, "mean_": rng.normal(0, 0.05, features).astype(np.float32),
             "explained_variance_": variance, "explained_variance_ratio_": variance / variance.sum() / 2,
             "singular_values_": np.sqrt(variance * (samples - 1)), "n_components_": components,
-            "n_samples_": samples, "noise_variance_": np.float64(0.5), "n_features_in_": FEATURES}
+            "n_samples_": samples, "noise_variance_": np.float64(0.5), "n_features_in_": features}
 
 
 def _regression(rng, outputs: int, components: int) -> dict:

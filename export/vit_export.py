@@ -1,7 +1,8 @@
-"""Export of the linear models on the ViT-B/32 backbone (EEG, MEG, fsaverage and THINGS fMRI,
-Utah array) into a bundle.
+"""Export of the linear models (a backbone, then scaler -> PCA -> regression) into a bundle: those
+on the ViT-B/32 backbone (EEG, MEG, fsaverage and THINGS fMRI, Utah array) and those on the
+trained and untrained AlexNet (EEG, fsaverage).
 
-One backbone graph serves every subject of every model; each subject (and variant) gets a
+One graph per backbone serves every subject of every model on it; each subject (and variant) gets a
 folded head, its regression weights as .npy, its metadata as .npz and a sidecar. What differs
 between models (files, keys, output axes) comes from models_manifest.json. Parity against the torch +
 scikit-learn reference (``vit_torch``) is checked as parity.py describes: the backbone's resize
@@ -30,8 +31,16 @@ PARITY_IMAGES = 8
 
 
 def vit_models() -> list[str]:
-    return [model_id for model_id in catalog.models()
-            if catalog.is_linear(model_id) and catalog.model_entry(model_id)["backbone"] == "vit_b_32"]
+    """Every linear model (a backbone and a head): the ViT-B/32 and the AlexNet ones."""
+    return [model_id for model_id in catalog.models() if catalog.is_linear(model_id)]
+
+
+def backbone_of(model_id: str) -> str:
+    return catalog.model_entry(model_id)["backbone"]
+
+
+def backbone_features(name: str) -> int:
+    return int(catalog.load_manifest()["backbones"][name]["features"])
 
 
 def vit_jobs(nest_dir: Path, models: list[str], subjects: list | None,
@@ -56,23 +65,57 @@ def vit_jobs(nest_dir: Path, models: list[str], subjects: list | None,
     return jobs
 
 
-def export_vit(nest_dir: Path, staging: Path, manifest: dict, jobs: dict[str, list[int]],
-               vit_weights: str | Path | None, log: Callable[[str], None],
-               precisions: tuple[str, ...] = ()) -> None:
-    from .vit_onnx import RESIZE, backbone_model, save_with_external_data
-    from .vit_torch import load_vit
-    log("exporting the ViT-B/32 backbone (shared by every subject of every ViT-B/32 model)")
-    vit = load_vit(vit_weights)
-    backbone_entry = catalog.load_manifest()["backbones"]["vit_b_32"]
+class SourceBackbone:
+    """A backbone as upstream builds it: the torch reference (upstream's feature extractor),
+    the graph to export, upstream's transform and where the weights came from."""
+
+    def __init__(self, name: str, weights: dict[str, Any]):
+        self.name = name
+        if name == "vit_b_32":
+            from .vit_onnx import backbone_model
+            from torchvision.models import ViT_B_32_Weights
+            from .vit_torch import VitFeatures, load_vit
+            network = load_vit(weights.get(name))
+            self.reference, self.transform = VitFeatures(network), ViT_B_32_Weights.IMAGENET1K_V1.transforms()
+            self.provenance = _weights_provenance(weights.get(name))
+        elif name in ("alexnet", "alexnet_untrained"):
+            from . import alexnet_torch
+            from .alexnet_onnx import backbone_model
+            network = (alexnet_torch.untrained_alexnet() if name == "alexnet_untrained"
+                       else alexnet_torch.load_alexnet(weights.get(name)))
+            self.reference, self.transform = alexnet_torch.AlexNetFeatures(network), alexnet_torch.upstream_transform()
+            self.provenance = alexnet_torch.provenance(name, weights.get(name), network)
+        else:
+            raise ExportError(f"no exporter for backbone {name!r}")
+        self.graph = lambda: backbone_model(network)
+
+
+BACKBONE_TITLES = {"vit_b_32": "ViT-B/32", "alexnet": "AlexNet", "alexnet_untrained": "untrained AlexNet"}
+
+
+def export_vit(nest_dir: Path, staging: Path, manifest: dict, jobs: dict[str, list[tuple[Any, str]]],
+               weights: dict[str, Any], log: Callable[[str], None], precisions: tuple[str, ...] = ()) -> None:
+    """Every backbone the jobs' models need, each followed by its models' heads. ``weights``
+    maps a backbone to a torchvision state dict path (None: torchvision's own weights)."""
+    for name in dict.fromkeys(backbone_of(model_id) for model_id in jobs):
+        _export_backbone(nest_dir, staging, manifest, name, SourceBackbone(name, weights), log, precisions,
+                         {model_id: pairs for model_id, pairs in jobs.items() if backbone_of(model_id) == name})
+
+
+def _export_backbone(nest_dir, staging, manifest, name, source: SourceBackbone, log, precisions, jobs) -> None:
+    from .vit_onnx import RESIZE, save_with_external_data
+    title = BACKBONE_TITLES[name]
+    log(f"exporting the {title} backbone (shared by every subject of every model on it)")
+    backbone_entry = catalog.load_manifest()["backbones"][name]
     graph_path = staging / backbone_entry["graph"]
     graph_path.parent.mkdir(parents=True, exist_ok=True)
-    written = save_with_external_data(backbone_model(vit), graph_path)
-    resize_parity = check_resize(graph_path, (RESIZE, RESIZE), "the ViT-B/32 backbone graph")
-    probes, parity = _backbone_parity(vit, graph_path)
-    manifest.setdefault("backbones", {})["vit_b_32"] = {
+    written = save_with_external_data(source.graph(), graph_path)
+    resize_parity = check_resize(graph_path, (RESIZE, RESIZE), f"the {title} backbone graph")
+    probes, parity = _backbone_parity(source, graph_path, title)
+    manifest.setdefault("backbones", {})[name] = {
         "graph": backbone_entry["graph"], "data": written[1].relative_to(staging).as_posix(),
         "features": backbone_entry["features"],
-        "weights": _weights_provenance(vit_weights),
+        "weights": source.provenance,
         "parity": parity,
         "resize_parity": resize_parity,
     }
@@ -82,35 +125,35 @@ def export_vit(nest_dir: Path, staging: Path, manifest: dict, jobs: dict[str, li
             log(f"exporting {model_id} subject {subject}" + ("" if variant == "all" else f" {variant}"))
             heads.append(_export_head(nest_dir, staging, manifest, model_id, subject, variant, probes))
     for precision in precisions:
-        log(f"writing the {precision} backbone (opt-in) and measuring its fidelity against fp32")
-        manifest["backbones"]["vit_b_32"].setdefault("precisions", {})[precision] = _export_precision(
+        log(f"writing the {precision} {title} backbone (opt-in) and measuring its fidelity against fp32")
+        manifest["backbones"][name].setdefault("precisions", {})[precision] = _export_precision(
             staging, graph_path, probes, heads, precision)
 
 
-def _backbone_parity(vit, graph_path: Path) -> tuple[dict, dict]:
+def _backbone_parity(source: SourceBackbone, graph_path: Path, title: str) -> tuple[dict, dict]:
     """Network and end-to-end parity of the backbone graph (see parity.py); refuses it outside
     the tolerance. Returns the probes the heads are checked on, per size: (torch features,
     onnxruntime features, images), and the parity record."""
     from .onnx_graph import RESIZED_PIXELS, probe_session
     from .synthetic import synthetic_images
     from .torch_reference import float64_copy
-    from .vit_torch import VitFeatures, float64_features, reference_features
-    features = VitFeatures(vit)
-    in_float64 = float64_copy(features)
+    from .vit_torch import float64_features, reference_features
+    in_float64 = float64_copy(source.reference)
     session = probe_session(graph_path, [RESIZED_PIXELS])
     probes, parity = {}, {}
     for size in PARITY_SIZES:
         images = synthetic_images(PARITY_IMAGES, size, seed=size)
         onnx_features, pixels = session.run(None, {INPUT_NAME: images})
         same_pixels = np.clip(np.round(pixels), 0, 255).astype(np.uint8)  # at 256: no resize upstream
-        on_same_pixels = reference_features(features, same_pixels)
+        on_same_pixels = reference_features(source.reference, same_pixels, transform=source.transform)
         # where the pixels are the images (the native size), the end-to-end reference is the same run
         same = np.array_equal(same_pixels, images)
-        torch_features = on_same_pixels if same else reference_features(features, images)
+        torch_features = on_same_pixels if same else reference_features(source.reference, images,
+                                                                         transform=source.transform)
         record = {**compare(torch_features, onnx_features),
-                  "network": network_stats(float64_features(in_float64, same_pixels), on_same_pixels,
+                  "network": network_stats(float64_features(in_float64, same_pixels, source.transform), on_same_pixels,
                                            onnx_features)}
-        refuse_network(record, "the ViT-B/32 backbone graph", size)
+        refuse_network(record, f"the {title} backbone graph", size)
         probes[size], parity[f"size_{size}"] = (torch_features, onnx_features, images), record
     return probes, parity
 
@@ -159,7 +202,7 @@ def _check_head(model_id: str, where: str, scaler: dict, pcas: list, regressions
     """Shapes the folded head relies on, and the metadata labels the runtime reads; returns K,
     the number of components used."""
     entry = catalog.model_entry(model_id)
-    features = catalog.load_manifest()["backbones"]["vit_b_32"]["features"]
+    features = backbone_features(entry["backbone"])
     used = np.shape(regressions[0]["coef_"])[1] if np.ndim(regressions[0]["coef_"]) == 2 else 0
     problems = []
     for output in entry["outputs"]:
@@ -249,9 +292,9 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes
     source_records = record_sources(nest_dir, list(files.values()), manifest)
     outputs = coef.shape[2]
     sidecar = {
-        "model_id": model_id, "subject": subject, "variant": variant, "backbone": "vit_b_32",
+        "model_id": model_id, "subject": subject, "variant": variant, "backbone": backbone_of(model_id),
         "toolkit_format": {**found_format, "pca": "one per block" if per_block else "one shared"},
-        "features": int(catalog.load_manifest()["backbones"]["vit_b_32"]["features"]),
+        "features": backbone_features(backbone_of(model_id)),
         "components": int(used), "pca_blocks": int(blocks), "outputs": int(outputs),
         "output_arrays": catalog.model_entry(model_id)["outputs"],
         "output_layout": ("responses[:, p*O + o] = block p's regression row o" if per_block else
@@ -266,7 +309,7 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes
     (staging / names["sidecar"]).write_text(json.dumps(sidecar, indent=1), encoding="utf-8")
     graphs = manifest["models"].setdefault(model_id, {"graphs": {}})["graphs"]
     graphs.setdefault(str(subject), {})[variant] = {
-        **names, "backbone": "vit_b_32", "components": int(used), "pca_blocks": int(blocks),
+        **names, "backbone": backbone_of(model_id), "components": int(used), "pca_blocks": int(blocks),
         "outputs": int(outputs), "toolkit_format": sidecar["toolkit_format"], "parity": parity}
     saved = {name: staging / names[key] for name, key in ((PCA_MATRIX_NAME, "pca_matrix"), (PCA_BIAS_NAME, "pca_bias"),
                                                           (COEF_NAME, "regression_coef"),

@@ -1,4 +1,7 @@
-"""ONNX graphs of the ViT-B/32 pipelines: one shared backbone and one folded head per subject.
+"""ONNX graphs of the linear models: one shared backbone per network and one folded head per subject.
+
+The ViT-B/32 backbone is described here; the AlexNet ones (alexnet_onnx.py) share its
+preprocessing, its merge (merged_backbone), the head graph and the precision writers.
 
 backbone.onnx: images uint8 [N, 3, S, S] -> features float32 [N, 460800]. Upstream's inference
   transform (resize so the short side is 256, bilinear + antialias on the integer tensor,
@@ -120,23 +123,29 @@ def _fuse_for_onnxruntime(model):
 
 
 def backbone_model(vit) -> onnx.ModelProto:
-    """The full backbone graph (preprocessing + feature extractor) for a torchvision vit_b_32."""
+    """The full ViT-B/32 backbone graph (preprocessing + feature extractor) for a torchvision vit_b_32."""
+    return merged_backbone(_export_features(vit), "vit/", fuse=True)
+
+
+def merged_backbone(extractor_module, prefix: str, fuse: bool) -> onnx.ModelProto:
+    """uint8 images -> features: upstream's transform (preprocessing_graph) in front of a torch
+    module mapping normalised [N, 3, 224, 224] pixels to [N, F] features, exported by torch.onnx
+    (dynamo); ``fuse`` rewrites it with onnxruntime's fused kernels (the ViT)."""
     import onnx_ir
     import torch
     example = torch.zeros(2, 3, CROP, CROP)
     with torch.no_grad():
-        program = torch.onnx.export(_export_features(vit), (example,), dynamo=True, input_names=[PIXELS],
+        program = torch.onnx.export(extractor_module, (example,), dynamo=True, input_names=[PIXELS],
                                     output_names=[FEATURES_NAME], opset_version=OPSET,
                                     dynamic_shapes=({0: torch.export.Dim("N")},), verbose=False)
-    fused = _fuse_for_onnxruntime(program.model)
+    fused = _fuse_for_onnxruntime(program.model) if fuse else {}
     extractor = onnx_ir.serde.serialize_model(program.model)
     helper.set_model_props(extractor, {"nest_rt.fused_ops": json.dumps(fused, sort_keys=True)})
     preprocessing = preprocessing_graph()
     preprocessing.ir_version = extractor.ir_version
-    merged = onnx.compose.merge_models(preprocessing, extractor, io_map=[(PIXELS, PIXELS)],
-                                       prefix2="vit/")
+    merged = onnx.compose.merge_models(preprocessing, extractor, io_map=[(PIXELS, PIXELS)], prefix2=prefix)
     merged.graph.output[0].name = FEATURES_NAME
-    _rename_value(merged.graph, "vit/" + FEATURES_NAME, FEATURES_NAME)
+    _rename_value(merged.graph, prefix + FEATURES_NAME, FEATURES_NAME)
     # merge_models lists the default domain once per input model; tools expect it once
     unique = {(o.domain, o.version): o for o in merged.opset_import}
     del merged.opset_import[:]

@@ -50,17 +50,21 @@ def upstream_transform(images: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reference_features(features: VitFeatures, images: np.ndarray, batch_size: int = 100) -> np.ndarray:
-    return np.concatenate([features(upstream_transform(images[start:start + batch_size])).numpy()
-                           for start in range(0, len(images), batch_size)])
+def reference_features(features: nn.Module, images: np.ndarray, batch_size: int = 100,
+                       transform=None) -> np.ndarray:
+    """``features`` of ``images`` after upstream's transform (``transform``: a torchvision
+    weights' ``transforms()``, the ViT's by default), in batches of 100 as upstream."""
+    transform = transform or ViT_B_32_Weights.IMAGENET1K_V1.transforms()
+    return np.concatenate([features(transform(torch.from_numpy(np.asarray(images[start:start + batch_size]))))
+                           .numpy() for start in range(0, len(images), batch_size)])
 
 
 @torch.no_grad()
-def float64_features(features64: VitFeatures, images: np.ndarray) -> np.ndarray:
+def float64_features(features64: nn.Module, images: np.ndarray, transform=None) -> np.ndarray:
     """Upstream's transform and features in float64 (``features64`` a float64_copy), for images
     whose side is already the transform's 256 (so no resize): crop, /255, normalise, extract."""
     from torchvision.transforms import functional as tvf
-    transform = ViT_B_32_Weights.IMAGENET1K_V1.transforms()
+    transform = transform or ViT_B_32_Weights.IMAGENET1K_V1.transforms()
     if images.shape[-2:] != (transform.resize_size[0],) * 2:
         raise ValueError(f"float64 features need {transform.resize_size[0]}-pixel images, got {images.shape}")
     cropped = tvf.center_crop(torch.from_numpy(np.ascontiguousarray(images)), transform.crop_size)

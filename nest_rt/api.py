@@ -44,7 +44,7 @@ class NEST:
         self.bundle = bundle_dir if isinstance(bundle_dir, Bundle) else Bundle(bundle_dir)
         self.num_threads = num_threads
         self.precision = precision
-        self._backbone: VitBackbone | None = None  # one per NEST object, shared by all ViT models
+        self._backbones: dict[str, VitBackbone] = {}  # one per backbone and NEST object, shared by its models
         self._heads: dict[tuple, VitHead] = {}  # one per subject and variant, shared by its selections
 
     # -- catalog queries (legacy which_* methods) --------------------------------------------
@@ -153,7 +153,7 @@ class NEST:
             key = (model_id, subject, variant)
             if key not in self._heads:
                 self._heads[key] = VitHead(self.bundle, model_id, subject, variant, self.num_threads)
-            parts.append(VitEncodingModel(self.bundle, model_id, subject, variant, plans, self._vit_backbone(),
+            parts.append(VitEncodingModel(self.bundle, model_id, subject, variant, plans, self._backbone(model_id),
                                           self._heads[key], device, api=api, selection=selection))
         return StackedModel(parts, stacked_axis) if stacked_axis else parts[0]
 
@@ -162,10 +162,11 @@ class NEST:
         460 MB); models loaded earlier keep theirs alive until they are dropped."""
         self._heads.clear()
 
-    def _vit_backbone(self) -> VitBackbone:
-        if self._backbone is None:
-            self._backbone = VitBackbone(self.bundle, self.num_threads, self.precision)
-        return self._backbone
+    def _backbone(self, model_id: str) -> VitBackbone:
+        name = catalog.model_entry(model_id)["backbone"]
+        if name not in self._backbones:
+            self._backbones[name] = VitBackbone(self.bundle, self.num_threads, self.precision, name)
+        return self._backbones[name]
 
     # -- encoding ----------------------------------------------------------------------------------
     def encode(self, encoding_model: EncodingModel | None = None, images: Any = None,

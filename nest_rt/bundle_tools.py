@@ -115,13 +115,15 @@ def verify_bundle(bundle_dir: str | Path, device: str = "auto", expect_sha256: s
         del model
         nest.release_heads()  # one subject's head in memory at a time
         log(f"ok: {row['model_id']} sub-{row['subject']:02d}" + (f" {row['roi']}" if row["roi"] else ""))
-    vit = next((row for row in rows if row["model_id"] != "fmri-nsd-fwrf"), None)
-    for precision in bundle.manifest.get("backbones", {}).get("vit_b_32", {}).get("precisions", {}):
-        if vit is None or (precision == "fp16" and resolve_device(device) != "cuda"):
-            log(f"sha256 only: the {precision} backbone runs on the CUDA provider only")
-            continue
-        other = NEST(bundle, precision=precision)  # the same Bundle: its files are not hashed again
-        other.encode(other.get_encoding_model(vit["model_id"], subject=vit["subject"], device=device), probe,
-                     show_progress=False)
-        log(f"ok: the {precision} backbone")
+    for name, backbone in bundle.manifest.get("backbones", {}).items():
+        user = next((row for row in rows if row["model_id"] != "fmri-nsd-fwrf"
+                     and catalog.model_entry(row["model_id"]).get("backbone") == name), None)
+        for precision in backbone.get("precisions", {}):
+            if user is None or (precision == "fp16" and resolve_device(device) != "cuda"):
+                log(f"sha256 only: the {precision} {name} backbone runs on the CUDA provider only")
+                continue
+            other = NEST(bundle, precision=precision)  # the same Bundle: its files are not hashed again
+            other.encode(other.get_encoding_model(user["model_id"], subject=user["subject"], device=device), probe,
+                         show_progress=False)
+            log(f"ok: the {precision} {name} backbone")
     return len(rows)

@@ -109,8 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--vit-weights", type=Path,
                         help="torchvision vit_b_32 state dict for the ViT-B/32 models "
                              "(default: torchvision's ImageNet weights, downloaded or cached as upstream)")
+    export.add_argument("--alexnet-weights", type=Path,
+                        help="torchvision alexnet state dict for the trained AlexNet models (default: "
+                             "torchvision's ImageNet weights, as upstream; the untrained AlexNet needs none: "
+                             "it is built from upstream's seed)")
     export.add_argument("--precisions", nargs="+", choices=["int8", "fp16"], default=[],
-                        help="also write these ViT backbones: int8 (CPU) and/or fp16 (CUDA only); "
+                        help="also write these backbones: int8 (CPU) and/or fp16 (CUDA only); "
                              "their fidelity against fp32 is measured and recorded in bundle.json")
     export.add_argument("--pregenerated", action="store_true",
                         help="also convert the toolkit's pregenerated-response metadata (pickles) into pickle-free "
@@ -291,7 +295,8 @@ def _synthetic(args) -> None:
 def _export(args) -> None:
     exporter, _ = _export_stage()
     exporter.export_bundle(args.nest_dir, args.out, models=args.models, subjects=args.subjects,
-                           rois=args.rois, vit_weights=args.vit_weights, precisions=args.precisions,
+                           rois=args.rois, vit_weights=args.vit_weights, alexnet_weights=args.alexnet_weights,
+                           precisions=args.precisions,
                            overwrite=args.overwrite, pregenerated=args.pregenerated)
 
 

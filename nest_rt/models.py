@@ -142,12 +142,14 @@ class FwrfEncodingModel(EncodingModel):
 
 
 class VitBackbone:
-    """The shared ViT-B/32 backbone graph: uint8 images -> [n, 460800] features."""
+    """A shared backbone graph (ViT-B/32, AlexNet or untrained AlexNet, by its manifest name):
+    uint8 images -> [n, features] (460,800 for the ViT, 205,672 for AlexNet)."""
 
-    def __init__(self, bundle: Bundle, num_threads: int | None, precision: str = "fp32"):
-        entry = bundle.manifest.get("backbones", {}).get("vit_b_32")
+    def __init__(self, bundle: Bundle, num_threads: int | None, precision: str = "fp32", name: str = "vit_b_32"):
+        self.name = name
+        entry = bundle.manifest.get("backbones", {}).get(name)
         if entry is None:
-            raise BundleIntegrityError(f"bundle {bundle.root} lists ViT heads but no vit_b_32 backbone")
+            raise BundleIntegrityError(f"bundle {bundle.root} lists heads on the {name} backbone but not the backbone")
         self.features: int = int(entry["features"])
         self.precision = precision
         if precision == "fp32":
@@ -163,7 +165,7 @@ class VitBackbone:
             if "data" in variant:
                 bundle.path(variant["data"])
         self._sessions = Sessions(graph, num_threads, check=lambda session: check_graph_contract(
-            session, "images", "tensor(uint8)", [self.features], f"the vit_b_32 backbone ({precision})"))
+            session, "images", "tensor(uint8)", [self.features], f"the {name} backbone ({precision})"))
 
     def load(self, device: str) -> None:
         if self.precision == "fp16" and device != "cuda":

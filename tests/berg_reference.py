@@ -1,12 +1,14 @@
-"""Upstream-style reference of BERG's ViT-B/32 linear models (a test helper, not a test file).
+"""Upstream-style reference of BERG's linear models (a test helper, not a test file).
 
-Computes what upstream BERG returns for a toolkit's files and ViT features, following upstream's
-model loaders (berg/models/eeg/things_eeg2_vit_b_32.py, meg/things_meg_1_vit_b_32.py,
-fmri/things_fmri_1_vit_b_32.py, utah_array/tvsd_vit_b_32.py, fmri/nsd_fsaverage_vit_b_32.py) in
-their order of operations, with scikit-learn's StandardScaler, PCA and LinearRegression rebuilt
+Computes what upstream BERG returns for a toolkit's files and backbone features, following
+upstream's model loaders (berg/models/eeg/things_eeg2_vit_b_32.py, meg/things_meg_1_vit_b_32.py,
+fmri/things_fmri_1_vit_b_32.py, utah_array/tvsd_vit_b_32.py, fmri/nsd_fsaverage_vit_b_32.py, and
+the AlexNet ones: eeg/things_eeg2_alexnet[_untrained].py, fmri/nsd_fsaverage_alexnet[_untrained].py)
+in their order of operations, with scikit-learn's StandardScaler, PCA and LinearRegression rebuilt
 from the stored attributes (or, for the current EEG files, the pickled PCA objects themselves).
 File paths, selections and heads are written here from upstream's loaders, independently of
-nest_rt and of the exporter: only the torch backbone comes from nest_rt_export.vit_torch.
+nest_rt and of the exporter: the ViT backbone comes from nest_rt_export.vit_torch; the AlexNet
+backbones are built here from torchvision, as upstream's loaders build them.
 """
 from __future__ import annotations
 
@@ -34,9 +36,47 @@ def upstream_features(vit_weights_path, images: np.ndarray) -> np.ndarray:
     return reference_features(VitFeatures(load_vit(vit_weights_path)), images)
 
 
+# upstream's AlexNet return nodes, in its order
+ALEXNET_NODES = ["features.2", "features.5", "features.7", "features.9", "features.12",
+                 "classifier.2", "classifier.5", "classifier.6"]
+
+
+def upstream_alexnet(weights_path=None):
+    """torchvision's alexnet as upstream's loaders build it: the given state dict (standing in
+    for weights='DEFAULT'), or, with None, the untrained one: ``torch.manual_seed(20200220)``
+    then ``alexnet(weights=None)`` (here inside fork_rng, so the tests' random state is kept)."""
+    import torch
+    from torchvision.models import alexnet
+    if weights_path is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(20200220)
+            return alexnet(weights=None).eval()
+    model = alexnet()
+    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def upstream_alexnet_features(model, images: np.ndarray) -> np.ndarray:
+    """[N, 205672] features as upstream extracts them: the AlexNet weights' transforms() on the
+    whole uint8 batch, then batches of 100 through create_feature_extractor, each node flattened
+    and concatenated in node order."""
+    import torch
+    from torchvision.models import AlexNet_Weights
+    from torchvision.models.feature_extraction import create_feature_extractor
+    extractor = create_feature_extractor(model, return_nodes=ALEXNET_NODES).eval()
+    transformed = AlexNet_Weights.IMAGENET1K_V1.transforms()(torch.from_numpy(np.ascontiguousarray(images)))
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(transformed), BATCH):
+            nodes = extractor(transformed[start:start + BATCH])
+            out.append(torch.cat([nodes[name].flatten(1) for name in ALEXNET_NODES], dim=1).numpy())
+    return np.concatenate(out)
+
+
 def upstream_responses(berg_dir, model_id: str, subject, features: np.ndarray, selection: dict | None = None,
                        train_split: str = "full"):
-    """Upstream's ``encode`` output for precomputed ``features`` [N, 460800] float32.
+    """Upstream's ``encode`` output for precomputed ``features`` float32 (ViT [N, 460800],
+    AlexNet [N, 205672]).
 
     EEG (N, 4, C, T); MEG (N, S, T), or (N, 4, S, T) for ``train_split="single"``;
     THINGS-fMRI (N, V); TVSD (N, E, T); fsaverage a tuple (lh (N, n_lh), rh (N, n_rh))."""
@@ -57,6 +97,13 @@ def upstream_responses(berg_dir, model_id: str, subject, features: np.ndarray, s
                      selection)
     if model_id == FSAVERAGE:
         return _fsaverage(root / "modality-fmri/train_dataset-nsd_fsaverage/model-vit_b_32", int(subject),
+                          features, selection)
+    modality, dataset, network = model_id.split("-")
+    if network in ("alexnet", "alexnet_untrained") and (modality, dataset) == ("eeg", "things_eeg_2"):
+        return _eeg(root / f"modality-eeg/train_dataset-things_eeg_2/model-{network}", int(subject), features,
+                    selection)
+    if network in ("alexnet", "alexnet_untrained") and (modality, dataset) == ("fmri", "nsd_fsaverage"):
+        return _fsaverage(root / f"modality-fmri/train_dataset-nsd_fsaverage/model-{network}", int(subject),
                           features, selection)
     raise ValueError(f"no upstream reference for model {model_id!r}")
 

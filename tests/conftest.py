@@ -32,9 +32,10 @@ def edit_json(path: Path, change) -> None:
     path.write_text(json.dumps(content))
 
 
-def count_backbone_calls(nest, monkeypatch) -> list[int]:
-    """The batch sizes of every call of ``nest``'s ViT backbone from now on (on the CPU)."""
-    backbone = nest._vit_backbone()
+def count_backbone_calls(nest, monkeypatch, model_id: str = "eeg-things_eeg_2-vit_b_32") -> list[int]:
+    """The batch sizes of every call, from now on (on the CPU), of ``nest``'s backbone that
+    ``model_id`` runs on (the ViT-B/32 by default)."""
+    backbone = nest._backbone(model_id)
     session, calls = backbone._sessions.get("cpu"), []
 
     class CountingSession:
