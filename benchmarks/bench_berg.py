@@ -1,12 +1,14 @@
-"""Side-by-side benchmark of BERG's ViT-B/32 models: nest_rt (onnxruntime, ``encode_many``) vs the
-upstream way (torch + scikit-learn, one model per run), at real sizes (460,800 features, 250 PCA
-components, every output at its real size; EEG in the current format, one PCA per repetition,
-stored as pickled scikit-learn PCA objects).
+"""Side-by-side benchmark of BERG's linear models (ViT-B/32 and AlexNet backbones): nest_rt
+(onnxruntime, ``encode_many``) vs the upstream way (torch + scikit-learn, one model per run), at
+real sizes (460,800 ViT or 205,672 AlexNet features, 250 PCA components, every output at its real
+size; EEG in the current format, one PCA per repetition, stored as pickled scikit-learn PCA objects).
 
 Run from the repository root:
 
     python benchmarks/bench_berg.py                  # every case, 3 repeats, 100 images
     python benchmarks/bench_berg.py --quick          # smoke test: 1 repeat, 8 images, 2 EEG subjects
+    python benchmarks/bench_berg.py --cases alexnet_eeg alexnet_eeg_untrained alexnet_fsaverage \
+        alexnet_fsaverage_untrained                  # the AlexNet cases only
 
 Cases:
 - five: EEG, MEG, THINGS fMRI, Utah array (TVSD) and fsaverage, one subject each, on the same
@@ -14,12 +16,17 @@ Cases:
   running both. nest_rt: one ``encode_many`` (one backbone pass per batch for all five).
 - eeg: EEG subject 1 alone.
 - eeg_x10: EEG subjects 1..10 on the same images (upstream: ten runs; nest_rt: encode_many).
+- alexnet_eeg, alexnet_eeg_untrained, alexnet_fsaverage, alexnet_fsaverage_untrained: subject 1
+  of each AlexNet model alone (trained: a random state dict at the real size; untrained:
+  upstream's seeded initialisation).
 
 The upstream path is tests/berg_reference.py (upstream's maths and order of operations with
 scikit-learn objects, the pickled PCA objects used as stored) after upstream's transform and
-torchvision's feature extractor in batches of 100. Every measurement runs in a fresh worker
-process (this file with ``--worker``), so peak RSS belongs to one run. The first run writes a
-synthetic toolkit and its bundle (about 45 GB with ten EEG subjects) into the work dir.
+torchvision's feature extractor in batches of 100. Its files are read when its model is built,
+before the first response, as upstream reads them (berg_reference.files_read_once). Every
+measurement runs in a fresh worker process (this file with ``--worker``), so peak RSS belongs to
+one run. The first run writes a synthetic toolkit and its bundle (about 45 GB with ten EEG
+subjects; the AlexNet ones apart, about 4 GB) into the work dir.
 """
 from __future__ import annotations
 
@@ -41,31 +48,64 @@ COMPONENTS = 250
 SETUP_FORMAT = 1
 EEG, MEG = "eeg-things_eeg_2-vit_b_32", "meg-things_meg_1-vit_b_32"
 THINGS_FMRI, TVSD, FSAVERAGE = "fmri-things_fmri_1-vit_b_32", "utah_array-tvsd-vit_b_32", "fmri-nsd_fsaverage-vit_b_32"
+ALEXNET_EEG, ALEXNET_FSAVERAGE = "eeg-things_eeg_2-alexnet", "fmri-nsd_fsaverage-alexnet"
+ALEXNET_EEG_UNTRAINED, ALEXNET_FSAVERAGE_UNTRAINED = ALEXNET_EEG + "_untrained", ALEXNET_FSAVERAGE + "_untrained"
 FIVE = [(EEG, 1), (MEG, 1), (THINGS_FMRI, 1), (TVSD, "F"), (FSAVERAGE, 1)]
 CASES = {"five": "EEG, MEG, THINGS fMRI, TVSD and fsaverage, one subject each",
          "eeg": "EEG subject 1 (one PCA per repetition)",
-         "eeg_x10": "EEG subjects 1..10 on the same images"}
-GOALS = {"five": 4.0, "eeg": 1.3, "eeg_x10": 5.0}
-BACKBONE_FLOPS = 2 * (115_605_504 + 12 * 357_734_400)  # per image, as bench_vit.py
-FEATURES = 460_800
-OUTPUTS = {EEG: 4 * 63 * 140, MEG: 271 * 281, THINGS_FMRI: 211_339, TVSD: 1024 * 300, FSAVERAGE: 2 * 163_842}
-PCAS = {EEG: 4}
+         "eeg_x10": "EEG subjects 1..10 on the same images",
+         "alexnet_eeg": "AlexNet EEG subject 1 (one PCA per repetition)",
+         "alexnet_eeg_untrained": "untrained AlexNet EEG subject 1",
+         "alexnet_fsaverage": "AlexNet fsaverage subject 1 (both hemispheres)",
+         "alexnet_fsaverage_untrained": "untrained AlexNet fsaverage subject 1"}
+SINGLE_MODEL_CASES = {"eeg": EEG, "alexnet_eeg": ALEXNET_EEG, "alexnet_eeg_untrained": ALEXNET_EEG_UNTRAINED,
+                      "alexnet_fsaverage": ALEXNET_FSAVERAGE, "alexnet_fsaverage_untrained": ALEXNET_FSAVERAGE_UNTRAINED}
+GOALS = {"five": 4.0, "eeg": 1.3, "eeg_x10": 5.0, "alexnet_eeg": 1.5, "alexnet_eeg_untrained": 1.5,
+         "alexnet_fsaverage": 1.5, "alexnet_fsaverage_untrained": 1.5}
+# per image: the ViT as bench_vit.py; AlexNet's multiply-adds (conv1..5, fc6..8 at 224 x 224) x 2
+BACKBONE_FLOPS = {"vit_b_32": 2 * (115_605_504 + 12 * 357_734_400),
+                  "alexnet": 2 * (70_276_800 + 223_948_800 + 112_140_288 + 149_520_384 + 99_680_256
+                                  + 37_748_736 + 16_777_216 + 4_096_000)}
+FEATURES = {"vit_b_32": 460_800, "alexnet": 205_672}
+OUTPUTS = {EEG: 4 * 63 * 140, MEG: 271 * 281, THINGS_FMRI: 211_339, TVSD: 1024 * 300, FSAVERAGE: 2 * 163_842,
+           ALEXNET_EEG: 4 * 63 * 140, ALEXNET_EEG_UNTRAINED: 4 * 63 * 140,
+           ALEXNET_FSAVERAGE: 2 * 163_842, ALEXNET_FSAVERAGE_UNTRAINED: 2 * 163_842}
+PCAS = {EEG: 4, ALEXNET_EEG: 4, ALEXNET_EEG_UNTRAINED: 4}
+
+
+def network(model_id: str) -> str:
+    """The backbone a model runs on: 'vit_b_32', 'alexnet' or 'alexnet_untrained'."""
+    return model_id.split("-")[-1]
+
+
+def architecture(model_id: str) -> str:
+    return "vit_b_32" if network(model_id) == "vit_b_32" else "alexnet"
+
+
+def case_group(case: str) -> str:
+    """Which toolkit and bundle a case reads: the ViT-B/32 one or the AlexNet one."""
+    return "alexnet" if case.startswith("alexnet") else "vit_b_32"
 
 
 def case_models(case: str, ten: int) -> list[tuple[str, object]]:
     if case == "five":
         return FIVE
-    return [(EEG, s) for s in (range(1, ten + 1) if case == "eeg_x10" else [1])]
+    if case == "eeg_x10":
+        return [(EEG, s) for s in range(1, ten + 1)]
+    return [(SINGLE_MODEL_CASES[case], 1)]
 
 
 def head_flops(model_id: str) -> int:
     """Per image: 2 D K per PCA (EEG: one per repetition) and 2 K per output."""
-    return PCAS.get(model_id, 1) * 2 * FEATURES * COMPONENTS + 2 * COMPONENTS * OUTPUTS[model_id]
+    return (PCAS.get(model_id, 1) * 2 * FEATURES[architecture(model_id)] * COMPONENTS
+            + 2 * COMPONENTS * OUTPUTS[model_id])
 
 
 def executed_flops_per_image(path: str, models) -> int:
-    """Upstream runs the backbone once per model; nest_rt once per batch for all of them."""
-    return (len(models) if path == "upstream" else 1) * BACKBONE_FLOPS + sum(head_flops(m) for m, _ in models)
+    """Upstream runs a backbone once per model; nest_rt once per batch for all models on it."""
+    runs = [network(m) for m, _ in models] if path == "upstream" else sorted({network(m) for m, _ in models})
+    return (sum(BACKBONE_FLOPS[architecture(name)] for name in runs)
+            + sum(head_flops(m) for m, _ in models))
 
 
 # =============================================================================================
@@ -108,7 +148,9 @@ def worker_upstream(args) -> dict:
     import numpy as np
     import torch
     sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from berg_reference import upstream_responses
+    from berg_reference import (alexnet_extractor, files_read_once, upstream_alexnet, upstream_alexnet_features,
+                                upstream_responses)
+    from nest_rt_export.synthetic_berg import ALEXNET_WEIGHTS_NAME
     from nest_rt_export.synthetic_vit import VIT_WEIGHTS_NAME
     from nest_rt_export.vit_torch import VitFeatures, load_vit, reference_features
     import_s = time.perf_counter() - imports_started
@@ -116,14 +158,23 @@ def worker_upstream(args) -> dict:
     images = np.load(args.images_file)
     baseline = current_rss_mb()
     toolkit = Path(args.toolkit)
+
+    def backbone(name: str):
+        """(extractor, features function) as upstream's loader builds them for this network."""
+        if name == "vit_b_32":
+            return VitFeatures(load_vit(toolkit / VIT_WEIGHTS_NAME)).eval(), reference_features
+        weights = toolkit / ALEXNET_WEIGHTS_NAME if name == "alexnet" else None  # None: seeded, untrained
+        return alexnet_extractor(upstream_alexnet(weights)), upstream_alexnet_features
+
     load_to_first, encode_s, responses = 0.0, 0.0, []
     for model_id, subject in _models_arg(args.models):
         start = time.perf_counter()
-        extractor = VitFeatures(load_vit(toolkit / VIT_WEIGHTS_NAME)).eval()
-        upstream_responses(toolkit, model_id, subject, reference_features(extractor, images[:1]))
-        first = time.perf_counter()
-        responses.append(upstream_responses(toolkit, model_id, subject, reference_features(extractor, images)))
-        encode_s += time.perf_counter() - first
+        with files_read_once():  # read while the model is built, as upstream's loaders do
+            extractor, features = backbone(network(model_id))
+            upstream_responses(toolkit, model_id, subject, features(extractor, images[:1]))
+            first = time.perf_counter()
+            responses.append(upstream_responses(toolkit, model_id, subject, features(extractor, images)))
+            encode_s += time.perf_counter() - first
         load_to_first += first - start
         del extractor
         gc.collect()  # the next run starts from nothing, as a new upstream process would
@@ -140,30 +191,38 @@ def _save(args, responses) -> None:
 
 
 def worker_setup(args) -> dict:
-    work_dir, ten = Path(args.work_dir), int(args.ten)
-    toolkit_dir, bundle_dir = work_dir / "toolkit", work_dir / "bundle"
-    marker = work_dir / "setup.json"
-    wanted = {"format": SETUP_FORMAT, "eeg_subjects": ten, "components": COMPONENTS,
+    """The toolkit and bundle of one group of cases (the ViT-B/32 or the AlexNet one), written once."""
+    work_dir, ten, alexnet = Path(args.work_dir), int(args.ten), args.group == "alexnet"
+    group_dir = work_dir / "alexnet" if alexnet else work_dir
+    toolkit_dir, bundle_dir = group_dir / "toolkit", group_dir / "bundle"
+    marker = group_dir / "setup.json"
+    wanted = {"format": SETUP_FORMAT, "eeg_subjects": 1 if alexnet else ten, "components": COMPONENTS,
               "exporter_sha256": exporter_source_sha256()}
     found = json.loads(marker.read_text()) if marker.is_file() else None
     if found and args.reuse_setup == "1":
         found["exporter_sha256"] = wanted["exporter_sha256"]
     if not (found == wanted and (bundle_dir / "bundle.json").is_file()):
         from nest_rt_export.exporter import export_bundle
-        from nest_rt_export.synthetic_berg import write_berg_toolkit
+        from nest_rt_export.synthetic_berg import ALEXNET_WEIGHTS_NAME, write_berg_toolkit
         from nest_rt_export.synthetic_vit import VIT_WEIGHTS_NAME, write_vit_toolkit
         marker.unlink(missing_ok=True)
         written = toolkit_dir / "written.json"  # the toolkit alone (an export may fail after it)
         toolkit_wanted = {key: wanted[key] for key in ("format", "eeg_subjects", "components")}
         if not (written.is_file() and json.loads(written.read_text()) == toolkit_wanted):
             log(f"writing the synthetic BERG toolkit to {toolkit_dir} (once)")
-            write_vit_toolkit(toolkit_dir, fsaverage_subjects=[1], components=COMPONENTS, seed=0)
-            write_berg_toolkit(toolkit_dir, eeg_subjects=list(range(1, ten + 1)), eeg_pca_form="object",
-                               meg_subjects=[1], meg_variants=("full",), things_fmri_subjects=[1],
-                               tvsd_subjects=["F"], components=COMPONENTS, seed=0)
+            if alexnet:
+                write_berg_toolkit(toolkit_dir, alexnet_eeg_subjects=[1], alexnet_fsaverage_subjects=[1],
+                                   eeg_pca_form="object", components=COMPONENTS, seed=0)
+            else:
+                write_vit_toolkit(toolkit_dir, fsaverage_subjects=[1], components=COMPONENTS, seed=0)
+                write_berg_toolkit(toolkit_dir, eeg_subjects=list(range(1, ten + 1)), eeg_pca_form="object",
+                                   meg_subjects=[1], meg_variants=("full",), things_fmri_subjects=[1],
+                                   tvsd_subjects=["F"], components=COMPONENTS, seed=0)
             written.write_text(json.dumps(toolkit_wanted))
         log(f"exporting it to {bundle_dir} (once)")
-        export_bundle(toolkit_dir, bundle_dir, vit_weights=toolkit_dir / VIT_WEIGHTS_NAME, overwrite=True, log=log)
+        weights = ({"alexnet_weights": toolkit_dir / ALEXNET_WEIGHTS_NAME} if alexnet
+                   else {"vit_weights": toolkit_dir / VIT_WEIGHTS_NAME})
+        export_bundle(toolkit_dir, bundle_dir, overwrite=True, log=log, **weights)
         marker.write_text(json.dumps(wanted))
     counts = sorted({int(c) for c in args.image_counts.split(",")})
     return {"toolkit": str(toolkit_dir), "bundle": str(bundle_dir),
@@ -193,6 +252,7 @@ def run_worker(kind: str, show_log: bool = False, **options) -> dict:
 
 
 def measure(path: str, case: str, models, count: int, setup: dict, work_dir: Path) -> dict:
+    """One run of ``path`` on ``case``; ``setup`` is the worker_setup result of the case's group."""
     responses = work_dir / "responses" / f"{path}_{case}.npy"
     responses.parent.mkdir(exist_ok=True)
     options = {"models": ",".join(f"{m}@{s}" for m, s in models), "images_file": setup["images"][str(count)],
@@ -235,7 +295,7 @@ def _range(stat: dict, digits: int) -> str:
 
 
 def markdown(rows: list[dict], ceiling: float, agreement: dict, repeats: int, single_rss: dict) -> str:
-    lines = [f"BERG ViT-B/32 models, {THREADS} threads, {IMAGE_SIZE}x{IMAGE_SIZE} uint8 images; median "
+    lines = [f"BERG linear models, {THREADS} threads, {IMAGE_SIZE}x{IMAGE_SIZE} uint8 images; median "
              f"(min–max) over {repeats} run(s); GEMM ceiling {ceiling:.1f} GFLOP/s", "",
              "| case | path | N | images/s | speed-up | load-to-first-response s | peak RSS MB | GFLOP/s (% of ceiling) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -250,6 +310,11 @@ def markdown(rows: list[dict], ceiling: float, agreement: dict, repeats: int, si
             goal = GOALS[row["case"]]
             lines.append(f"- {row['case']}: {row['speedup_vs_upstream']:.2f}x >= {goal}x: "
                          f"{'met' if row['speedup_vs_upstream'] >= goal else 'NOT met'}")
+            if row["case"].startswith("alexnet"):  # the AlexNet issue's memory target, case by case
+                upstream = next(r for r in rows if r["case"] == row["case"] and r["path"] == "upstream")
+                ours, theirs = row["peak_rss_mb"]["median"], upstream["peak_rss_mb"]["median"]
+                lines.append(f"- {row['case']}: peak RSS {ours:.0f} MB < upstream's {theirs:.0f} MB: "
+                             f"{'met' if ours < theirs else 'NOT met'}")
     five = next((r for r in rows if r["case"] == "five" and r["path"] == "nest_rt"), None)
     if five and single_rss:
         largest = max(single_rss.values())
@@ -278,20 +343,23 @@ def main(argv: list[str]) -> None:
     _common.default_output(args, DEFAULT_RESULT_FILE)
     work_dir = args.work_dir.resolve()
     started = time.perf_counter()
-    setup = run_worker("setup", show_log=True, work_dir=work_dir, ten=args.ten_subjects,
-                       image_counts=str(args.images), reuse_setup=int(args.reuse_setup))
+    setups = {group: run_worker("setup", show_log=True, work_dir=work_dir, ten=args.ten_subjects, group=group,
+                                image_counts=str(args.images), reuse_setup=int(args.reuse_setup))
+              for group in dict.fromkeys(case_group(case) for case in args.cases)}
     gemm, ceiling, _ = _common.gemm_ceiling(run_worker)
     for stale in (work_dir / "responses").glob("*.npy"):
         stale.unlink()
-    runs = [measure(path, case, case_models(case, args.ten_subjects), args.images, setup, work_dir)
+    runs = [measure(path, case, case_models(case, args.ten_subjects), args.images, setups[case_group(case)],
+                    work_dir)
             for _ in range(args.repeats) for case in args.cases for path in ("upstream", "nest_rt")]
     single_rss = {}
     if "five" in args.cases:  # upstream's largest single-model run, for the memory target
         for model_id, subject in FIVE:
             single_rss[model_id] = measure("upstream", f"single_{model_id}", [(model_id, subject)], args.images,
-                                           setup, work_dir)["peak_rss_mb"]
+                                           setups["vit_b_32"], work_dir)["peak_rss_mb"]
     rows = summarize(runs, ceiling, args.ten_subjects)
-    agreement = run_worker("compare", work_dir=work_dir, cases=",".join(args.cases))
+    compared = run_worker("compare", work_dir=work_dir, cases=",".join(args.cases))
+    agreement = {case: stats for case, stats in compared.items() if case in CASES}  # not the worker's timings
     report = {"config": vars(args) | {"work_dir": str(work_dir), "output": str(args.output)},
               "environment": _common.environment(THREADS, ("nest-rt", "onnxruntime", "torch", "numpy", "scikit-learn")),
               "gemm_gflops": gemm, "gemm_ceiling_gflops": ceiling, "summary": rows, "agreement": agreement,
@@ -307,6 +375,6 @@ if __name__ == "__main__":
     if "--worker" in sys.argv[1:]:
         _common.worker_main(sys.argv[1:], WORKERS, ["--models", "--images-file", "--bundle", "--toolkit",
                                                     "--responses-file", "--work-dir", "--image-counts", "--cases",
-                                                    "--reuse-setup", "--ten"])
+                                                    "--reuse-setup", "--ten", "--group"])
     else:
         main(sys.argv[1:])

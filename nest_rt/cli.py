@@ -84,10 +84,13 @@ def _parser() -> argparse.ArgumentParser:
 
     synth = commands.add_parser("synthetic-toolkit", help="write a random-weight toolkit")
     synth.add_argument("--out", type=Path, required=True, help="toolkit directory to create")
-    synth.add_argument("--models", nargs="+", choices=["fwrf", "eeg", "fsaverage"], default=["fwrf"],
+    synth.add_argument("--models", nargs="+", choices=["fwrf", "eeg", "fsaverage", "eeg-alexnet", "fsaverage-alexnet"],
+                       default=["fwrf"],
                        help="families to write (default fwrf); eeg and fsaverage also write random ViT-B/32 "
                             "weights (vit_b_32_synthetic.pth: pass it to export --vit-weights) and take "
-                            "about 0.5 and 0.8 GB per subject at the real 250 components")
+                            "about 0.5 and 0.8 GB per subject at the real 250 components; the AlexNet ones "
+                            "(BERG's current format, trained and untrained) write random AlexNet weights "
+                            "(alexnet_synthetic.pth: export --alexnet-weights)")
     synth.add_argument("--components", type=int, default=250, help="PCA components of the ViT heads (real: 250)")
     synth.add_argument("--subjects", type=int, nargs="+", help="default: every subject of each model")
     synth.add_argument("--rois", nargs="+", help="default: all 23")
@@ -273,23 +276,39 @@ def _export_stage():
 
 
 def _synthetic(args) -> None:
+    import importlib
     _, synthetic = _export_stage()
     if "fwrf" in args.models:
         synthetic.write_toolkit(args.out, subjects=args.subjects, rois=args.rois, voxels=args.voxels,
                                 seed=args.seed, layout=args.layout, pregenerated_images=args.pregenerated_images)
-    vit = {"eeg": catalog.subjects("eeg-things_eeg_2-vit_b_32"),
-           "fsaverage": catalog.subjects("fmri-nsd_fsaverage-vit_b_32")}
-    chosen = {name: [s for s in (args.subjects or subjects) if s in subjects]
-              for name, subjects in vit.items() if name in args.models}
-    if chosen:
-        import importlib
+    vit = _chosen_subjects(args, {"eeg": "eeg-things_eeg_2-vit_b_32", "fsaverage": "fmri-nsd_fsaverage-vit_b_32"})
+    if vit:
         synthetic_vit = importlib.import_module("nest_rt_export.synthetic_vit")
-        synthetic_vit.write_vit_toolkit(args.out, eeg_subjects=chosen.get("eeg", []),
-                                        fsaverage_subjects=chosen.get("fsaverage", []), layout=args.layout,
+        synthetic_vit.write_vit_toolkit(args.out, eeg_subjects=vit.get("eeg", []),
+                                        fsaverage_subjects=vit.get("fsaverage", []), layout=args.layout,
                                         components=args.components, seed=args.seed,
                                         pregenerated_images=args.pregenerated_images)
         print(f"random ViT-B/32 weights: {args.out / synthetic_vit.VIT_WEIGHTS_NAME} (export with --vit-weights)")
+    alexnet = _chosen_subjects(args, {"eeg-alexnet": "eeg-things_eeg_2-alexnet",
+                                      "fsaverage-alexnet": "fmri-nsd_fsaverage-alexnet"})
+    if alexnet:
+        synthetic_berg = importlib.import_module("nest_rt_export.synthetic_berg")
+        synthetic_berg.write_berg_toolkit(args.out, alexnet_eeg_subjects=alexnet.get("eeg-alexnet", []),
+                                          alexnet_fsaverage_subjects=alexnet.get("fsaverage-alexnet", []),
+                                          components=args.components, seed=args.seed)
+        print(f"random AlexNet weights: {args.out / synthetic_berg.ALEXNET_WEIGHTS_NAME} "
+              "(export with --alexnet-weights)")
     print(f"synthetic toolkit written to {args.out}")
+
+
+def _chosen_subjects(args, families: dict[str, str]) -> dict[str, list]:
+    """For each family in --models (name -> model id): --subjects that the model has (default all)."""
+    chosen = {}
+    for name, model_id in families.items():
+        if name in args.models:
+            known = catalog.subjects(model_id)
+            chosen[name] = [s for s in (args.subjects or known) if s in known]
+    return chosen
 
 
 def _export(args) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from berg_reference import upstream_alexnet, upstream_alexnet_features, upstream_responses
+from berg_reference import alexnet_extractor, upstream_alexnet, upstream_alexnet_features, upstream_responses
 
 from nest_rt import BERG, catalog
 from nest_rt.runs import RunInputs, encode_run
@@ -62,8 +62,8 @@ def berg(alexnet_bundle) -> BERG:
 
 @pytest.fixture(scope="module")
 def networks(alexnet_toolkit) -> dict:
-    return {"alexnet": upstream_alexnet(alexnet_toolkit / synthetic_berg.ALEXNET_WEIGHTS_NAME),
-            "alexnet_untrained": upstream_alexnet(None)}
+    return {"alexnet": alexnet_extractor(upstream_alexnet(alexnet_toolkit / synthetic_berg.ALEXNET_WEIGHTS_NAME)),
+            "alexnet_untrained": alexnet_extractor(upstream_alexnet(None))}
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_untrained_backbone_is_upstreams_seeded_alexnet(alexnet_bundle, networks
     """The bundle's untrained backbone gives the features of ``torch.manual_seed(20200220);
     alexnet(weights=None)`` built fresh here, and bundle.json says which torch drew them."""
     images = synthetic.synthetic_images(4, 256, seed=8)
-    fresh = upstream_alexnet_features(upstream_alexnet(None), images)
+    fresh = upstream_alexnet_features(alexnet_extractor(upstream_alexnet(None)), images)
     untrained = _backbone_features(alexnet_bundle, "alexnet_untrained", images)
     stats = compare(fresh, untrained)
     assert stats["relative_error"] <= 1e-5 and stats["min_correlation"] >= 0.99999, stats
@@ -280,3 +280,32 @@ def test_encode_run_with_the_alexnet_models(alexnet_bundle, tmp_path):
         expected = nest.encode(model=nest.get_encoding_model(model_id, subject=subject, selection=selection),
                                stimulus=stimulus, show_progress=False)
         np.testing.assert_array_equal(written, expected[1] if array == "rh" else expected)
+
+
+def test_command_line_from_synthetic_toolkit_to_responses(tmp_path):
+    """nest-rt synthetic-toolkit -> export --berg-dir -> encode, for an AlexNet model alone."""
+    import subprocess
+    import sys
+
+    def cli(*args):
+        result = subprocess.run([sys.executable, "-m", "nest_rt.cli", *args], capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr
+        return result
+    toolkit_dir, bundle = tmp_path / "toolkit", tmp_path / "bundle"
+    made = cli("synthetic-toolkit", "--out", str(toolkit_dir), "--models", "eeg-alexnet", "--subjects", "3",
+               "--components", "4")
+    assert "--alexnet-weights" in made.stdout
+    for backbone in ("alexnet", "alexnet_untrained"):
+        assert (toolkit_dir / f"encoding_models/modality-eeg/train_dataset-things_eeg_2/model-{backbone}/"
+                "encoding_models_weights/weights_subject-03.npy").is_file()
+    cli("export", "--berg-dir", str(toolkit_dir), "--out", str(bundle), "--models", "eeg-alexnet_untrained")
+    images = synthetic.synthetic_images(3, 230, seed=1)
+    np.save(tmp_path / "images.npy", images)
+    cli("encode", str(tmp_path / "images.npy"), "--bundle", str(bundle), "--model",
+        "eeg-alexnet_untrained:subjects=3:channels=Oz", "--out", str(tmp_path / "out"), "--no-progress")
+    (written,) = (tmp_path / "out").rglob("*.npy")
+    berg = BERG(bundle)
+    expected = berg.encode(berg.get_encoding_model(EEG_UNTRAINED, subject=3, selection={"channels": ["Oz"]}),
+                           images, show_progress=False)
+    np.testing.assert_array_equal(np.load(written), expected)

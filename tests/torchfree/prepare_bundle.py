@@ -1,9 +1,9 @@
 """Run with torch: write a bundle and torch-reference responses for the torch-free tests.
 
 Usage: python tests/torchfree/prepare_bundle.py WORK_DIR
-Writes WORK_DIR/bundle (fwRF, EEG, fsaverage, MEG and Utah-array models) and
-WORK_DIR/expected.npz (images and torch reference responses; MEG and Utah array from the
-upstream-style reference of tests/berg_reference.py).
+Writes WORK_DIR/bundle (fwRF, EEG, fsaverage, MEG, Utah-array and untrained-AlexNet EEG models)
+and WORK_DIR/expected.npz (images and torch reference responses; MEG, Utah array and AlexNet from
+the upstream-style reference of tests/berg_reference.py).
 """
 from __future__ import annotations
 
@@ -21,9 +21,11 @@ ROIS = ["V1", "FFA-1", "lateral"]
 FSAVERAGE_ROI = "V1v"
 MEG_SELECTION = {"region": ["Occipital"]}
 TVSD_SELECTION = {"roi": ["V4"]}
+ALEXNET_SELECTION = {"channels": ["O1", "Oz", "O2"]}
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from berg_reference import upstream_responses  # noqa: E402  (tests/, found through the path above)
+from berg_reference import (alexnet_extractor, upstream_alexnet,  # noqa: E402  (tests/, found through the path above)
+                            upstream_alexnet_features, upstream_responses)
 
 
 def main(work: Path) -> None:
@@ -32,13 +34,15 @@ def main(work: Path) -> None:
                                     components=8, seed=5)
     # the same seed writes the same ViT weights as write_vit_toolkit above
     synthetic_berg.write_berg_toolkit(nest_dir, meg_subjects=[SUBJECT], meg_variants=("full",),
-                                      tvsd_subjects=["F"], components=8, seed=5)
+                                      tvsd_subjects=["F"], alexnet_eeg_subjects=[SUBJECT],
+                                      alexnet_backbones=("alexnet_untrained",), components=8, seed=5)
     vit_weights = nest_dir / synthetic_vit.VIT_WEIGHTS_NAME
     exporter.export_bundle(nest_dir, work / "bundle", vit_weights=vit_weights, overwrite=True)
     features = VitFeatures(load_vit(vit_weights))
     eeg_weights = toolkit.load_head(nest_dir, "eeg-things_eeg_2-vit_b_32", SUBJECT)[0]
     fsaverage_weights = toolkit.load_npy_dict(toolkit.head_files(nest_dir, "fmri-nsd_fsaverage-vit_b_32", SUBJECT)["weights"])
     rois = toolkit.load_npy_dict(toolkit.head_files(nest_dir, "fmri-nsd_fsaverage-vit_b_32", SUBJECT)["metadata"])["fmri"]
+    untrained = alexnet_extractor(upstream_alexnet(None))
     arrays = {}
     for size in (227, 256, 300):
         images = synthetic.synthetic_images(5, size, seed=size)
@@ -60,6 +64,9 @@ def main(work: Path) -> None:
                                                             berg_features, MEG_SELECTION)
         arrays[f"expected_{size}_tvsd"] = upstream_responses(nest_dir, "utah_array-tvsd-vit_b_32", "F",
                                                              berg_features, TVSD_SELECTION)
+        arrays[f"expected_{size}_alexnet_untrained"] = upstream_responses(
+            nest_dir, "eeg-things_eeg_2-alexnet_untrained", SUBJECT,
+            upstream_alexnet_features(untrained, berg_images), ALEXNET_SELECTION)
     np.savez(work / "expected.npz", **arrays)
 
 

@@ -86,6 +86,19 @@ def test_berg_meg_and_utah_array_models_like_the_reference(expected, size, kind)
         assert within(compare(reference, responses), END_TO_END_TOLERANCE["vit"][kind]), name
 
 
+@pytest.mark.parametrize("size, kind", [(256, "native"), (300, "resized")])
+def test_untrained_alexnet_eeg_like_the_reference(expected, size, kind):
+    from nest_rt import BERG
+    from nest_rt_export.parity import END_TO_END_TOLERANCE, compare, within
+    berg = BERG(WORK / "bundle")
+    model = berg.get_encoding_model("eeg-things_eeg_2-alexnet_untrained", subject=SUBJECT,
+                                    selection={"channels": ["O1", "Oz", "O2"]})  # ALEXNET_SELECTION
+    responses = berg.encode(model, expected[f"berg_images_{size}"], show_progress=False)
+    reference = expected[f"expected_{size}_alexnet_untrained"]
+    assert responses.shape == reference.shape == (8, 4, 3, 140)
+    assert within(compare(reference, responses), END_TO_END_TOLERANCE["alexnet"][kind])
+
+
 def test_encode_many_mixes_fwrf_and_vit_models(expected):
     """A large fwRF ROI (small internal batches) next to ViT models (batches of 16) gives what
     each model gives alone."""
