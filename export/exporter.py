@@ -2,7 +2,7 @@
 
 The bundle is assembled in a temporary sibling directory and renamed into place only when
 every graph has been written and checked, so an interrupted export leaves no half bundle.
-The model-specific work lives in ``fwrf_export`` and ``vit_export``.
+The model-specific work lives in ``fwrf_export`` and ``linear_export``.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from .fwrf_export import FWRF, export_fwrf, fwrf_jobs
 from .onnx_graph import OPSET
 from .parity import NETWORK_TOLERANCE, RESIZE_TOLERANCE
 from .pregenerated import convert_pregenerated_metadata
-from .vit_export import export_vit, vit_jobs, vit_models
+from .linear_export import export_linear, linear_jobs, linear_models
 
 __all__ = ["ExportError", "export_bundle"]
 
@@ -56,13 +56,13 @@ def export_bundle(nest_dir: str | Path, out: str | Path, models: list[str] | Non
     requested = [catalog.canonical_id(model_id) for model_id in (models or catalog.models())]
     subjects = None if subjects is None else [_subject_value(s) for s in subjects]
     fwrf = fwrf_jobs(nest_dir, subjects, rois) if FWRF in requested else []
-    vit = vit_jobs(nest_dir, [m for m in vit_models() if m in requested], subjects, strict=bool(models))
+    linear = linear_jobs(nest_dir, [m for m in linear_models() if m in requested], subjects, strict=bool(models))
     if models:
-        empty = [m for m in requested if not (fwrf if m == FWRF else vit.get(m))]
+        empty = [m for m in requested if not (fwrf if m == FWRF else linear.get(m))]
         if empty:
             raise ExportError(f"--nest-dir {nest_dir} holds no files for {empty} "
                               f"(subjects {subjects or 'any'}); see models_manifest.json for the file names")
-    if not fwrf and not vit:
+    if not fwrf and not linear:
         raise ExportError(f"--nest-dir {nest_dir} holds no NEST models for subjects {subjects or 'any'} "
                           f"(expected files like {toolkit.fwrf_files(nest_dir, 1, 'V1')['weights'][0]})")
     manifest = new_manifest({"nest_dir": str(nest_dir), "layout": toolkit.detect_layout(nest_dir)}, _tools())
@@ -73,9 +73,9 @@ def export_bundle(nest_dir: str | Path, out: str | Path, models: list[str] | Non
         for subject, roi in fwrf:
             log(f"exporting {FWRF} subject {subject} roi {roi}")
             export_fwrf(nest_dir, staging, manifest, subject, roi)
-        if vit:
-            export_vit(nest_dir, staging, manifest, vit, {"vit_b_32": vit_weights, "alexnet": alexnet_weights},
-                       log, precisions=tuple(precisions))
+        if linear:
+            export_linear(nest_dir, staging, manifest, linear, {"vit_b_32": vit_weights, "alexnet": alexnet_weights},
+                          log, precisions=tuple(precisions))
     log(f"bundle written to {out}")
     return out
 

@@ -8,7 +8,7 @@ from . import catalog, responses, selection as selections
 from .bundle import Bundle
 from .errors import InvalidParameterError, ParameterTypeError, ResponsesNotFoundError, StimulusError
 from .images import Stimulus
-from .models import (EncodingModel, FwrfEncodingModel, StackedModel, VitBackbone, VitEncodingModel, VitHead,
+from .models import (Backbone, EncodingModel, FwrfEncodingModel, LinearEncodingModel, LinearHead, StackedModel,
                      encode_models)
 
 FWRF = selections.FWRF
@@ -27,8 +27,8 @@ class NEST:
       ``get_model_catalog()``, ``get_model_metadata(model_id, ...)``, ``describe(model_id)``.
 
     ``num_threads`` sets onnxruntime's intra-op threads (default: onnxruntime's choice).
-    ``precision`` selects the ViT backbone: 'fp32' (default), 'int8' (dynamic quantisation, for
-    the CPU) or 'fp16' (CUDA only), the last two if the bundle was exported with
+    ``precision`` selects the backbones' precision: 'fp32' (default), 'int8' (dynamic quantisation,
+    for the CPU) or 'fp16' (CUDA only), the last two if the bundle was exported with
     ``--precisions``; their fidelity against fp32, measured at export, is in ``bundle.json``.
     """
 
@@ -44,8 +44,8 @@ class NEST:
         self.bundle = bundle_dir if isinstance(bundle_dir, Bundle) else Bundle(bundle_dir)
         self.num_threads = num_threads
         self.precision = precision
-        self._backbones: dict[str, VitBackbone] = {}  # one per backbone and NEST object, shared by its models
-        self._heads: dict[tuple, VitHead] = {}  # one per subject and variant, shared by its selections
+        self._backbones: dict[str, Backbone] = {}  # one per backbone and NEST object, shared by its models
+        self._heads: dict[tuple, LinearHead] = {}  # one per subject and variant, shared by its selections
 
     # -- catalog queries (legacy which_* methods) --------------------------------------------
     def which_modalities(self) -> list[str]:
@@ -152,20 +152,20 @@ class NEST:
         for variant in names:
             key = (model_id, subject, variant)
             if key not in self._heads:
-                self._heads[key] = VitHead(self.bundle, model_id, subject, variant, self.num_threads)
-            parts.append(VitEncodingModel(self.bundle, model_id, subject, variant, plans, self._backbone(model_id),
+                self._heads[key] = LinearHead(self.bundle, model_id, subject, variant, self.num_threads)
+            parts.append(LinearEncodingModel(self.bundle, model_id, subject, variant, plans, self._backbone(model_id),
                                           self._heads[key], device, api=api, selection=selection))
         return StackedModel(parts, stacked_axis) if stacked_axis else parts[0]
 
     def release_heads(self) -> None:
-        """Forget the cached ViT heads (each may hold its subject's folded PCA matrix, about
+        """Forget the cached heads of the linear models (each may hold its subject's folded PCA matrix, about
         460 MB); models loaded earlier keep theirs alive until they are dropped."""
         self._heads.clear()
 
-    def _backbone(self, model_id: str) -> VitBackbone:
+    def _backbone(self, model_id: str) -> Backbone:
         name = catalog.model_entry(model_id)["backbone"]
         if name not in self._backbones:
-            self._backbones[name] = VitBackbone(self.bundle, self.num_threads, self.precision, name)
+            self._backbones[name] = Backbone(self.bundle, self.num_threads, self.precision, name)
         return self._backbones[name]
 
     # -- encoding ----------------------------------------------------------------------------------
@@ -204,9 +204,9 @@ class NEST:
                     show_progress: bool = True, center_crop: bool = False) -> list:
         """Responses of several models to the same images, in the models' order.
 
-        Images are decoded once per batch and the ViT backbone runs once per batch for every model
-        on it (EEG, MEG, fsaverage, THINGS fMRI, Utah array): ten EEG subjects cost little more
-        than one backbone pass.
+        Images are decoded once per batch and each backbone (ViT-B/32, AlexNet, untrained AlexNet)
+        runs once per batch for every model on it (EEG, MEG, fsaverage, THINGS fMRI, Utah array):
+        ten EEG subjects cost little more than one backbone pass.
         """
         if not isinstance(encoding_models, (list, tuple)) or not encoding_models:
             raise ParameterTypeError("encoding_models must be a non-empty list of models from get_encoding_model")

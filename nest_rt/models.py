@@ -1,8 +1,8 @@
 """Loaded encoding models and the batched encode loop they share.
 
 Every model turns a batch of uint8 images into a block of responses; ``encode_models`` runs
-one or several models over the same images, decoding each batch once and computing the ViT
-backbone once per batch for all ViT models that use it.
+one or several models over the same images, decoding each batch once and computing each
+backbone (ViT-B/32, AlexNet, untrained AlexNet) once per batch for all the models on it.
 """
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from .sessions import create_session, resolve_device
 _READOUT_BYTES_PER_IMAGE_VOXEL = 256 * 4 * 6
 _BATCH_MEMORY_BUDGET = 80 * 2**20
 _MAX_BATCH = 32
-# ViT: the backbone runs 16 images per call (29 MB of features; 460,800 floats per image). The
-# heads run 64 per call: each call streams the subject's 461 MB PCA matrix through the GEMM once,
+# Linear models: a backbone runs 16 images per call (ViT: 29 MB of features, 460,800 floats per
+# image; AlexNet 205,672). The heads run 64 per call: each call streams the subject's 461 MB PCA matrix through the GEMM once,
 # so more images share that cost (measured, 2 threads: 5.2 ms per image and head at 16, 2.0 at 64).
-_VIT_BATCH = 16
-_VIT_HEAD_BATCH = 64
-# ViT head weights (a subject's folded PCA matrix alone is 461 MB) stay in memory while those of
+_BACKBONE_BATCH = 16
+_HEAD_BATCH = 64
+# Head weights (a ViT subject's folded PCA matrix alone is 461 MB) stay in memory while those of
 # the models encoded together fit this budget. Beyond it (ten EEG subjects: 4.6 GB) the features
 # of a chunk of _STREAMED_CHUNK images are kept instead (472 MB) and each head's weights are read
 # from disk when its turn comes, then dropped: memory stays near one subject's, and each read is
@@ -141,7 +141,7 @@ class FwrfEncodingModel(EncodingModel):
         return self._sessions.get(device).run(None, {"images": images})[0]
 
 
-class VitBackbone:
+class Backbone:
     """A shared backbone graph (ViT-B/32, AlexNet or untrained AlexNet, by its manifest name):
     uint8 images -> [n, features] (460,800 for the ViT, 205,672 for AlexNet)."""
 
@@ -180,18 +180,18 @@ class VitBackbone:
         if key not in shared:
             self.load(device)
             session = self._sessions.get(device)
-            if len(images) <= _VIT_BATCH:
+            if len(images) <= _BACKBONE_BATCH:
                 shared[key] = session.run(None, {"images": images})[0]
             else:  # a head batch (64) or streamed chunk (256): one buffer, filled 16 images at a time
                 features = np.empty((len(images), self.features), dtype=np.float32)
-                for start in range(0, len(images), _VIT_BATCH):
-                    block = images[start:start + _VIT_BATCH]
+                for start in range(0, len(images), _BACKBONE_BATCH):
+                    block = images[start:start + _BACKBONE_BATCH]
                     features[start:start + len(block)] = session.run(None, {"images": block})[0]
                 shared[key] = features
         return shared[key]
 
 
-class VitHead:
+class LinearHead:
     """One subject's folded scaler + PCA weights (and head graph), shared by every selection of it.
 
     pca_matrix is [features, P*K]: one block of K components per PCA (P = 1, or 4 for EEG files
@@ -227,18 +227,18 @@ class VitHead:
         self._kept = None
 
 
-class VitEncodingModel(EncodingModel):
-    """One subject (and variant) of a linear model on the ViT backbone, with its selection applied.
+class LinearEncodingModel(EncodingModel):
+    """One subject (and variant) of a linear model (a backbone, then its head), with its selection applied.
 
     The selection picks regression columns once, here, so the head computes only the outputs
     that were asked for. The head gives [N, P * O] values (P PCA blocks of O columns each); they
     are split into the model's output arrays (fsaverage: lh and rh) in the manifest's order.
     """
 
-    batch_size = _VIT_HEAD_BATCH
+    batch_size = _HEAD_BATCH
 
     def __init__(self, bundle: Bundle, model_id: str, subject, variant: str, plans: list[OutputPlan],
-                 backbone: VitBackbone, head: VitHead, device: str, api: str = "legacy",
+                 backbone: Backbone, head: LinearHead, device: str, api: str = "legacy",
                  selection: dict | None = None):
         super().__init__(bundle, subject, device, api)
         self.model_id, self.variant = model_id, variant
@@ -271,7 +271,7 @@ class VitEncodingModel(EncodingModel):
         backbone.load(self.device)  # load now, like upstream's get_encoding_model
 
     def __repr__(self) -> str:
-        return (f"<VitEncodingModel {self.model_id} subject={self.subject!r} outputs={self.outputs} "
+        return (f"<LinearEncodingModel {self.model_id} subject={self.subject!r} outputs={self.outputs} "
                 f"device={self.device!r}>")
 
     def describe_output(self) -> str:
@@ -338,7 +338,7 @@ class StackedModel(EncodingModel):
     """Several variants of one subject stacked on a new axis 1 (MEG's train_splits='single': the
     four split models as [N, 4, sensors, times]); each part shares the backbone's features."""
 
-    def __init__(self, parts: list[VitEncodingModel], axis_name: str):
+    def __init__(self, parts: list[LinearEncodingModel], axis_name: str):
         first = parts[0]
         super().__init__(first._bundle, first.subject, first.device, first.api)
         self.parts, self.axis_name = parts, axis_name
@@ -413,13 +413,13 @@ def iter_responses(models: list[EncodingModel], stimulus: Stimulus, device: str 
     """Yield ``(model_index, start, stop, block)``: the responses of model ``model_index`` to images
     ``start:stop``, checked to be finite.
 
-    Images are decoded once per batch; models that share the ViT backbone share its features
+    Images are decoded once per batch; models that share a backbone share its features
     for each batch. ``on_batch(n)`` is called after each decoded batch of n images.
     """
     devices = [model.device if device == "auto" else resolve_device(device) for model in models]
     stream_heads = _stream_heads(models)
     # Decode at the largest batch size, then run each model on slices of its own batch size,
-    # so a large fwRF ROI (batch 1) does not shrink the ViT models' batches. Streamed ViT heads
+    # so a large fwRF ROI (batch 1) does not shrink the linear models' batches. Streamed heads
     # run once over the whole decoded chunk, so that each read of their weights serves 256 images.
     batch_size = _STREAMED_CHUNK if stream_heads else max(model.batch_size for model in models)
     shapes = [[array.shape[1:] for array in as_arrays(model.allocate(0))] for model in models]
@@ -438,21 +438,21 @@ def iter_responses(models: list[EncodingModel], stimulus: Stimulus, device: str 
 
 
 def _stream_heads(models: list[EncodingModel]) -> bool:
-    """Whether the ViT heads of these models are too large to keep in memory together."""
-    vit = [part for model in models for part in _linear_parts(model)]
-    heads = {id(model.head): model.head for model in vit}
-    total = sum(head.nbytes for head in heads.values()) + sum(model.weight_bytes for model in vit)
-    if len(vit) < 2 or total <= _RESIDENT_WEIGHT_BYTES:
+    """Whether the linear models' heads are too large to keep in memory together."""
+    linear = [part for model in models for part in _linear_parts(model)]
+    heads = {id(model.head): model.head for model in linear}
+    total = sum(head.nbytes for head in heads.values()) + sum(model.weight_bytes for model in linear)
+    if len(linear) < 2 or total <= _RESIDENT_WEIGHT_BYTES:
         return False
-    for model in vit:  # weights kept by earlier calls would defeat the purpose
+    for model in linear:  # weights kept by earlier calls would defeat the purpose
         model.release_weights()
     return True
 
 
-def _linear_parts(model: EncodingModel) -> list[VitEncodingModel]:
+def _linear_parts(model: EncodingModel) -> list[LinearEncodingModel]:
     if isinstance(model, StackedModel):
         return model.parts
-    return [model] if isinstance(model, VitEncodingModel) else []
+    return [model] if isinstance(model, LinearEncodingModel) else []
 
 
 def as_arrays(block) -> tuple:

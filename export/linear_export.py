@@ -5,7 +5,7 @@ trained and untrained AlexNet (EEG, fsaverage).
 One graph per backbone serves every subject of every model on it; each subject (and variant) gets a
 folded head, its regression weights as .npy, its metadata as .npz and a sidecar. What differs
 between models (files, keys, output axes) comes from models_manifest.json. Parity against the torch +
-scikit-learn reference (``vit_torch``) is checked as parity.py describes: the backbone's resize
+scikit-learn reference (``vit_torch``, ``alexnet_torch``) is checked as parity.py describes: the backbone's resize
 against torchvision's, the backbone on identical pixels and each head on identical features
 against float64, and end to end (recorded); a graph outside the tolerances is refused.
 """
@@ -30,7 +30,7 @@ PARITY_SIZES = (256, 300)  # the transform's native size (no resize) and one res
 PARITY_IMAGES = 8
 
 
-def vit_models() -> list[str]:
+def linear_models() -> list[str]:
     """Every linear model (a backbone and a head): the ViT-B/32 and the AlexNet ones."""
     return [model_id for model_id in catalog.models() if catalog.is_linear(model_id)]
 
@@ -43,7 +43,7 @@ def backbone_features(name: str) -> int:
     return int(catalog.load_manifest()["backbones"][name]["features"])
 
 
-def vit_jobs(nest_dir: Path, models: list[str], subjects: list | None,
+def linear_jobs(nest_dir: Path, models: list[str], subjects: list | None,
              strict: bool) -> dict[str, list[tuple[Any, str]]]:
     """(subject, variant) pairs to export per model: the requested subjects or all found, with
     every variant found. With ``strict`` (the model was named with --models) a requested subject
@@ -93,7 +93,7 @@ class SourceBackbone:
 BACKBONE_TITLES = {"vit_b_32": "ViT-B/32", "alexnet": "AlexNet", "alexnet_untrained": "untrained AlexNet"}
 
 
-def export_vit(nest_dir: Path, staging: Path, manifest: dict, jobs: dict[str, list[tuple[Any, str]]],
+def export_linear(nest_dir: Path, staging: Path, manifest: dict, jobs: dict[str, list[tuple[Any, str]]],
                weights: dict[str, Any], log: Callable[[str], None], precisions: tuple[str, ...] = ()) -> None:
     """Every backbone the jobs' models need, each followed by its models' heads. ``weights``
     maps a backbone to a torchvision state dict path (None: torchvision's own weights)."""
