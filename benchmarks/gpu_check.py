@@ -239,7 +239,7 @@ def throughput(work: Path, device: str, eeg_subjects: list[int], images: np.ndar
             if requested[0][0] == "fmri-nsd-fwrf" and precision == "fp16":
                 continue  # the fp16 variant is the ViT backbone's
             for vit_batch, head_batch, fwrf_batch in ((16, 64, 32), (64, 64, 64), (128, 128, 128), (256, 256, 256)):
-                models._BACKBONE_BATCH, models._HEAD_BATCH, models._MAX_BATCH = vit_batch, head_batch, fwrf_batch
+                models.BACKBONE_BATCH, models.HEAD_BATCH, models._MAX_BATCH = vit_batch, head_batch, fwrf_batch
                 models.LinearEncodingModel.batch_size = head_batch
                 nest = NEST(work / "bundle", precision=precision)
                 loaded = [nest.get_encoding_model(m, subject=s, selection=sel or None, device=device)

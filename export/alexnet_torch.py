@@ -20,6 +20,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.models import AlexNet_Weights, alexnet
@@ -29,7 +30,9 @@ from torchvision.models.feature_extraction import create_feature_extractor
 # pooled conv5, ReLU(fc6), ReLU(fc7), fc8
 FEATURE_NODES = ["features.2", "features.5", "features.7", "features.9", "features.12",
                  "classifier.2", "classifier.5", "classifier.6"]
-FEATURES = 64 * 27 * 27 + 192 * 13 * 13 + 384 * 13 * 13 + 256 * 13 * 13 + 256 * 6 * 6 + 4096 + 4096 + 1000
+# each node's output shape for one 224 x 224 image (features: these flattened and concatenated)
+NODE_SHAPES = [[64, 27, 27], [192, 13, 13], [384, 13, 13], [256, 13, 13], [256, 6, 6], [4096], [4096], [1000]]
+FEATURES = sum(int(np.prod(shape)) for shape in NODE_SHAPES)
 UNTRAINED_SEED = 20200220
 TRAINED_WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"  # AlexNet_Weights.IMAGENET1K_V1 in the torch hub cache
 

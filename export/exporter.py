@@ -100,9 +100,19 @@ def staged_bundle(out: Path, manifest: dict[str, Any]) -> Iterator[Path]:
             path.relative_to(staging).as_posix(): {"sha256": sha256_file(path), "bytes": path.stat().st_size}
             for path in sorted(staging.rglob("*")) if path.is_file()}
         (staging / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        _make_world_readable(staging)
         _move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _make_world_readable(staging: Path) -> None:
+    """Bundles are shared (a lab's models, a service account): every file readable by all, every
+    folder listable, whatever the writer's umask or temporary-file mode (onnx's external data
+    files are created 0600)."""
+    staging.chmod(0o755)
+    for path in staging.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def _check_output(out: Path, nest_dir: Path, overwrite: bool) -> None:

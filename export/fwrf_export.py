@@ -1,17 +1,19 @@
 """Export of the fwRF models (`fmri-nsd-fwrf`): one graph per subject and ROI."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from nest_rt import catalog
+from nest_rt.bundle import nested_value
+from nest_rt.models import fwrf_batch_size, fwrf_working_bytes
 
 from . import toolkit
 from .artifacts import ExportError, record_sources, save_flat_npz
 from .checks import check_resize, refuse_network
+from .contract import IMAGES_INPUT, contract_header, write_sidecar
 from .fwrf_onnx import INPUT_SIZE, OUTPUT_NAME, build_fwrf_graph
 from .onnx_graph import INPUT_NAME, OPSET
 from .parity import compare, network_stats
@@ -77,7 +79,9 @@ def write_fwrf_model(staging: Path, manifest: dict, subject: int, roi: str, part
     onnx.save_model(build_fwrf_graph(parts, doc=f"NEST {FWRF} subject {subject} roi {roi}"), graph_path)
     parity, resize_parity = check(graph_path) if check else ({}, {})
     save_flat_npz(staging / names["metadata"], metadata)
+    contract = _fwrf_contract(names, subject, roi, sum(split_voxels), metadata, graph_path.stat().st_size)
     sidecar = {
+        "contract": contract,
         "model_id": FWRF, "subject": subject, "roi": roi, "voxels": sum(split_voxels),
         "splits": split_voxels,
         "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["N", 3, "S", "S"],
@@ -93,10 +97,34 @@ def write_fwrf_model(staging: Path, manifest: dict, subject: int, roi: str, part
         "parity": parity,
         "resize_parity": resize_parity,
     }
-    (staging / names["sidecar"]).write_text(json.dumps(sidecar, indent=1, default=str), encoding="utf-8")
+    write_sidecar(staging, names["graph"], names["sidecar"], sidecar,
+                   f"NEST fwRF encoding model (NSD fMRI), subject {subject}, ROI {roi}: uint8 images "
+                   f"[N, 3, S, S] -> responses [N, {sum(split_voxels)}] (z-scored betas of the ROI's voxels, "
+                   f"in the order of the True voxels of metadata fmri/roi_mask_volume). Contract: "
+                   f"metadata_props nest_rt.contract, or {Path(names['sidecar']).name} beside it.")
     graphs = manifest["models"].setdefault(FWRF, {"graphs": {}})["graphs"]
     graphs.setdefault(str(subject), {})[roi] = {**names, "voxels": sum(split_voxels), "parity": parity,
                                                 "resize_parity": resize_parity}
+
+
+def _fwrf_contract(names: dict, subject: int, roi: str, voxels: int, metadata: dict, graph_bytes: int) -> dict:
+    """The graph's contract (contract.py): images in, one array of voxels out, labelled by their
+    flat positions in the 3-D volume of metadata fmri/roi_mask_volume (C order)."""
+    mask = np.asarray(nested_value(metadata, "fmri/roi_mask_volume"))
+    positions = np.flatnonzero(mask).tolist() if mask.ndim == 3 else None
+    return contract_header(
+        role="fwrf", model_id=FWRF, subject=subject, roi=roi, graph=names["graph"],
+        inputs=[IMAGES_INPUT],
+        outputs=[{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["N", voxels],
+                  "arrays": [{"name": OUTPUT_NAME, "columns": [0, voxels], "shape": ["N", voxels],
+                              "axes": [{"name": "voxels", "size": voxels, "labels": positions,
+                                        "labels_are": "flat C-order indices into fmri/roi_mask_volume "
+                                                      f"{list(mask.shape) if mask.ndim == 3 else ''}"}]}]}],
+        preprocessing=["resize to 227x227 (bilinear, antialias, half-pixel centres, as torchvision's Resize "
+                       "on integer tensors), rounded half to even", "divide by 255",
+                       "subtract the checkpoint's stim_mean"],
+        recommended_batch=fwrf_batch_size(voxels),
+        memory={"weights_bytes": int(graph_bytes), "working_bytes_per_image": fwrf_working_bytes(voxels)})
 
 
 def _measure_parity(reference, graph_path: Path, seed: int) -> dict[str, Any]:

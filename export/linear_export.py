@@ -11,7 +11,6 @@ against float64, and end to end (recorded); a graph outside the tolerances is re
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,10 +18,13 @@ import numpy as np
 
 from nest_rt import catalog
 from nest_rt.bundle import nested_value
+from nest_rt.models import BACKBONE_BATCH, HEAD_BATCH
 
 from . import toolkit
 from .artifacts import ExportError, record_sources, save_flat_npz
 from .checks import check_resize, refuse_network
+from .contract import (IMAGES_INPUT, contract_header, describe_graph, file_input, graph_output_input,
+                       output_arrays, write_sidecar)
 from .onnx_graph import INPUT_NAME, OPSET
 from .parity import compare, network_stats
 
@@ -75,9 +77,12 @@ class SourceBackbone:
             from .vit_onnx import backbone_model
             from torchvision.models import ViT_B_32_Weights
             from .vit_torch import VitFeatures, load_vit
+            from .vit_torch import FEATURE_NODES
             network = load_vit(weights.get(name))
             self.reference, self.transform = VitFeatures(network), ViT_B_32_Weights.IMAGENET1K_V1.transforms()
             self.provenance = _weights_provenance(weights.get(name))
+            self.layout = [{"node": node, "shape": [50, 768], "meaning": "class token, then the 7 x 7 patches "
+                            "row by row; 768 dimensions each"} for node in FEATURE_NODES]
         elif name in ("alexnet", "alexnet_untrained"):
             from . import alexnet_torch
             from .alexnet_onnx import backbone_model
@@ -85,6 +90,8 @@ class SourceBackbone:
                        else alexnet_torch.load_alexnet(weights.get(name)))
             self.reference, self.transform = alexnet_torch.AlexNetFeatures(network), alexnet_torch.upstream_transform()
             self.provenance = alexnet_torch.provenance(name, weights.get(name), network)
+            self.layout = [{"node": node, "shape": shape} for node, shape in
+                           zip(alexnet_torch.FEATURE_NODES, alexnet_torch.NODE_SHAPES)]
         else:
             raise ExportError(f"no exporter for backbone {name!r}")
         self.graph = lambda: backbone_model(network)
@@ -94,7 +101,7 @@ BACKBONE_TITLES = {"vit_b_32": "ViT-B/32", "alexnet": "AlexNet", "alexnet_untrai
 
 
 def export_linear(nest_dir: Path, staging: Path, manifest: dict, jobs: dict[str, list[tuple[Any, str]]],
-               weights: dict[str, Any], log: Callable[[str], None], precisions: tuple[str, ...] = ()) -> None:
+                  weights: dict[str, Any], log: Callable[[str], None], precisions: tuple[str, ...] = ()) -> None:
     """Every backbone the jobs' models need, each followed by its models' heads. ``weights``
     maps a backbone to a torchvision state dict path (None: torchvision's own weights)."""
     for name in dict.fromkeys(backbone_of(model_id) for model_id in jobs):
@@ -128,6 +135,41 @@ def _export_backbone(nest_dir, staging, manifest, name, source: SourceBackbone, 
         log(f"writing the {precision} {title} backbone (opt-in) and measuring its fidelity against fp32")
         manifest["backbones"][name].setdefault("precisions", {})[precision] = _export_precision(
             staging, graph_path, probes, heads, precision)
+    _describe_backbone(staging, manifest["backbones"][name], name, source, title)
+
+
+def _describe_backbone(staging: Path, entry: dict, name: str, source: "SourceBackbone", title: str) -> None:
+    """The backbone's sidecar (what it takes and gives, where its weights came from, its parity)
+    and the same contract stamped into each of its graphs (fp32 and any lower precision)."""
+    from .vit_onnx import CROP, FEATURES_NAME, RESIZE
+    features = int(entry["features"])
+    sidecar_name = f"{Path(entry['graph']).parent.as_posix()}/backbone.json"
+    graphs = {"fp32": entry["graph"], **{p: v["graph"] for p, v in entry.get("precisions", {}).items()}}
+    weight_files = [entry.get("data")] + [v.get("data") for v in entry.get("precisions", {}).values()]
+    contract = contract_header(
+        role="backbone", backbone=name, graph=entry["graph"], inputs=[IMAGES_INPUT],
+        outputs=[{"name": FEATURES_NAME, "dtype": "float32", "shape": ["N", features],
+                  "layout": "each node's output flattened in C order, the nodes concatenated in this order",
+                  "nodes": source.layout}],
+        preprocessing=[f"resize so that the shorter side is {RESIZE} (bilinear, antialias, half-pixel centres, "
+                       "as torchvision's Resize on integer tensors), rounded half to even to integers",
+                       f"centre crop {CROP} x {CROP}", "divide by 255",
+                       "subtract the ImageNet mean (0.485, 0.456, 0.406), divide by the std (0.229, 0.224, 0.225)"],
+        recommended_batch=BACKBONE_BATCH,
+        memory={"weights_bytes": sum((staging / f).stat().st_size for f in weight_files if f),
+                "output_bytes_per_image": 4 * features},
+        precisions=graphs)
+    sidecar = {"contract": contract, "title": title, "weights": entry["weights"], "parity": entry["parity"],
+               "resize_parity": entry["resize_parity"]}
+    entry["sidecar"] = sidecar_name
+    for precision, graph in graphs.items():
+        doc = (f"nest_rt {title} backbone ({precision}): uint8 images [N, 3, S, S] -> features float32 "
+               f"[N, {features}], shared by every model on it; its heads take these features. "
+               f"Contract: metadata_props nest_rt.contract, or backbone.json beside it.")
+        if precision == "fp32":
+            write_sidecar(staging, graph, sidecar_name, sidecar, doc)
+        else:
+            describe_graph(staging, graph, sidecar_name, {**contract, "graph": graph, "precision": precision}, doc)
 
 
 def _backbone_parity(source: SourceBackbone, graph_path: Path, title: str) -> tuple[dict, dict]:
@@ -242,7 +284,7 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes
     import onnx
     import onnxruntime as ort
     from .vit_onnx import (COEF_NAME, FEATURES_NAME, INTERCEPT_NAME, PCA_BIAS_NAME, PCA_MATRIX_NAME,
-                           folded_pca, head_model)
+                           RESPONSES_NAME, folded_pca, head_model)
     from .vit_torch import float64_head, reference_head
     files = toolkit.head_files(nest_dir, model_id, subject, variant)
     where = f"{model_id} subject {subject}" + ("" if variant == "all" else f" {variant}") + \
@@ -291,7 +333,29 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes
         parity[f"size_{size}"] = record
     source_records = record_sources(nest_dir, list(files.values()), manifest)
     outputs = coef.shape[2]
+    backbone_graph = catalog.load_manifest()["backbones"][backbone_of(model_id)]["graph"]
+    contract = contract_header(
+        role="head", model_id=model_id, subject=subject, variant=variant, backbone=backbone_of(model_id),
+        graph=names["head"],
+        inputs=[graph_output_input(FEATURES_NAME, "float32", ["N", int(pca_matrix.shape[0])], backbone_graph,
+                                   FEATURES_NAME),
+                file_input(PCA_MATRIX_NAME, "float32", list(pca_matrix.shape), names["pca_matrix"]),
+                file_input(PCA_BIAS_NAME, "float32", list(pca_bias.shape), names["pca_bias"]),
+                file_input(COEF_NAME, "float32", list(coef.shape), names["regression_coef"]),
+                file_input(INTERCEPT_NAME, "float32", list(intercept.shape), names["regression_intercept"])],
+        outputs=[{"name": RESPONSES_NAME, "dtype": "float32", "shape": ["N", int(blocks * coef.shape[2])],
+                  "arrays": output_arrays(model_id, metadata, blocks)}],
+        selection=("output column j is block p = j // O, column o = j % O (O = coef.shape[2]): components of "
+                   "block p @ coef[p, :, o] + intercept[p, o]. To compute fewer outputs, feed coef[:, :, J] and "
+                   "intercept[:, J] for the columns J you want: with P = 1 any J (columns of the arrays, C order "
+                   "over each array's shape); with P > 1 the same o in every block, and the output holds "
+                   "block after block"),
+        recommended_batch=HEAD_BATCH,
+        memory={"weights_bytes": int(pca_matrix.nbytes + pca_bias.nbytes + coef.nbytes + intercept.nbytes),
+                "working_bytes_per_image": int(4 * (pca_matrix.shape[0] + pca_matrix.shape[1]
+                                                    + blocks * coef.shape[2]))})
     sidecar = {
+        "contract": contract,
         "model_id": model_id, "subject": subject, "variant": variant, "backbone": backbone_of(model_id),
         "toolkit_format": {**found_format, "pca": "one per block" if per_block else "one shared"},
         "features": backbone_features(backbone_of(model_id)),
@@ -306,7 +370,11 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes
         "provenance": {"sources": source_records},
         "parity": parity,
     }
-    (staging / names["sidecar"]).write_text(json.dumps(sidecar, indent=1), encoding="utf-8")
+    write_sidecar(staging, names["head"], names["sidecar"], sidecar,
+                   f"nest_rt head of {catalog.model_entry(model_id)['description']}; {where.split(' (')[0]}. "
+                   f"Features of {backbone_graph} -> responses; its weights are inputs, read from the .npy "
+                   f"files the contract names. Contract: metadata_props nest_rt.contract, or "
+                   f"{Path(names['sidecar']).name} beside it.")
     graphs = manifest["models"].setdefault(model_id, {"graphs": {}})["graphs"]
     graphs.setdefault(str(subject), {})[variant] = {
         **names, "backbone": backbone_of(model_id), "components": int(used), "pca_blocks": int(blocks),

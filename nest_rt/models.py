@@ -25,8 +25,8 @@ _MAX_BATCH = 32
 # Linear models: a backbone runs 16 images per call (ViT: 29 MB of features, 460,800 floats per
 # image; AlexNet 205,672). The heads run 64 per call: each call streams the subject's 461 MB PCA matrix through the GEMM once,
 # so more images share that cost (measured, 2 threads: 5.2 ms per image and head at 16, 2.0 at 64).
-_BACKBONE_BATCH = 16
-_HEAD_BATCH = 64
+BACKBONE_BATCH = 16
+HEAD_BATCH = 64
 # Head weights (a ViT subject's folded PCA matrix alone is 461 MB) stay in memory while those of
 # the models encoded together fit this budget. Beyond it (ten EEG subjects: 4.6 GB) the features
 # of a chunk of _STREAMED_CHUNK images are kept instead (472 MB) and each head's weights are read
@@ -34,6 +34,16 @@ _HEAD_BATCH = 64
 # shared by 256 images.
 _RESIDENT_WEIGHT_BYTES = 1536 * 2**20
 _STREAMED_CHUNK = 256
+
+
+def fwrf_batch_size(voxels: int) -> int:
+    """Images per fwRF call: as many as keep the readout's temporaries within the budget."""
+    return int(max(1, min(_MAX_BATCH, _BATCH_MEMORY_BUDGET // (_READOUT_BYTES_PER_IMAGE_VOXEL * voxels))))
+
+
+def fwrf_working_bytes(voxels: int) -> int:
+    """Working memory per image of an fwRF call (the readout's float32 [256, V] temporaries)."""
+    return _READOUT_BYTES_PER_IMAGE_VOXEL * voxels
 
 
 def check_graph_contract(session, input_name: str, input_type: str, output_width: list, what: str) -> None:
@@ -124,8 +134,7 @@ class FwrfEncodingModel(EncodingModel):
         if self.sidecar.get("voxels") != self.voxels:
             raise BundleIntegrityError(f"{self.model_id} subject {subject} roi {roi}: bundle.json says "
                                        f"{self.voxels} voxels, its sidecar {self.sidecar.get('voxels')!r}")
-        per_image = _READOUT_BYTES_PER_IMAGE_VOXEL * self.voxels
-        self.batch_size = int(max(1, min(_MAX_BATCH, _BATCH_MEMORY_BUDGET // per_image)))
+        self.batch_size = fwrf_batch_size(self.voxels)
 
     def __repr__(self) -> str:
         return (f"<FwrfEncodingModel {self.model_id} subject={self.subject} roi={self.roi!r} "
@@ -180,12 +189,12 @@ class Backbone:
         if key not in shared:
             self.load(device)
             session = self._sessions.get(device)
-            if len(images) <= _BACKBONE_BATCH:
+            if len(images) <= BACKBONE_BATCH:
                 shared[key] = session.run(None, {"images": images})[0]
             else:  # a head batch (64) or streamed chunk (256): one buffer, filled 16 images at a time
                 features = np.empty((len(images), self.features), dtype=np.float32)
-                for start in range(0, len(images), _BACKBONE_BATCH):
-                    block = images[start:start + _BACKBONE_BATCH]
+                for start in range(0, len(images), BACKBONE_BATCH):
+                    block = images[start:start + BACKBONE_BATCH]
                     features[start:start + len(block)] = session.run(None, {"images": block})[0]
                 shared[key] = features
         return shared[key]
@@ -235,7 +244,7 @@ class LinearEncodingModel(EncodingModel):
     are split into the model's output arrays (fsaverage: lh and rh) in the manifest's order.
     """
 
-    batch_size = _HEAD_BATCH
+    batch_size = HEAD_BATCH
 
     def __init__(self, bundle: Bundle, model_id: str, subject, variant: str, plans: list[OutputPlan],
                  backbone: Backbone, head: LinearHead, device: str, api: str = "legacy",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="these tests need the export extra")
@@ -30,6 +31,16 @@ def edit_json(path: Path, change) -> None:
     content = json.loads(path.read_text())
     change(content)
     path.write_text(json.dumps(content))
+
+
+def write_png_folder(folder: Path, images) -> np.ndarray:
+    """``images`` [N, 3, S, S] as image0.png, image1.png, ... in a new ``folder``; returns what
+    reading them back gives (the stimulus an encode run over the folder sees)."""
+    from PIL import Image
+    folder.mkdir()
+    for index, image in enumerate(images):
+        Image.fromarray(image.transpose(1, 2, 0)).save(folder / f"image{index}.png")
+    return np.stack([np.asarray(Image.open(folder / f"image{i}.png")).transpose(2, 0, 1) for i in range(len(images))])
 
 
 def count_backbone_calls(nest, monkeypatch, model_id: str = "eeg-things_eeg_2-vit_b_32") -> list[int]:

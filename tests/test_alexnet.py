@@ -27,7 +27,7 @@ from nest_rt.runs import RunInputs, encode_run
 from nest_rt_export import alexnet_torch, exporter, synthetic, synthetic_berg, synthetic_vit
 from nest_rt_export.parity import END_TO_END_TOLERANCE, compare, within
 
-from conftest import assert_nest_error, count_backbone_calls, quiet
+from conftest import assert_nest_error, count_backbone_calls, quiet, write_png_folder
 
 EEG, EEG_UNTRAINED = "eeg-things_eeg_2-alexnet", "eeg-things_eeg_2-alexnet_untrained"
 FSAVERAGE, FSAVERAGE_UNTRAINED = "fmri-nsd_fsaverage-alexnet", "fmri-nsd_fsaverage-alexnet_untrained"
@@ -256,13 +256,9 @@ def test_bad_images_are_refused_as_for_every_model(berg):
 
 def test_encode_run_with_the_alexnet_models(alexnet_bundle, tmp_path):
     """nest-rt encode's run: short names, subjects, ROI and channel selections, beside a ViT model."""
-    from PIL import Image
     from nest_rt import NEST
     folder = tmp_path / "images"
-    folder.mkdir()
-    images = synthetic.synthetic_images(5, 240, seed=9)
-    for index, image in enumerate(images):
-        Image.fromarray(image.transpose(1, 2, 0)).save(folder / f"image{index}.png")
+    stimulus = write_png_folder(folder, synthetic.synthetic_images(5, 240, seed=9))
     specs = ["eeg-alexnet:subjects=1,2:channels=Oz,O1", "fsaverage-alexnet_untrained:subjects=1:roi=nsdgeneral",
              "eeg-alexnet_untrained:subjects=1", "eeg:subjects=1"]
     record = encode_run(alexnet_bundle, RunInputs([str(folder)]), specs, tmp_path / "out", imageset="set",
@@ -270,7 +266,6 @@ def test_encode_run_with_the_alexnet_models(alexnet_bundle, tmp_path):
     outputs = {o["name"]: o for o in record["outputs"]}
     assert len(outputs) == 2 + 1 + 1 + 1
     nest = NEST(alexnet_bundle)
-    stimulus = np.stack([np.asarray(Image.open(folder / f"image{i}.png")).transpose(2, 0, 1) for i in range(5)])
     checks = [(f"{EEG}_sub-02_sel-", EEG, 2, {"channels": ["Oz", "O1"]}, "responses"),
               (f"{FSAVERAGE_UNTRAINED}_sub-01_roi-nsdgeneral", FSAVERAGE_UNTRAINED, 1, {"roi": "nsdgeneral"}, "rh"),
               (f"{EEG_UNTRAINED}_sub-01", EEG_UNTRAINED, 1, None, "responses")]

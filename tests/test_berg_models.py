@@ -26,7 +26,7 @@ from nest_rt_export import exporter, synthetic, synthetic_berg, synthetic_vit, t
 from nest_rt_export.artifacts import ExportError
 from nest_rt_export.parity import END_TO_END_TOLERANCE, compare, within
 
-from conftest import assert_nest_error, count_backbone_calls, quiet
+from conftest import assert_nest_error, count_backbone_calls, quiet, write_png_folder
 
 EEG, MEG = "eeg-things_eeg_2-vit_b_32", "meg-things_meg_1-vit_b_32"
 THINGS_FMRI, TVSD = "fmri-things_fmri_1-vit_b_32", "utah_array-tvsd-vit_b_32"
@@ -258,12 +258,8 @@ def test_missing_files_are_export_errors(berg_toolkit, tmp_path):
 
 
 def test_encode_run_with_every_new_model(berg_bundle, tmp_path):
-    from PIL import Image
     folder = tmp_path / "images"
-    folder.mkdir()
-    images = synthetic.synthetic_images(5, 240, seed=9)
-    for index, image in enumerate(images):
-        Image.fromarray(image.transpose(1, 2, 0)).save(folder / f"image{index}.png")
+    stimulus = write_png_folder(folder, synthetic.synthetic_images(5, 240, seed=9))
     specs = ["meg:subjects=1:region=Occipital:train_split=full,split2", "meg:subjects=1:train_splits=single",
              "tvsd:subjects=F,N:roi=V4,V1+IT:timepoints=0-49", "things_fmri:subjects=2:roi=V1+lFFA",
              "eeg:subjects=1:channels=Oz,O1"]
@@ -272,7 +268,6 @@ def test_encode_run_with_every_new_model(berg_bundle, tmp_path):
     outputs = {o["name"]: o for o in record["outputs"]}
     assert len(outputs) == 2 + 1 + 4 + 1 + 1
     nest = NEST(berg_bundle)
-    stimulus = np.stack([np.asarray(Image.open(folder / f"image{i}.png")).transpose(2, 0, 1) for i in range(5)])
     checks = [("meg-things_meg_1-vit_b_32_sub-01_train-split-split2_sel-", MEG, 1,
                {"region": ["Occipital"]}, {"train_split": "split2"}),
               ("meg-things_meg_1-vit_b_32_sub-01_train-splits-single", MEG, 1, None, {"train_splits": "single"}),
