@@ -21,8 +21,9 @@ from nest_rt.bundle import BUNDLE_FORMAT, nested_value
 
 CONTRACT_VERSION = 1
 # The images every graph that starts from pixels takes (the runtime checks the same).
-IMAGES_INPUT = {"name": "images", "dtype": "uint8", "shape": ["N", 3, "S", "S"], "source": {"kind": "images"},
-                "values": "RGB integers 0..255, channels first, square images of any side S"}
+IMAGES_INPUT = {"name": "images", "dtype": "uint8", "shape": ["N", 3, "H", "W"], "source": {"kind": "images"},
+                "values": "RGB integers 0..255, channels first. The Python runtime takes square images only "
+                          "(H = W); the graphs take any H, W and treat them as upstream does (see preprocessing)"}
 # Keys copied from a contract into the graph's metadata_props as plain strings, for tools that
 # list them (Netron, onnx.load(...).metadata_props) without parsing the JSON.
 _SUMMARY_KEYS = ("model_id", "subject", "variant", "roi", "backbone", "role")

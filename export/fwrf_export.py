@@ -121,7 +121,8 @@ def _fwrf_contract(names: dict, subject: int, roi: str, voxels: int, metadata: d
                                         "labels_are": "flat C-order indices into fmri/roi_mask_volume "
                                                       f"{list(mask.shape) if mask.ndim == 3 else ''}"}]}]}],
         preprocessing=["resize to 227x227 (bilinear, antialias, half-pixel centres, as torchvision's Resize "
-                       "on integer tensors), rounded half to even", "divide by 255",
+                       "on integer tensors), rounded half to even; non-square images are squashed to it, as "
+                       "upstream's fwRF transform does", "divide by 255",
                        "subtract the checkpoint's stim_mean"],
         recommended_batch=fwrf_batch_size(voxels),
         memory={"weights_bytes": int(graph_bytes), "working_bytes_per_image": fwrf_working_bytes(voxels)})

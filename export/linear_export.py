@@ -117,7 +117,7 @@ def _export_backbone(nest_dir, staging, manifest, name, source: SourceBackbone, 
     graph_path = staging / backbone_entry["graph"]
     graph_path.parent.mkdir(parents=True, exist_ok=True)
     written = save_with_external_data(source.graph(), graph_path)
-    resize_parity = check_resize(graph_path, (RESIZE, RESIZE), f"the {title} backbone graph")
+    resize_parity = check_resize(graph_path, RESIZE, f"the {title} backbone graph")
     probes, parity = _backbone_parity(source, graph_path, title)
     manifest.setdefault("backbones", {})[name] = {
         "graph": backbone_entry["graph"], "data": written[1].relative_to(staging).as_posix(),
@@ -151,9 +151,10 @@ def _describe_backbone(staging: Path, entry: dict, name: str, source: "SourceBac
         outputs=[{"name": FEATURES_NAME, "dtype": "float32", "shape": ["N", features],
                   "layout": "each node's output flattened in C order, the nodes concatenated in this order",
                   "nodes": source.layout}],
-        preprocessing=[f"resize so that the shorter side is {RESIZE} (bilinear, antialias, half-pixel centres, "
-                       "as torchvision's Resize on integer tensors), rounded half to even to integers",
-                       f"centre crop {CROP} x {CROP}", "divide by 255",
+        preprocessing=[f"resize so that the shorter side is {RESIZE} and the longer int({RESIZE} * long / short) "
+                       "(bilinear, antialias, half-pixel centres, as torchvision's Resize on integer tensors), "
+                       "rounded half to even to integers",
+                       f"centre crop {CROP} x {CROP} at offsets int(round((side - {CROP}) / 2))", "divide by 255",
                        "subtract the ImageNet mean (0.485, 0.456, 0.406), divide by the std (0.229, 0.224, 0.225)"],
         recommended_batch=BACKBONE_BATCH,
         memory={"weights_bytes": sum((staging / f).stat().st_size for f in weight_files if f),

@@ -61,23 +61,44 @@ def stamp_minimum_ir_version(model: onnx.ModelProto) -> None:
     model.ir_version = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
 
 
-def resized_pixels(g: GraphBuilder, size_hw: tuple[int, int]) -> str:
-    """uint8 images [N,3,S,S] -> float32 [N,3,H,W] in 0..255, as torchvision resizes integer tensors.
+def resized_pixels(g: GraphBuilder, size: tuple[int, int] | int) -> str:
+    """uint8 images [N,3,H,W] -> float32 [N,3,h,w] in 0..255, as torchvision resizes integer tensors:
+    to ``size`` = (h, w), or, for an int, so that the shorter side is ``size`` (torchvision's
+    Resize(int): the longer side becomes int(size * long / short), the aspect ratio kept).
 
     torchvision's tensor Resize (antialias=True) casts to float, interpolates bilinearly with an
     antialiasing triangle filter on half-pixel centres, rounds half to even and casts back. ONNX
     Resize matches it with exclude_outside=1 (the default 0 differs by up to 13 grey levels on
-    the border pixels). When S already equals the target, the resize is an exact identity, as
-    upstream's no-op.
+    the border pixels). When the image already has the target size, the resize is an exact
+    identity, as upstream's no-op.
     """
     pixels = g.op("Cast", [INPUT_NAME], to=TensorProto.FLOAT)
-    batch_and_channels = g.op("Slice", [g.op("Shape", [INPUT_NAME]), g.const("start_0", np.array([0])),
-                                        g.const("stop_2", np.array([2]))])
-    sizes = g.op("Concat", [batch_and_channels, g.const(f"target_hw_{size_hw[0]}x{size_hw[1]}",
-                                                        np.array(size_hw))], axis=0)
+    shape = g.op("Shape", [INPUT_NAME])
+    batch_and_channels = g.op("Slice", [shape, g.const("start_0", np.array([0])), g.const("stop_2", np.array([2]))])
+    if isinstance(size, int):
+        target_hw = _shorter_side_target(g, shape, size)
+    else:
+        target_hw = g.const(f"target_hw_{size[0]}x{size[1]}", np.array(size))
+    sizes = g.op("Concat", [batch_and_channels, target_hw], axis=0)
     resized = g.op("Resize", [pixels, "", "", sizes], name="resized", mode="linear", antialias=1,
                    exclude_outside=1, coordinate_transformation_mode="half_pixel")
     return g.op("Round", [resized], name=RESIZED_PIXELS)
+
+
+def _shorter_side_target(g: GraphBuilder, shape: str, size: int) -> str:
+    """[h, w] (int64) of torchvision's Resize(size) for images of ``shape`` [N, 3, H, W]: the
+    shorter side (the width where W <= H) becomes ``size``, the other (size * long) // short.
+    Integer division equals torchvision's int(size * long / short) for any real image side: the
+    exact quotient lies at least 1/short from an integer, far beyond float64's rounding."""
+    height = g.op("Slice", [shape, g.const("start_2", np.array([2])), g.const("stop_3", np.array([3]))])
+    width = g.op("Slice", [shape, g.const("start_3", np.array([3])), g.const("stop_4", np.array([4]))])
+    short, long = g.op("Min", [height, width]), g.op("Max", [height, width])
+    target = g.const(f"shorter_side_{size}", np.array([size]))
+    other = g.op("Div", [g.op("Mul", [long, target]), short])  # int64: floors for positive values
+    width_is_short = g.op("LessOrEqual", [width, height])
+    new_height = g.op("Where", [width_is_short, other, target])
+    new_width = g.op("Where", [width_is_short, target, other])
+    return g.op("Concat", [new_height, new_width], axis=0)
 
 
 def resize_session(graph_path: Path):

@@ -29,6 +29,9 @@ RESIZE_TOLERANCE = {"max_grey_levels": 1, "max_differing_fraction": 0.005}
 # (where a wrong border rule shows most: exclude_outside=0 is off by 7-8 grey levels at 425-1000).
 RESIZE_PROBE_SIZES = (100, 224, 256, 300, 425, 1000)
 RESIZE_PROBE_IMAGES = 4
+# Graphs that resize the shorter side (the linear models' backbones) are also probed with
+# non-square images (H, W): portrait, landscape, odd margins, a longer side one pixel longer.
+NON_SQUARE_PROBE_SIZES = ((200, 300), (333, 500), (640, 427), (257, 256))
 
 # The network on identical pixels: its error against float64 may be as large as float32
 # arithmetic makes the torch reference's own error (times a margin for other kernels and

@@ -8,10 +8,12 @@ import torch
 from torchvision.transforms import functional as tvf
 
 
-def torchvision_resize(images: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+def torchvision_resize(images: np.ndarray, size: tuple[int, int] | int) -> np.ndarray:
     """uint8 images resized exactly as upstream resizes its integer tensors (torchvision's
-    bilinear antialiased Resize: float32 interpolation, rounded, cast back)."""
-    return tvf.resize(torch.from_numpy(np.ascontiguousarray(images)), list(size_hw), antialias=True).numpy()
+    bilinear antialiased Resize: float32 interpolation, rounded, cast back), to ``size`` (h, w)
+    or, for an int, with the shorter side to ``size``."""
+    target = [size] if isinstance(size, int) else list(size)
+    return tvf.resize(torch.from_numpy(np.ascontiguousarray(images)), target, antialias=True).numpy()
 
 
 def float64_copy(module: torch.nn.Module) -> torch.nn.Module:

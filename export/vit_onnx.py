@@ -41,13 +41,19 @@ RESPONSES_NAME = "responses"
 
 
 def preprocessing_graph() -> onnx.ModelProto:
-    """uint8 [N,3,S,S] -> normalised float32 [N,3,224,224], as upstream's ImageClassification
-    transform on square images (the short side is S, so the resize target is 256 x 256)."""
+    """uint8 [N,3,H,W] -> normalised float32 [N,3,224,224], as upstream's ImageClassification
+    transform: the shorter side resized to 256 (aspect ratio kept, as torchvision computes it),
+    then the centre 224 x 224 crop at torchvision's offsets (int(round((side - 224) / 2)), halves
+    to even). The Python runtime still takes square images only; other embedders may pass any."""
     g = GraphBuilder()
-    resized = resized_pixels(g, (RESIZE, RESIZE))
-    top = (RESIZE - CROP) // 2  # int(round((256 - 224) / 2)) = 16
-    cropped = g.op("Slice", [resized, g.const("crop_start", np.array([top, top])),
-                             g.const("crop_stop", np.array([top + CROP, top + CROP])),
+    resized = resized_pixels(g, RESIZE)
+    resized_hw = g.op("Slice", [g.op("Shape", [resized]), g.const("start_hw", np.array([2])),
+                                g.const("stop_hw", np.array([4]))])
+    margin = g.op("Cast", [g.op("Sub", [resized_hw, g.const("crop_size", np.array([CROP, CROP]))])],
+                  to=TensorProto.FLOAT)
+    top_left = g.op("Cast", [g.op("Round", [g.op("Div", [margin, g.const("two", np.float32(2.0))])])],
+                    to=TensorProto.INT64)  # Round: halves to even, as Python's round
+    cropped = g.op("Slice", [resized, top_left, g.op("Add", [top_left, g.const("crop_extent", np.array([CROP, CROP]))]),
                              g.const("crop_axes", np.array([2, 3]))])
     scaled = g.op("Div", [cropped, g.const("scale_255", np.float32(255.0))])
     centred = g.op("Sub", [scaled, g.const("imagenet_mean", np.array(IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1))])

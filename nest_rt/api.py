@@ -77,7 +77,8 @@ class NEST:
         found: dict[str, list[str]] = {}
         for entry in catalog.models().values():
             found.setdefault(entry["catalog_modality"], []).append(entry["catalog_dataset"])
-        result = {modality: sorted(datasets) for modality, datasets in found.items()}
+        # each dataset once, though several models (ViT, AlexNet, untrained AlexNet) share it
+        result = {modality: sorted(set(datasets)) for modality, datasets in found.items()}
         if print_format:
             for modality, datasets in result.items():
                 print(f"{modality}:\n" + "".join(f"  - {name}\n" for name in datasets), end="")

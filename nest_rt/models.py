@@ -158,7 +158,8 @@ class Backbone:
         self.name = name
         entry = bundle.manifest.get("backbones", {}).get(name)
         if entry is None:
-            raise BundleIntegrityError(f"bundle {bundle.root} lists heads on the {name} backbone but not the backbone")
+            raise BundleIntegrityError(f"bundle {bundle.root} has no {name} backbone, which its heads on it need; "
+                                       "re-export the bundle")
         self.features: int = int(entry["features"])
         self.precision = precision
         if precision == "fp32":

@@ -266,7 +266,9 @@ def test_return_metadata_defaults_follow_the_api(nest):
 
 def test_catalog_queries(nest, capsys):
     assert nest.list_models() == ["fmri-nsd-fwrf", EEG, FSAVERAGE, "meg-things_meg_1-vit_b_32",
-                                  "fmri-things_fmri_1-vit_b_32", "utah_array-tvsd-vit_b_32"]
+                                  "fmri-things_fmri_1-vit_b_32", "utah_array-tvsd-vit_b_32",
+                                  "eeg-things_eeg_2-alexnet", "eeg-things_eeg_2-alexnet_untrained",
+                                  "fmri-nsd_fsaverage-alexnet", "fmri-nsd_fsaverage-alexnet_untrained"]
     catalog = nest.get_model_catalog(print_format=True)
     assert catalog == {"fMRI": ["Natural Scenes Dataset (NSD) (fsaverage surface space)",
                                 "Natural Scenes Dataset (NSD) (subject-native volume space)",
