@@ -4,10 +4,11 @@ trained and untrained AlexNet (EEG, fsaverage).
 
 One graph per backbone serves every subject of every model on it; each subject (and variant) gets a
 folded head, its regression weights as .npy, its metadata as .npz and a sidecar. What differs
-between models (files, keys, output axes) comes from models_manifest.json. Parity against the torch +
-scikit-learn reference (``vit_torch``, ``alexnet_torch``) is checked as parity.py describes: the backbone's resize
-against torchvision's, the backbone on identical pixels and each head on identical features
-against float64, and end to end (recorded); a graph outside the tolerances is refused.
+between models (files, keys, output axes) comes from models_manifest.json. Parity against the
+torch + scikit-learn reference (``vit_torch``, ``alexnet_torch``) is checked as parity.py
+describes: the backbone's resize against torchvision's, the backbone on identical pixels and each
+head on identical features against float64, and end to end (recorded); a graph outside the
+tolerances is refused. Every graph gets its contract (contract.py).
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def backbone_features(name: str) -> int:
 
 
 def linear_jobs(nest_dir: Path, models: list[str], subjects: list | None,
-             strict: bool) -> dict[str, list[tuple[Any, str]]]:
+                strict: bool) -> dict[str, list[tuple[Any, str]]]:
     """(subject, variant) pairs to export per model: the requested subjects or all found, with
     every variant found. With ``strict`` (the model was named with --models) a requested subject
     without files is an error, else skipped."""
@@ -74,10 +75,9 @@ class SourceBackbone:
     def __init__(self, name: str, weights: dict[str, Any]):
         self.name = name
         if name == "vit_b_32":
-            from .vit_onnx import backbone_model
             from torchvision.models import ViT_B_32_Weights
-            from .vit_torch import VitFeatures, load_vit
-            from .vit_torch import FEATURE_NODES
+            from .vit_onnx import backbone_model
+            from .vit_torch import FEATURE_NODES, VitFeatures, load_vit
             network = load_vit(weights.get(name))
             self.reference, self.transform = VitFeatures(network), ViT_B_32_Weights.IMAGENET1K_V1.transforms()
             self.provenance = _weights_provenance(weights.get(name))

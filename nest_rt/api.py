@@ -159,8 +159,9 @@ class NEST:
         return StackedModel(parts, stacked_axis) if stacked_axis else parts[0]
 
     def release_heads(self) -> None:
-        """Forget the cached heads of the linear models (each may hold its subject's folded PCA matrix, about
-        460 MB); models loaded earlier keep theirs alive until they are dropped."""
+        """Forget the cached heads of the linear models (each may hold its subject's folded PCA
+        matrix, about 460 MB for the ViT); models loaded earlier keep theirs alive until they are
+        dropped."""
         self._heads.clear()
 
     def _backbone(self, model_id: str) -> Backbone:

@@ -120,7 +120,8 @@ def verify_bundle(bundle_dir: str | Path, device: str = "auto", expect_sha256: s
                      and catalog.model_entry(row["model_id"]).get("backbone") == name), None)
         for precision in backbone.get("precisions", {}):
             if user is None or (precision == "fp16" and resolve_device(device) != "cuda"):
-                log(f"sha256 only: the {precision} {name} backbone runs on the CUDA provider only")
+                why = "no model of the bundle runs on it" if user is None else "it runs on the CUDA provider only"
+                log(f"sha256 only: the {precision} {name} backbone ({why})")
                 continue
             other = NEST(bundle, precision=precision)  # the same Bundle: its files are not hashed again
             other.encode(other.get_encoding_model(user["model_id"], subject=user["subject"], device=device), probe,

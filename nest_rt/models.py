@@ -23,8 +23,9 @@ _READOUT_BYTES_PER_IMAGE_VOXEL = 256 * 4 * 6
 _BATCH_MEMORY_BUDGET = 80 * 2**20
 _MAX_BATCH = 32
 # Linear models: a backbone runs 16 images per call (ViT: 29 MB of features, 460,800 floats per
-# image; AlexNet 205,672). The heads run 64 per call: each call streams the subject's 461 MB PCA matrix through the GEMM once,
-# so more images share that cost (measured, 2 threads: 5.2 ms per image and head at 16, 2.0 at 64).
+# image; AlexNet 205,672). The heads run 64 per call: each call streams the subject's PCA matrix
+# (ViT: 461 MB) through the GEMM once, so more images share that cost (measured, 2 threads:
+# 5.2 ms per image and head at 16, 2.0 at 64).
 BACKBONE_BATCH = 16
 HEAD_BATCH = 64
 # Head weights (a ViT subject's folded PCA matrix alone is 461 MB) stay in memory while those of
