@@ -40,10 +40,10 @@ def test_installed_package_is_under_test():
 
 def test_the_onnxruntime_under_test_is_the_one_asked_for():
     """tests/run.sh runs this file with the newest onnxruntime and with the oldest that
-    pyproject.toml admits ('onnxruntime==1.18'); the bundles must load on both."""
+    pyproject.toml admits ('onnxruntime==1.18.1'); the bundles must load on both."""
     import onnxruntime
     asked = os.environ.get("NEST_RT_EXPECT_ONNXRUNTIME", "onnxruntime")
-    if "==" in asked:  # '==1.18' is 1.18.0
+    if "==" in asked:
         wanted = asked.split("==")[1].split(".")
         assert onnxruntime.__version__.split(".")[:len(wanted)] == wanted, (asked, onnxruntime.__version__)
 
