@@ -87,18 +87,17 @@ def resized_pixels(g: GraphBuilder, size: tuple[int, int] | int) -> str:
 
 def _shorter_side_target(g: GraphBuilder, shape: str, size: int) -> str:
     """[h, w] (int64) of torchvision's Resize(size) for images of ``shape`` [N, 3, H, W]: the
-    shorter side (the width where W <= H) becomes ``size``, the other (size * long) // short.
-    Integer division equals torchvision's int(size * long / short) for any real image side: the
-    exact quotient lies at least 1/short from an integer, far beyond float64's rounding."""
+    shorter side becomes ``size``, the other int(size * long / short). Both are
+    (size * side) // short: for the shorter side that is ``size`` itself. Integer division equals
+    torchvision's int(size * long / short) for any real image side: the exact quotient lies at
+    least 1/short from an integer, far beyond float64's rounding. (No Where: onnxruntime 1.18's
+    shape inference reads the sizes of a Where-built target as empty and refuses the graph.)"""
+    height_width = g.op("Slice", [shape, g.const("start_2", np.array([2])), g.const("stop_4", np.array([4]))])
     height = g.op("Slice", [shape, g.const("start_2", np.array([2])), g.const("stop_3", np.array([3]))])
     width = g.op("Slice", [shape, g.const("start_3", np.array([3])), g.const("stop_4", np.array([4]))])
-    short, long = g.op("Min", [height, width]), g.op("Max", [height, width])
-    target = g.const(f"shorter_side_{size}", np.array([size]))
-    other = g.op("Div", [g.op("Mul", [long, target]), short])  # int64: floors for positive values
-    width_is_short = g.op("LessOrEqual", [width, height])
-    new_height = g.op("Where", [width_is_short, other, target])
-    new_width = g.op("Where", [width_is_short, target, other])
-    return g.op("Concat", [new_height, new_width], axis=0)
+    short = g.op("Min", [height, width])
+    scaled = g.op("Mul", [height_width, g.const(f"shorter_side_{size}", np.array([size]))])
+    return g.op("Div", [scaled, short])  # int64: floors for positive values
 
 
 def resize_session(graph_path: Path):
