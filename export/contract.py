@@ -81,6 +81,8 @@ def describe_graph(bundle_root: Path, graph: str, sidecar: str, contract: dict[s
     where they are: only the graph file is rewritten."""
     import onnx
     from onnx import helper
+
+    from .onnx_graph import stamp_minimum_ir_version
     path = bundle_root / graph
     model = onnx.load(str(path), load_external_data=False)
     props = {entry.key: entry.value for entry in model.metadata_props}
@@ -90,6 +92,7 @@ def describe_graph(bundle_root: Path, graph: str, sidecar: str, contract: dict[s
     props.update({f"nest_rt.{key}": str(contract[key]) for key in _SUMMARY_KEYS if key in contract})
     helper.set_model_props(model, props)
     model.doc_string = doc
+    stamp_minimum_ir_version(model)  # the last write of every graph: loadable by older onnxruntime
     onnx.save(model, str(path))
 
 
