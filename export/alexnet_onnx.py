@@ -45,6 +45,7 @@ def _export_features(model):
     return ExportFeatures().eval()
 
 
-def backbone_model(model) -> onnx.ModelProto:
-    """The full AlexNet backbone graph (preprocessing + feature extractor)."""
-    return merged_backbone(_export_features(model), "alexnet/", fuse=False)
+def backbone_model(model, portable: bool = False) -> onnx.ModelProto:
+    """The full AlexNet backbone graph (preprocessing + feature extractor), in standard ONNX
+    operators; ``portable`` also resizes without Resize's antialias (onnx_graph.resized_pixels)."""
+    return merged_backbone(_export_features(model), "alexnet/", fuse=False, portable=portable)

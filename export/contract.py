@@ -20,6 +20,7 @@ from nest_rt import __version__, catalog
 from nest_rt.bundle import BUNDLE_FORMAT, nested_value
 
 CONTRACT_VERSION = 1
+STANDARD_DOMAIN = "ai.onnx"
 # The images every graph that starts from pixels takes (the runtime checks the same).
 IMAGES_INPUT = {"name": "images", "dtype": "uint8", "shape": ["N", 3, "H", "W"], "source": {"kind": "images"},
                 "values": "RGB integers 0..255, channels first. The Python runtime takes square images only "
@@ -69,22 +70,30 @@ def _labels(metadata: dict, path: str | None) -> list | None:
 
 
 def write_sidecar(bundle_root: Path, graph: str, sidecar_name: str, sidecar: dict[str, Any], doc: str) -> None:
-    """Write a graph's sidecar (which holds its ``contract``) and stamp the contract and ``doc``
-    into the graph, so the two say the same."""
-    (bundle_root / sidecar_name).write_text(json.dumps(sidecar, indent=1, default=str), encoding="utf-8")
+    """Stamp the contract of a graph's sidecar and ``doc`` into the graph, then write the
+    sidecar (which holds the ``contract``), so the two say the same."""
     describe_graph(bundle_root, graph, sidecar_name, sidecar["contract"], doc)
+    (bundle_root / sidecar_name).write_text(json.dumps(sidecar, indent=1, default=str), encoding="utf-8")
+
+
+def operator_domains(model) -> list[str]:
+    """The operator domains a graph's nodes use: ``ai.onnx`` (standard ONNX) and any other, such
+    as onnxruntime's ``com.microsoft``, which other engines do not implement."""
+    return sorted({node.domain or STANDARD_DOMAIN for node in model.graph.node})
 
 
 def describe_graph(bundle_root: Path, graph: str, sidecar: str, contract: dict[str, Any], doc: str) -> None:
     """Stamp ``contract`` and ``doc`` into the graph ``graph`` (relative to ``bundle_root``): its
-    doc_string and metadata_props (earlier props are kept). Weights stored beside the graph stay
-    where they are: only the graph file is rewritten."""
+    doc_string and metadata_props (earlier props are kept). The graph's operator domains are
+    added to ``contract`` first (``operator_domains``). Weights stored beside the graph stay where
+    they are: only the graph file is rewritten."""
     import onnx
     from onnx import helper
 
     from .onnx_graph import stamp_minimum_ir_version
     path = bundle_root / graph
     model = onnx.load(str(path), load_external_data=False)
+    contract["operator_domains"] = operator_domains(model)
     props = {entry.key: entry.value for entry in model.metadata_props}
     props.update({"nest_rt.version": __version__, "nest_rt.bundle_format": BUNDLE_FORMAT,
                   "nest_rt.contract_version": str(CONTRACT_VERSION),

@@ -23,6 +23,7 @@ from nest_rt.bundle import BUNDLE_FORMAT, BUNDLE_MANIFEST, sha256_file
 
 from . import toolkit
 from .artifacts import ExportError
+from .contract import STANDARD_DOMAIN, operator_domains
 from .fwrf_export import FWRF, export_fwrf, fwrf_jobs
 from .onnx_graph import OPSET
 from .parity import NETWORK_TOLERANCE, RESIZE_TOLERANCE
@@ -37,6 +38,7 @@ def export_bundle(nest_dir: str | Path, out: str | Path, models: list[str] | Non
                   vit_weights: str | Path | None = None, alexnet_weights: str | Path | None = None,
                   precisions: tuple[str, ...] = (),
                   overwrite: bool = False, pregenerated: bool = False,
+                  portable: bool = False, self_contained: bool = False,
                   log: Callable[[str], None] = print) -> Path:
     """Export the requested models (default: every model found in the toolkit).
 
@@ -48,6 +50,12 @@ def export_bundle(nest_dir: str | Path, out: str | Path, models: list[str] | Non
     opt-in backbones ('int8' for the CPU, 'fp16' for CUDA), each with its fidelity against fp32
     recorded. ``pregenerated`` converts the legacy toolkit's pregenerated response metadata to
     npz in the bundle (the .h5 responses stay in the toolkit).
+
+    ``portable`` writes every graph in standard ONNX operators only (no onnxruntime-specific
+    fused kernels) and resizes with MatMuls instead of Resize's antialias (which OpenVINO
+    computes differently), for other engines; the export refuses a graph with other operators.
+    ``self_contained`` adds, for every linear model's subject, one graph of backbone and head
+    (uint8 images in, responses out, weights inside; see self_contained.py).
     """
     nest_dir, out = Path(nest_dir).resolve(), Path(out).resolve()
     if not nest_dir.is_dir():
@@ -66,18 +74,34 @@ def export_bundle(nest_dir: str | Path, out: str | Path, models: list[str] | Non
         raise ExportError(f"--nest-dir {nest_dir} holds no NEST models for subjects {subjects or 'any'} "
                           f"(expected files like {toolkit.fwrf_files(nest_dir, 1, 'V1')['weights'][0]})")
     manifest = new_manifest({"nest_dir": str(nest_dir), "layout": toolkit.detect_layout(nest_dir)}, _tools())
+    manifest["portable"] = portable
     with staged_bundle(out, manifest) as staging:
         if pregenerated:  # first: cheap, and fails early on a toolkit without pregenerated files
             log("converting the pregenerated responses' metadata to npz")
             manifest["pregenerated"] = convert_pregenerated_metadata(nest_dir, staging)
         for subject, roi in fwrf:
             log(f"exporting {FWRF} subject {subject} roi {roi}")
-            export_fwrf(nest_dir, staging, manifest, subject, roi)
+            export_fwrf(nest_dir, staging, manifest, subject, roi, portable)
         if linear:
             export_linear(nest_dir, staging, manifest, linear, {"vit_b_32": vit_weights, "alexnet": alexnet_weights},
-                          log, precisions=tuple(precisions))
+                          log, precisions=tuple(precisions), portable=portable, self_contained=self_contained)
+        if portable:
+            _refuse_non_standard_operators(staging)
     log(f"bundle written to {out}")
     return out
+
+
+def _refuse_non_standard_operators(staging: Path) -> None:
+    """A portable bundle's promise, checked on the files written: no graph uses an operator
+    outside standard ONNX (a quantiser or converter may add onnxruntime's own)."""
+    import onnx
+    others = {}
+    for path in sorted(staging.rglob("*.onnx")):
+        domains = [d for d in operator_domains(onnx.load(str(path), load_external_data=False)) if d != STANDARD_DOMAIN]
+        if domains:
+            others[path.relative_to(staging).as_posix()] = domains
+    if others:
+        raise ExportError(f"--portable: these graphs use operators outside standard ONNX: {others}")
 
 
 def _subject_value(subject):

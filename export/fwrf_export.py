@@ -41,7 +41,7 @@ def fwrf_jobs(nest_dir: Path, subjects, rois) -> list[tuple[int, str]]:
     return jobs
 
 
-def export_fwrf(nest_dir: Path, staging: Path, manifest: dict, subject: int, roi: str) -> None:
+def export_fwrf(nest_dir: Path, staging: Path, manifest: dict, subject: int, roi: str, portable: bool = False) -> None:
     from .fwrf_torch import FwrfReference
     files = toolkit.fwrf_files(nest_dir, subject, roi)
     checkpoints = [toolkit.load_checkpoint(path) for path in files["weights"]]
@@ -62,21 +62,24 @@ def export_fwrf(nest_dir: Path, staging: Path, manifest: dict, subject: int, roi
     provenance = {"sources": record_sources(nest_dir, [*files["weights"], files["metadata"]], manifest),
                   "training_args": [vars(c["args."]) for c in checkpoints],
                   "best_epoch": [int(c["best_epoch"]) for c in checkpoints]}
-    write_fwrf_model(staging, manifest, subject, roi, parts, metadata, provenance, check)
+    write_fwrf_model(staging, manifest, subject, roi, parts, metadata, provenance, check, portable)
 
 
 def write_fwrf_model(staging: Path, manifest: dict, subject: int, roi: str, parts: list[tuple[dict, dict]],
-                     metadata: dict, provenance: dict, check: Callable[[Path], tuple[dict, dict]] | None) -> None:
+                     metadata: dict, provenance: dict, check: Callable[[Path], tuple[dict, dict]] | None,
+                     portable: bool = False) -> None:
     """Write one ROI's graph, metadata and sidecar into the bundle being assembled and list them
     in its manifest. ``check(graph_path)`` returns the (parity, resize parity) records, refusing a
-    wrong graph; None (the torch-free demo bundle only) records that nothing was checked."""
+    wrong graph; None (the torch-free demo bundle only) records that nothing was checked.
+    ``portable``: see build_fwrf_graph."""
     import onnx
     names = {key: pattern.format(subject=subject, roi=roi)
              for key, pattern in catalog.model_entry(FWRF)["bundle_files"].items()}
     split_voxels = [len(readout["b"]) for _, readout in parts]
     graph_path = staging / names["graph"]
     graph_path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(build_fwrf_graph(parts, doc=f"NEST {FWRF} subject {subject} roi {roi}"), graph_path)
+    onnx.save_model(build_fwrf_graph(parts, doc=f"NEST {FWRF} subject {subject} roi {roi}", portable=portable),
+                    graph_path)
     parity, resize_parity = check(graph_path) if check else ({}, {})
     save_flat_npz(staging / names["metadata"], metadata)
     contract = _fwrf_contract(names, subject, roi, sum(split_voxels), metadata, graph_path.stat().st_size)

@@ -109,11 +109,12 @@ class _Part:
         return g.op("Add", [total, self.weight("b", state)])
 
 
-def build_fwrf_graph(checkpoint_parts: list[tuple[dict, dict]], doc: str = "") -> onnx.ModelProto:
-    """ONNX model for one ROI from its (encoder_state, readout_state) pairs, split-1 first."""
+def build_fwrf_graph(checkpoint_parts: list[tuple[dict, dict]], doc: str = "", portable: bool = False) -> onnx.ModelProto:
+    """ONNX model for one ROI from its (encoder_state, readout_state) pairs, split-1 first;
+    ``portable`` resizes with standard MatMuls (onnx_graph.resized_pixels)."""
     g = GraphBuilder()
     # torchvision Resize((227, 227)) on the integer tensor, then / 255
-    pixels = g.op("Div", [resized_pixels(g, (INPUT_SIZE, INPUT_SIZE)), g.const("scale_255", _f32(255.0))],
+    pixels = g.op("Div", [resized_pixels(g, (INPUT_SIZE, INPUT_SIZE), portable), g.const("scale_255", _f32(255.0))],
                   name="pixels_0_1")
     outputs = []
     for index, (encoder_state, readout_state) in enumerate(checkpoint_parts, start=1):

@@ -13,7 +13,7 @@ tolerances is refused. Every graph gets its contract (contract.py).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -72,7 +72,7 @@ class SourceBackbone:
     """A backbone as upstream builds it: the torch reference (upstream's feature extractor),
     the graph to export, upstream's transform and where the weights came from."""
 
-    def __init__(self, name: str, weights: dict[str, Any]):
+    def __init__(self, name: str, weights: dict[str, Any], portable: bool = False):
         self.name = name
         if name == "vit_b_32":
             from torchvision.models import ViT_B_32_Weights
@@ -94,23 +94,38 @@ class SourceBackbone:
                            zip(alexnet_torch.FEATURE_NODES, alexnet_torch.NODE_SHAPES)]
         else:
             raise ExportError(f"no exporter for backbone {name!r}")
-        self.graph = lambda: backbone_model(network)
+        self.graph = lambda: backbone_model(network, portable=portable)
 
 
 BACKBONE_TITLES = {"vit_b_32": "ViT-B/32", "alexnet": "AlexNet", "alexnet_untrained": "untrained AlexNet"}
 
 
+class WrittenHead(NamedTuple):
+    """A head written to the bundle: its label, its file names (models_manifest.json's
+    bundle_files), and features -> responses through the written graph and weights."""
+    label: str
+    names: dict[str, str]
+    weight_files: dict[str, str]  # the head graph's weight inputs -> their .npy files
+    responses: Callable[[np.ndarray], np.ndarray]
+
+
 def export_linear(nest_dir: Path, staging: Path, manifest: dict, jobs: dict[str, list[tuple[Any, str]]],
-                  weights: dict[str, Any], log: Callable[[str], None], precisions: tuple[str, ...] = ()) -> None:
+                  weights: dict[str, Any], log: Callable[[str], None], precisions: tuple[str, ...] = (),
+                  portable: bool = False, self_contained: bool = False) -> None:
     """Every backbone the jobs' models need, each followed by its models' heads. ``weights``
-    maps a backbone to a torchvision state dict path (None: torchvision's own weights)."""
+    maps a backbone to a torchvision state dict path (None: torchvision's own weights);
+    ``portable`` exports the backbones in standard ONNX operators only; ``self_contained`` adds
+    one graph per head joining backbone and head (self_contained.py)."""
     for name in dict.fromkeys(backbone_of(model_id) for model_id in jobs):
-        _export_backbone(nest_dir, staging, manifest, name, SourceBackbone(name, weights), log, precisions,
-                         {model_id: pairs for model_id, pairs in jobs.items() if backbone_of(model_id) == name})
+        _export_backbone(nest_dir, staging, manifest, name, SourceBackbone(name, weights, portable), log, precisions,
+                         {model_id: pairs for model_id, pairs in jobs.items() if backbone_of(model_id) == name},
+                         self_contained)
 
 
-def _export_backbone(nest_dir, staging, manifest, name, source: SourceBackbone, log, precisions, jobs) -> None:
-    from .vit_onnx import RESIZE, save_with_external_data
+def _export_backbone(nest_dir, staging, manifest, name, source: SourceBackbone, log, precisions, jobs,
+                     self_contained: bool) -> None:
+    from .self_contained import export_self_contained
+    from .vit_onnx import PREPROCESSING_STEPS, RESIZE, save_with_external_data
     title = BACKBONE_TITLES[name]
     log(f"exporting the {title} backbone (shared by every subject of every model on it)")
     backbone_entry = catalog.load_manifest()["backbones"][name]
@@ -130,7 +145,13 @@ def _export_backbone(nest_dir, staging, manifest, name, source: SourceBackbone, 
     for model_id, pairs in jobs.items():
         for subject, variant in pairs:
             log(f"exporting {model_id} subject {subject}" + ("" if variant == "all" else f" {variant}"))
-            heads.append(_export_head(nest_dir, staging, manifest, model_id, subject, variant, probes))
+            head = _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes)
+            heads.append(head)
+            if self_contained:
+                log(f"joining the {title} backbone and that head into one self-contained graph")
+                record = export_self_contained(staging, backbone_entry["graph"], head.names, head.weight_files,
+                                               head.responses, probes, PREPROCESSING_STEPS, head.label)
+                manifest["models"][model_id]["graphs"][str(subject)][variant]["self_contained"] = record
     for precision in precisions:
         log(f"writing the {precision} {title} backbone (opt-in) and measuring its fidelity against fp32")
         manifest["backbones"][name].setdefault("precisions", {})[precision] = _export_precision(
@@ -141,7 +162,7 @@ def _export_backbone(nest_dir, staging, manifest, name, source: SourceBackbone, 
 def _describe_backbone(staging: Path, entry: dict, name: str, source: "SourceBackbone", title: str) -> None:
     """The backbone's sidecar (what it takes and gives, where its weights came from, its parity)
     and the same contract stamped into each of its graphs (fp32 and any lower precision)."""
-    from .vit_onnx import CROP, FEATURES_NAME, RESIZE
+    from .vit_onnx import FEATURES_NAME, PREPROCESSING_STEPS
     features = int(entry["features"])
     sidecar_name = f"{Path(entry['graph']).parent.as_posix()}/backbone.json"
     graphs = {"fp32": entry["graph"], **{p: v["graph"] for p, v in entry.get("precisions", {}).items()}}
@@ -151,11 +172,7 @@ def _describe_backbone(staging: Path, entry: dict, name: str, source: "SourceBac
         outputs=[{"name": FEATURES_NAME, "dtype": "float32", "shape": ["N", features],
                   "layout": "each node's output flattened in C order, the nodes concatenated in this order",
                   "nodes": source.layout}],
-        preprocessing=[f"resize so that the shorter side is {RESIZE} and the longer int({RESIZE} * long / short) "
-                       "(bilinear, antialias, half-pixel centres, as torchvision's Resize on integer tensors), "
-                       "rounded half to even to integers",
-                       f"centre crop {CROP} x {CROP} at offsets int(round((side - {CROP}) / 2))", "divide by 255",
-                       "subtract the ImageNet mean (0.485, 0.456, 0.406), divide by the std (0.229, 0.224, 0.225)"],
+        preprocessing=PREPROCESSING_STEPS,
         recommended_batch=BACKBONE_BATCH,
         memory={"weights_bytes": sum((staging / f).stat().st_size for f in weight_files if f),
                 "output_bytes_per_image": 4 * features},
@@ -218,7 +235,7 @@ def _export_precision(staging: Path, graph_path: Path, probes: dict, heads: list
     fidelity = {}
     for size, (_, fp32_features, images) in probes.items():
         features = session.run(None, {INPUT_NAME: images})[0]
-        per_head = {label: compare(run(fp32_features), run(features)) for label, run in heads}
+        per_head = {head.label: compare(head.responses(fp32_features), head.responses(features)) for head in heads}
         fidelity[f"size_{size}"] = {
             "features": compare(fp32_features, features),
             "responses_min_correlation": min(s["min_correlation"] for s in per_head.values()),
@@ -279,9 +296,8 @@ def _check_head(model_id: str, where: str, scaler: dict, pcas: list, regressions
     return used
 
 
-def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes):
-    """Write one subject's (and variant's) head; returns (label, features -> responses, reading
-    the written weights) for the precision checks."""
+def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes) -> WrittenHead:
+    """Write one subject's (and variant's) head and check it against the reference."""
     import onnx
     import onnxruntime as ort
     from .vit_onnx import (COEF_NAME, FEATURES_NAME, INTERCEPT_NAME, PCA_BIAS_NAME, PCA_MATRIX_NAME,
@@ -319,6 +335,8 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes
 
     session = ort.InferenceSession(str(head_path), providers=["CPUExecutionProvider"])
     inputs = {PCA_MATRIX_NAME: pca_matrix, PCA_BIAS_NAME: pca_bias, COEF_NAME: coef, INTERCEPT_NAME: intercept}
+    weight_files = {PCA_MATRIX_NAME: names["pca_matrix"], PCA_BIAS_NAME: names["pca_bias"],
+                    COEF_NAME: names["regression_coef"], INTERCEPT_NAME: names["regression_intercept"]}
 
     def responses(features: np.ndarray) -> np.ndarray:
         return session.run(None, {FEATURES_NAME: features, **inputs})[0]
@@ -340,10 +358,7 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes
         graph=names["head"],
         inputs=[graph_output_input(FEATURES_NAME, "float32", ["N", int(pca_matrix.shape[0])], backbone_graph,
                                    FEATURES_NAME),
-                file_input(PCA_MATRIX_NAME, "float32", list(pca_matrix.shape), names["pca_matrix"]),
-                file_input(PCA_BIAS_NAME, "float32", list(pca_bias.shape), names["pca_bias"]),
-                file_input(COEF_NAME, "float32", list(coef.shape), names["regression_coef"]),
-                file_input(INTERCEPT_NAME, "float32", list(intercept.shape), names["regression_intercept"])],
+                *[file_input(name, "float32", list(inputs[name].shape), path) for name, path in weight_files.items()]],
         outputs=[{"name": RESPONSES_NAME, "dtype": "float32", "shape": ["N", int(blocks * coef.shape[2])],
                   "arrays": output_arrays(model_id, metadata, blocks)}],
         selection=("output column j is block p = j // O, column o = j % O (O = coef.shape[2]): components of "
@@ -380,12 +395,10 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes
     graphs.setdefault(str(subject), {})[variant] = {
         **names, "backbone": backbone_of(model_id), "components": int(used), "pca_blocks": int(blocks),
         "outputs": int(outputs), "toolkit_format": sidecar["toolkit_format"], "parity": parity}
-    saved = {name: staging / names[key] for name, key in ((PCA_MATRIX_NAME, "pca_matrix"), (PCA_BIAS_NAME, "pca_bias"),
-                                                          (COEF_NAME, "regression_coef"),
-                                                          (INTERCEPT_NAME, "regression_intercept"))}
 
     def responses_from_files(features: np.ndarray) -> np.ndarray:
         # read back when needed: holding every head's weights until the precision checks would
         # keep ten EEG subjects' 18 GB in memory
-        return session.run(None, {FEATURES_NAME: features, **{k: np.load(v) for k, v in saved.items()}})[0]
-    return where.split(" (")[0], responses_from_files
+        return session.run(None, {FEATURES_NAME: features,
+                                  **{name: np.load(staging / path) for name, path in weight_files.items()}})[0]
+    return WrittenHead(where.split(" (")[0], names, weight_files, responses_from_files)

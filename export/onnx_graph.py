@@ -61,7 +61,7 @@ def stamp_minimum_ir_version(model: onnx.ModelProto) -> None:
     model.ir_version = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
 
 
-def resized_pixels(g: GraphBuilder, size: tuple[int, int] | int) -> str:
+def resized_pixels(g: GraphBuilder, size: tuple[int, int] | int, portable: bool = False) -> str:
     """uint8 images [N,3,H,W] -> float32 [N,3,h,w] in 0..255, as torchvision resizes integer tensors:
     to ``size`` = (h, w), or, for an int, so that the shorter side is ``size`` (torchvision's
     Resize(int): the longer side becomes int(size * long / short), the aspect ratio kept).
@@ -71,6 +71,10 @@ def resized_pixels(g: GraphBuilder, size: tuple[int, int] | int) -> str:
     Resize matches it with exclude_outside=1 (the default 0 differs by up to 13 grey levels on
     the border pixels). When the image already has the target size, the resize is an exact
     identity, as upstream's no-op.
+
+    ``portable`` computes the same resize with two matrix products instead of Resize's antialias
+    (see _triangle_filter_resize): OpenVINO 2026.4 downsamples antialiased differently from the
+    ONNX standard (by up to 78 grey levels at 300 -> 256; its upsampling matches).
     """
     pixels = g.op("Cast", [INPUT_NAME], to=TensorProto.FLOAT)
     shape = g.op("Shape", [INPUT_NAME])
@@ -79,10 +83,50 @@ def resized_pixels(g: GraphBuilder, size: tuple[int, int] | int) -> str:
         target_hw = _shorter_side_target(g, shape, size)
     else:
         target_hw = g.const(f"target_hw_{size[0]}x{size[1]}", np.array(size))
-    sizes = g.op("Concat", [batch_and_channels, target_hw], axis=0)
-    resized = g.op("Resize", [pixels, "", "", sizes], name="resized", mode="linear", antialias=1,
-                   exclude_outside=1, coordinate_transformation_mode="half_pixel")
+    if portable:
+        resized = _triangle_filter_resize(g, pixels, shape, target_hw)
+    else:
+        sizes = g.op("Concat", [batch_and_channels, target_hw], axis=0)
+        resized = g.op("Resize", [pixels, "", "", sizes], name="resized", mode="linear", antialias=1,
+                       exclude_outside=1, coordinate_transformation_mode="half_pixel")
     return g.op("Round", [resized], name=RESIZED_PIXELS)
+
+
+def _triangle_filter_resize(g: GraphBuilder, pixels: str, shape: str, target_hw: str) -> str:
+    """float [N,3,H,W] -> [N,3,h,w] with target_hw = [h, w] (int64): rows @ pixels @ columns^T,
+    each matrix the antialiased bilinear weights of one axis (_triangle_weights). Standard
+    MatMuls: every ONNX engine computes them alike."""
+    def part(tensor: str, start: int, stop: int) -> str:
+        return g.op("Slice", [tensor, g.const(f"start_{start}", np.array([start])), g.const(f"stop_{stop}", np.array([stop]))])
+    rows = _triangle_weights(g, part(shape, 2, 3), part(target_hw, 0, 1))       # [h, H]
+    columns = _triangle_weights(g, part(shape, 3, 4), part(target_hw, 1, 2))    # [w, W]
+    vertical = g.op("MatMul", [rows, pixels])                                    # [N, 3, h, W]
+    return g.op("MatMul", [vertical, g.op("Transpose", [columns], perm=[1, 0])], name="resized")
+
+
+def _triangle_weights(g: GraphBuilder, source: str, target: str) -> str:
+    """The [target, source] matrix of antialiased bilinear interpolation along one axis (sizes as
+    int64 [1]): output i is centred at c = (i + 0.5) * scale in the input, scale = source /
+    target; input j weighs max(0, 1 - |j + 0.5 - c| / max(scale, 1)), and each row is divided by
+    its sum. Only inputs inside the image count (exclude_outside=1). The same size gives the
+    identity matrix, so no resize is an exact copy."""
+    def as_float(value: str) -> str:
+        return g.op("Cast", [value], to=TensorProto.FLOAT)
+
+    def scalar(vector: str) -> str:  # [1] -> [] (Range takes scalars; GraphBuilder's constants are [1])
+        return g.op("Squeeze", [vector, g.const("axis_0", np.array([0]))])
+
+    def positions(count: str) -> str:  # 0.5, 1.5, ..., count - 0.5
+        indices = g.op("Range", [scalar(g.const("zero_int", np.array([0]))), scalar(count),
+                                 scalar(g.const("one_int", np.array([1])))])
+        return g.op("Add", [as_float(indices), g.const("half", np.float32(0.5))])
+    one = g.const("one", np.float32(1.0))
+    scale = g.op("Div", [as_float(source), as_float(target)])                               # [1]
+    centres = g.op("Mul", [positions(target), scale])                                       # [target]
+    distance = g.op("Abs", [g.op("Sub", [g.op("Unsqueeze", [positions(source), g.const("axis_0", np.array([0]))]),
+                                         g.op("Unsqueeze", [centres, g.const("axis_1", np.array([1]))])])])
+    weights = g.op("Relu", [g.op("Sub", [one, g.op("Div", [distance, g.op("Max", [scale, one])])])])
+    return g.op("Div", [weights, g.op("ReduceSum", [weights, g.const("axis_1", np.array([1]))], keepdims=1)])
 
 
 def _shorter_side_target(g: GraphBuilder, shape: str, size: int) -> str:

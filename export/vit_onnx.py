@@ -7,7 +7,8 @@ backbone.onnx: images uint8 [N, 3, S, S] -> features float32 [N, 460800]. Upstre
   transform (resize so the short side is 256, bilinear + antialias on the integer tensor,
   centre crop 224, /255, ImageNet normalisation) is written by hand in front of torchvision's
   vit_b_32 feature extractor, which torch.onnx (dynamo) exports and onnxscript rewrites with
-  onnxruntime's fused attention and GELU kernels.
+  onnxruntime's fused attention and GELU kernels (com.microsoft operators; a portable export keeps
+  standard ONNX operators; the fusions saved about 3 % of the fp32 time, see _fuse_for_onnxruntime).
 head: features [N, 460800] -> responses [N, P*O]: StandardScaler and each of the P PCAs folded
   into one matrix and bias, then each PCA block's regression (P = 1, or 4 for EEG files with one
   PCA per repetition). All four weight arrays are graph inputs, stored beside the head as plain
@@ -40,13 +41,21 @@ INTERCEPT_NAME = "intercept"
 RESPONSES_NAME = "responses"
 
 
-def preprocessing_graph() -> onnx.ModelProto:
+# preprocessing_graph in words, for the contracts of the graphs that start with it
+PREPROCESSING_STEPS = [
+    f"resize so that the shorter side is {RESIZE} and the longer int({RESIZE} * long / short) (bilinear, "
+    "antialias, half-pixel centres, as torchvision's Resize on integer tensors), rounded half to even to integers",
+    f"centre crop {CROP} x {CROP} at offsets int(round((side - {CROP}) / 2))", "divide by 255",
+    "subtract the ImageNet mean (0.485, 0.456, 0.406), divide by the std (0.229, 0.224, 0.225)"]
+
+
+def preprocessing_graph(portable: bool = False) -> onnx.ModelProto:
     """uint8 [N,3,H,W] -> normalised float32 [N,3,224,224], as upstream's ImageClassification
     transform: the shorter side resized to 256 (aspect ratio kept, as torchvision computes it),
     then the centre 224 x 224 crop at torchvision's offsets (int(round((side - 224) / 2)), halves
     to even). The Python runtime still takes square images only; other embedders may pass any."""
     g = GraphBuilder()
-    resized = resized_pixels(g, RESIZE)
+    resized = resized_pixels(g, RESIZE, portable)
     resized_hw = g.op("Slice", [g.op("Shape", [resized]), g.const("start_hw", np.array([2])),
                                 g.const("stop_hw", np.array([4]))])
     margin = g.op("Cast", [g.op("Sub", [resized_hw, g.const("crop_size", np.array([CROP, CROP]))])],
@@ -128,15 +137,19 @@ def _fuse_for_onnxruntime(model):
     return counts
 
 
-def backbone_model(vit) -> onnx.ModelProto:
-    """The full ViT-B/32 backbone graph (preprocessing + feature extractor) for a torchvision vit_b_32."""
-    return merged_backbone(_export_features(vit), "vit/", fuse=True)
+def backbone_model(vit, portable: bool = False) -> onnx.ModelProto:
+    """The full ViT-B/32 backbone graph (preprocessing + feature extractor) for a torchvision
+    vit_b_32: with onnxruntime's fused attention and GELU kernels, or (``portable``) in standard
+    ONNX operators only and resized by MatMuls, for other engines (OpenVINO, TensorRT,
+    onnx.reference)."""
+    return merged_backbone(_export_features(vit), "vit/", fuse=not portable, portable=portable)
 
 
-def merged_backbone(extractor_module, prefix: str, fuse: bool) -> onnx.ModelProto:
+def merged_backbone(extractor_module, prefix: str, fuse: bool, portable: bool = False) -> onnx.ModelProto:
     """uint8 images -> features: upstream's transform (preprocessing_graph) in front of a torch
     module mapping normalised [N, 3, 224, 224] pixels to [N, F] features, exported by torch.onnx
-    (dynamo); ``fuse`` rewrites it with onnxruntime's fused kernels (the ViT)."""
+    (dynamo); ``fuse`` rewrites it with onnxruntime's fused kernels (the ViT); ``portable``
+    resizes with standard MatMuls (onnx_graph.resized_pixels)."""
     import onnx_ir
     import torch
     example = torch.zeros(2, 3, CROP, CROP)
@@ -147,11 +160,11 @@ def merged_backbone(extractor_module, prefix: str, fuse: bool) -> onnx.ModelProt
     fused = _fuse_for_onnxruntime(program.model) if fuse else {}
     extractor = onnx_ir.serde.serialize_model(program.model)
     helper.set_model_props(extractor, {"nest_rt.fused_ops": json.dumps(fused, sort_keys=True)})
-    preprocessing = preprocessing_graph()
+    preprocessing = preprocessing_graph(portable)
     preprocessing.ir_version = extractor.ir_version
     merged = onnx.compose.merge_models(preprocessing, extractor, io_map=[(PIXELS, PIXELS)], prefix2=prefix)
     merged.graph.output[0].name = FEATURES_NAME
-    _rename_value(merged.graph, prefix + FEATURES_NAME, FEATURES_NAME)
+    rename_value(merged.graph, prefix + FEATURES_NAME, FEATURES_NAME)
     # merge_models lists the default domain once per input model; tools expect it once
     unique = {(o.domain, o.version): o for o in merged.opset_import}
     del merged.opset_import[:]
@@ -160,7 +173,8 @@ def merged_backbone(extractor_module, prefix: str, fuse: bool) -> onnx.ModelProt
     return merged
 
 
-def _rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
+def rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename the value ``old`` to ``new`` wherever a node of ``graph`` makes or reads it."""
     for node in graph.node:
         node.output[:] = [new if name == old else name for name in node.output]
         node.input[:] = [new if name == old else name for name in node.input]

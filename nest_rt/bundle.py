@@ -144,6 +144,10 @@ def check_manifest(manifest: dict[str, Any], where: Path) -> None:
                     value = entry.get(size)
                     require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                             f"{what}: {size} must be a positive integer, got {value!r}")
+                joined = entry.get("self_contained")  # nest-rt export --self-contained
+                require(joined is None or (isinstance(joined, dict) and all(
+                    listed(joined.get(key)) for key in ("graph", "data", "sidecar"))),
+                    f"{what}: its self-contained graph's files are not listed in 'files'")
                 parity = entry.get("parity")  # empty only in demo bundles built without torch
                 require(isinstance(parity, dict) and all(
                     isinstance(p, dict) and all(isinstance(p.get(k), (int, float)) for k in _PARITY_KEYS)

@@ -111,10 +111,15 @@ def verify_bundle(bundle_dir: str | Path, device: str = "auto", expect_sha256: s
         model = nest.get_encoding_model(row["model_id"], subject=row["subject"], selection=selection,
                                         device=device)
         # the metadata too (raises on a damaged file); NonFiniteOutputError on NaN/inf responses
-        nest.encode(model, probe, return_metadata=True, show_progress=False)
+        responses, _ = nest.encode(model, probe, return_metadata=True, show_progress=False)
         del model
         nest.release_heads()  # one subject's head in memory at a time
-        log(f"ok: {row['model_id']} sub-{row['subject']:02d}" + (f" {row['roi']}" if row["roi"] else ""))
+        name = f"{row['model_id']} sub-{row['subject']:02d}" + (f" {row['roi']}" if row["roi"] else "")
+        log(f"ok: {name}")
+        joined = bundle.entry(row["model_id"], row["subject"], row["roi"]).get("self_contained")
+        if joined:
+            error = _self_contained_error(bundle, joined, responses, probe, resolve_device(device))
+            log(f"ok: {name} self-contained graph (relative difference {error:.1e} from the split graphs)")
     for name, backbone in bundle.manifest.get("backbones", {}).items():
         user = next((row for row in rows if row["model_id"] != "fmri-nsd-fwrf"
                      and catalog.model_entry(row["model_id"]).get("backbone") == name), None)
@@ -128,3 +133,23 @@ def verify_bundle(bundle_dir: str | Path, device: str = "auto", expect_sha256: s
                          show_progress=False)
             log(f"ok: the {precision} {name} backbone")
     return len(rows)
+
+
+def _self_contained_error(bundle: Bundle, joined: dict, split_responses, probe: np.ndarray,
+                          device: str) -> float:
+    """The self-contained graph's responses to ``probe`` against the split graphs' (its columns
+    are the split outputs (an array, or fsaverage's lh and rh) flattened, one after the other): max |difference| / max |split|,
+    refused above the tolerance the export recorded."""
+    from .sessions import create_session
+    session = create_session(bundle.path(joined["graph"]), device)
+    got = session.run(None, {session.get_inputs()[0].name: probe})[0]
+    parts = split_responses if isinstance(split_responses, tuple) else (split_responses,)
+    expected = np.concatenate([part.reshape(len(probe), -1) for part in parts], axis=1)
+    if got.shape != expected.shape or not np.isfinite(got).all():
+        raise BundleIntegrityError(f"{joined['graph']} gives {got.shape} responses (finite: {np.isfinite(got).all()}), "
+                                   f"the split graphs {expected.shape}")
+    error = float(np.abs(got - expected).max() / max(np.abs(expected).max(), np.finfo(np.float32).tiny))
+    if not error <= joined["tolerance"]:
+        raise BundleIntegrityError(f"{joined['graph']} differs from the split graphs by {error:.2e} of the response "
+                                   f"scale (tolerance {joined['tolerance']})")
+    return error

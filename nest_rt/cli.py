@@ -122,6 +122,12 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--pregenerated", action="store_true",
                         help="also convert the toolkit's pregenerated-response metadata (pickles) into pickle-free "
                              ".npz files in the bundle, for NEST.load_insilico_neural_responses")
+    export.add_argument("--portable", action="store_true",
+                        help="standard ONNX operators only (no onnxruntime fused kernels), for other engines "
+                             "such as OpenVINO, TensorRT or onnx.reference; slightly slower on onnxruntime")
+    export.add_argument("--self-contained", action="store_true",
+                        help="also write one graph per linear model and subject, uint8 images in, responses out, "
+                             "backbone and head weights inside (for embedding; each repeats the backbone's weights)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     export.set_defaults(handler=_export)
 
@@ -315,8 +321,8 @@ def _export(args) -> None:
     exporter, _ = _export_stage()
     exporter.export_bundle(args.nest_dir, args.out, models=args.models, subjects=args.subjects,
                            rois=args.rois, vit_weights=args.vit_weights, alexnet_weights=args.alexnet_weights,
-                           precisions=args.precisions,
-                           overwrite=args.overwrite, pregenerated=args.pregenerated)
+                           precisions=args.precisions, overwrite=args.overwrite, pregenerated=args.pregenerated,
+                           portable=args.portable, self_contained=args.self_contained)
 
 
 def _demo(args) -> None:

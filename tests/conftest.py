@@ -114,3 +114,23 @@ def vit_bundle(vit_toolkit, tmp_path_factory) -> Path:
     return exporter.export_bundle(vit_toolkit, tmp_path_factory.mktemp("vit_bundle") / "bundle",
                                   vit_weights=vit_toolkit / synthetic_vit.VIT_WEIGHTS_NAME,
                                   precisions=("int8", "fp16"), log=quiet)
+
+
+@pytest.fixture(scope="session")
+def variants_toolkit(tmp_path_factory) -> Path:
+    """For the bundle variants of embedders: fwRF subject 1 (V1, 20 voxels), EEG subject 1 in
+    current BERG's format (one PCA per repetition: a head with P = 4 blocks) and fsaverage
+    subject 1 (P = 1), on one ViT-B/32 (the same seed writes the same weights)."""
+    from nest_rt_export import synthetic_berg
+    root = synthetic.write_toolkit(tmp_path_factory.mktemp("variants_toolkit"), subjects=[SUBJECT], rois=["V1"],
+                                   voxels=20, seed=6)
+    synthetic_berg.write_berg_toolkit(root, eeg_subjects=[1], eeg_pca_form="dict", components=8, seed=6)
+    return synthetic_vit.write_vit_toolkit(root, fsaverage_subjects=[1], components=8, seed=6)
+
+
+@pytest.fixture(scope="session")
+def variants_bundle(variants_toolkit, tmp_path_factory) -> Path:
+    """``--portable --self-contained`` (and the int8 backbone, which must stay portable too)."""
+    return exporter.export_bundle(variants_toolkit, tmp_path_factory.mktemp("variants_bundle") / "bundle",
+                                  vit_weights=variants_toolkit / synthetic_vit.VIT_WEIGHTS_NAME, precisions=("int8",),
+                                  portable=True, self_contained=True, log=quiet)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone:
 #   1. a venv with the export extra runs every test that needs torch (and, with Node.js and
-#      onnxruntime-node from npm, the JavaScript embedding client of tests/embedding);
+#      onnxruntime-node from npm, the JavaScript embedding client of tests/embedding; with OpenVINO,
+#      the portable graphs in a second engine);
 #   2. a second venv with only the runtime dependencies (no torch, torchvision or onnx) runs
 #      tests/torchfree against a bundle exported by step 1, once with the newest onnxruntime and
 #      once with the oldest that pyproject.toml admits (the range the bundles are claimed to load on);
@@ -14,7 +15,7 @@ export_venv="${NEST_RT_VENV:-$repo/.venv}"
 runtime_venv="$repo/.venv-notorch"
 
 python3 -m venv "$export_venv"
-"$export_venv/bin/pip" install --quiet --disable-pip-version-check -e ".[export,dev,h5,plot]"
+"$export_venv/bin/pip" install --quiet --disable-pip-version-check -e ".[export,dev,h5,plot,engines]"
 # The JavaScript embedding client's onnxruntime-node (tests/test_embedding_js.py), CPU only: its
 # install script would otherwise try to fetch CUDA files from the network.
 npm ci --prefix tests/embedding --no-audit --no-fund --onnxruntime-node-install-cuda=skip > /dev/null

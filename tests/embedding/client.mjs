@@ -5,7 +5,10 @@
 // into named arrays), the .npy files the contract names, and the graphs themselves, run with
 // onnxruntime-node. No Python, no nest_rt.
 //
-//   node client.mjs BUNDLE MODEL_ID SUBJECT VARIANT IMAGES.npy OUT_DIR
+//   node client.mjs BUNDLE MODEL_ID SUBJECT VARIANT IMAGES.npy OUT_DIR [--self-contained]
+//
+// --self-contained runs the model's one-graph form (nest-rt export --self-contained): images in,
+// responses out, no .npy inputs. The contract says so; the code below is the same.
 //
 // IMAGES.npy: uint8 [N, 3, S, S]. Writes OUT_DIR/<array>.npy (float32) for each of the model's
 // output arrays (EEG: responses [N, 4, 63, 140]; fsaverage: lh and rh; fwRF: responses [N, V]),
@@ -76,10 +79,12 @@ async function runBatched(session, inputName, input, others, batch) {
 }
 
 async function main() {
-  const [bundle, modelId, subject, variant, imagesPath, outDir] = process.argv.slice(2);
+  const [bundle, modelId, subject, variant, imagesPath, outDir, form] = process.argv.slice(2);
   const options = { intraOpNumThreads: 2, executionProviders: ["cpu"] };
   const manifest = JSON.parse(readFileSync(join(bundle, "bundle.json"), "utf8"));
-  const entry = manifest.models[modelId].graphs[subject][variant];
+  const split = manifest.models[modelId].graphs[subject][variant];
+  const entry = form === "--self-contained" ? split.self_contained : split;
+  if (!entry) throw new Error(`${modelId} subject ${subject} ${variant} has no self-contained graph in ${bundle}`);
   const contract = JSON.parse(readFileSync(join(bundle, entry.sidecar), "utf8")).contract;
   const images = readNpy(imagesPath);
   let current = new ort.Tensor("uint8", images.data, images.shape);
@@ -116,7 +121,7 @@ async function main() {
     writeNpy(join(outDir, `${array.name}.npy`), shape, data);
     written.push({ name: array.name, shape, axes: array.axes.map((axis) => axis.name) });
   }
-  console.log(JSON.stringify({ model: modelId, subject, variant, onnxruntime: ort.env.versions?.common ?? null, arrays: written }));
+  console.log(JSON.stringify({ model: modelId, subject, variant, graph: contract.graph, onnxruntime: ort.env.versions?.common ?? null, arrays: written }));
 }
 
 main().catch((error) => {
