@@ -163,6 +163,7 @@ def test_unreadable_metadata_fails_verify(bundle):
     (lambda m: m.pop("files"), "'files' must map"),
     (lambda m: m["models"].update({"fmri-nsd-alexnet": {"graphs": {}}}), "not one this nest_rt knows"),
     (lambda m: v1_entry(m)["parity"]["size_227"].update(min_correlation="high"), "no parity record"),
+    (lambda m: v1_entry(m).update(self_contained={"graph": "elsewhere.onnx"}), "self-contained graph's files"),
 ])
 def test_a_manifest_missing_what_the_runtime_reads(bundle, change, words):
     edit_manifest(bundle, change)
