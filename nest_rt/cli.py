@@ -172,6 +172,14 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
     encode.add_argument("--precision", default="fp32", choices=["fp32", "int8", "fp16"])
     encode.add_argument("--no-progress", action="store_true", help="no progress bar")
+    encode.add_argument("--engine", default="local", choices=["local", "ray"],
+                        help="ray: encode the chunks on Ray workers (needs the ray extra; the output is the same)")
+    encode.add_argument("--ray-address", metavar="ADDR",
+                        help="with --engine ray: join this Ray cluster (default: start a local Ray instance)")
+    encode.add_argument("--workers", type=int, help="with --engine ray: Ray workers (default: one per --threads "
+                                                    "CPUs of the cluster); each loads the models once")
+    encode.add_argument("--gpus-per-worker", type=float,
+                        help="with --engine ray: GPUs each worker reserves (default: 1 with --device cuda, else 0)")
     encode.set_defaults(handler=_encode)
 
     merge = commands.add_parser("merge", help="assemble the shards of one encode run")
@@ -243,9 +251,16 @@ def _encode(args) -> None:
     inputs = RunInputs(args.inputs, center_crop=args.center_crop, skip_bad=args.skip_bad_images,
                        h5_dataset=args.h5_dataset, exclude=[args.out],
                        report=lambda message: print(message, file=sys.stderr))
+    engine = None
+    if args.engine == "ray":
+        from .ray import RayEngine
+        gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (1.0 if args.device == "cuda" else 0.0)
+        engine = RayEngine(args.ray_address, args.workers, args.threads, gpus)
+    elif args.ray_address or args.workers or args.gpus_per_worker is not None:
+        raise InvalidParameterError("--ray-address, --workers and --gpus-per-worker need --engine ray")
     record = encode_run(_bundle(args), inputs, args.models, args.out, imageset=args.imageset, shard=shard,
                         chunk_size=args.chunk_size, h5=args.h5, device=args.device, num_threads=args.threads,
-                        precision=args.precision, show_progress=not args.no_progress)
+                        precision=args.precision, show_progress=not args.no_progress, engine=engine)
     for output in record["outputs"]:
         for info in output["arrays"].values():
             print(f"{args.out / info['file']}  {tuple(info['shape'])}")

@@ -264,6 +264,15 @@ class RunInputs:
         if self.total == 0:
             raise StimulusError("inputs: the array holds no images")
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Sent to Ray workers without the array's rows: each worker opens the file again."""
+        return {**self.__dict__, "array": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.images is None:
+            self.array, _ = open_image_array(self.array_info["path"], self.array_info["dataset"])
+
     def stimulus(self, start: int, stop: int, failed: list[dict] | None = None) -> tuple[Stimulus, np.ndarray]:
         """Rows start:stop as a Stimulus, and each Stimulus row's position in that range. Files
         are grouped by size so that mixed sizes still batch well; arrays keep their order.
@@ -333,9 +342,10 @@ def versions() -> dict[str, str]:
 def encode_run(bundle_dir: str | Path, inputs: RunInputs, model_specs: list[str], out: str | Path,
                imageset: str, shard: tuple[int, int] = (0, 1), chunk_size: int = DEFAULT_CHUNK_SIZE,
                h5: bool = False, device: str = "auto", num_threads: int | None = None,
-               precision: str = "fp32", show_progress: bool = True, log=print) -> dict[str, Any]:
+               precision: str = "fp32", show_progress: bool = True, log=print, engine=None) -> dict[str, Any]:
     """Encode ``inputs`` with every requested model into ``out``; resume a matching unfinished
-    run there. Returns the finished run record."""
+    run there. Returns the finished run record. ``engine`` (nest_rt.ray.RayEngine) runs the
+    chunks on a Ray cluster; this process still plans, writes and records them."""
     if chunk_size < 1:
         raise InvalidParameterError(f"--chunk-size must be >= 1, got {chunk_size}")
     if not imageset or "/" in imageset or imageset.startswith("."):
@@ -361,7 +371,8 @@ def encode_run(bundle_dir: str | Path, inputs: RunInputs, model_specs: list[str]
               "inputs": inputs.record(start, stop), "shard": identity["shard"], "chunk_size": chunk_size,
               "bundle": {"path": str(nest.bundle.root.resolve()), "manifest_sha256": identity["bundle_sha256"]},
               "outputs": [_output_record(o, stop - start, h5) for o in outputs], "versions": versions(),
-              "devices": sorted({o.model.device for o in outputs})}
+              "devices": sorted({o.model.device for o in outputs}),
+              "engine": {"kind": "local"} if engine is None else engine.describe()}
     _make_folder(out)
     with locked(out):  # before looking at the folder: a second encode starting now waits for none of it
         _check_folder(out)
@@ -385,8 +396,13 @@ def encode_run(bundle_dir: str | Path, inputs: RunInputs, model_specs: list[str]
                 + (f", {rejected} rejected images listed in run.json" if rejected else "")
                 + f") with {len(outputs)} model outputs into {out}")
             try:
+                workers = None
+                if engine is not None:  # the workers load their models now; the record says how many
+                    workers = engine.start(bundle_dir, model_specs, imageset, device, num_threads, precision, inputs,
+                                           log)
+                    record["engine"] = engine.describe()
                 _encode_chunks(inputs, outputs, files, todo, done, failed, start, out, device, show_progress,
-                               total_rows=stop - start, log=log)
+                               total_rows=stop - start, log=log, workers=workers)
             finally:
                 for per_output in files:
                     for handle in per_output.values():
@@ -493,22 +509,20 @@ def _open_files(out: Path, outputs: list[Output], rows: int, create: bool) -> li
 
 def _encode_chunks(inputs: RunInputs, outputs: list[Output], files: list[dict[str, NpyRows]], todo,
                    done: set[int], failed: list[dict], first_row: int, out: Path, device: str,
-                   show_progress: bool, total_rows: int, log) -> None:
-    """Encode the chunks ``todo``; each is recorded in progress.json once its rows are on disk,
-    with the images that failed to decode in it (their rows are NaN)."""
+                   show_progress: bool, total_rows: int, log, workers=None) -> None:
+    """Encode the chunks ``todo`` (here, or by Ray ``workers``: see nest_rt.ray); each is
+    recorded in progress.json once its rows are on disk, with the images that failed to decode
+    in it (their rows are NaN). Chunks may finish in any order: their rows have fixed places."""
     from tqdm.auto import tqdm
-    models = [output.model for output in outputs]
     with tqdm(total=total_rows, initial=total_rows - sum(stop - start for _, start, stop in todo),
               unit="img", desc="encoding", disable=not show_progress, smoothing=0.1) as bar:
-        for chunk, start, stop in todo:
-            failed_here: list[dict] = []
-            stimulus, order = inputs.stimulus(start, stop, failed_here)
-            for index, block_start, block_stop, block in iter_responses(models, stimulus, device,
-                                                                         on_batch=bar.update):
-                rows = order[block_start:block_stop] + (start - first_row)
-                arrays = dict(zip(outputs[index].shapes, as_arrays(block)))
-                for array, values in arrays.items():
-                    _write_rows(files[index][array], rows, values)
+        finished = (workers.encode_chunks(todo, bar) if workers is not None
+                    else ((chunk, *_chunk_here(inputs, outputs, start, stop, device, bar.update))
+                          for chunk, start, stop in todo))
+        for chunk, blocks, failed_here in finished:
+            for index, rows, arrays in blocks:  # a generator here: written as each block comes
+                for array, values in zip(outputs[index].shapes, arrays):
+                    _write_rows(files[index][array], rows - first_row, values)
             for item in failed_here:  # no silent responses to an image that was never seen
                 for per_output in files:
                     for handle in per_output.values():
@@ -520,6 +534,23 @@ def _encode_chunks(inputs: RunInputs, outputs: list[Output], files: list[dict[st
             done.add(chunk)
             failed.extend(failed_here)
             write_json_atomically(out / PROGRESS, {"chunks_done": sorted(done), "failed": failed})
+
+
+def _chunk_here(inputs: RunInputs, outputs: list[Output], start: int, stop: int, device: str, on_batch):
+    """One chunk encoded in this process: (blocks, failed), where blocks yields (output index,
+    the rows of the run, the block's arrays) and ``failed`` fills with the images that fail to
+    decode while it is consumed."""
+    failed: list[dict] = []
+    return chunk_blocks(inputs, [output.model for output in outputs], start, stop, device, failed, on_batch), failed
+
+
+def chunk_blocks(inputs: RunInputs, models: list[EncodingModel], start: int, stop: int, device: str,
+                 failed: list[dict], on_batch=None):
+    """Yield (model index, rows start.. of the input list, arrays) for images start:stop: the same
+    batches wherever the chunk runs, so the same bytes."""
+    stimulus, order = inputs.stimulus(start, stop, failed)
+    for index, block_start, block_stop, block in iter_responses(models, stimulus, device, on_batch=on_batch):
+        yield index, order[block_start:block_stop] + start, as_arrays(block)
 
 
 def _write_rows(handle: NpyRows, rows: np.ndarray, values: np.ndarray) -> None:

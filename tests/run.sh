@@ -15,7 +15,7 @@ export_venv="${NEST_RT_VENV:-$repo/.venv}"
 runtime_venv="$repo/.venv-notorch"
 
 python3 -m venv "$export_venv"
-"$export_venv/bin/pip" install --quiet --disable-pip-version-check -e ".[export,dev,h5,plot,engines]"
+"$export_venv/bin/pip" install --quiet --disable-pip-version-check -e ".[export,dev,h5,plot,engines,ray]"
 # The JavaScript embedding client's onnxruntime-node (tests/test_embedding_js.py), CPU only: its
 # install script would otherwise try to fetch CUDA files from the network.
 npm ci --prefix tests/embedding --no-audit --no-fund --onnxruntime-node-install-cuda=skip > /dev/null

@@ -356,3 +356,24 @@ def test_help_explains_the_model_specs():
     assert result.returncode == 0
     for words in ("fwrf:subjects=1:roi=V1,FFA-1", "--shard", "resume", "--h5"):
         assert words in result.stdout
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".h5"])
+def test_run_inputs_travel_without_their_rows(tmp_path, suffix):
+    """What --engine ray sends each worker: an array input pickles as its path (the worker opens
+    it again), not as its rows; an HDF5 dataset, which cannot pickle, too."""
+    import pickle
+    images = np.random.default_rng(3).integers(0, 256, (6, 3, 40, 40), dtype=np.uint8)
+    path = tmp_path / f"images{suffix}"
+    if suffix == ".npy":
+        np.save(path, images)
+    else:
+        h5py = pytest.importorskip("h5py")
+        with h5py.File(path, "w") as handle:
+            handle["stimuli"] = images
+    inputs = RunInputs([str(path)])
+    packed = pickle.dumps(inputs)
+    assert len(packed) < images.nbytes // 4
+    copy = pickle.loads(packed)
+    for original, travelled in zip(*(list(i.stimulus(2, 5)[0].batches(8)) for i in (inputs, copy))):
+        np.testing.assert_array_equal(original.images, travelled.images)

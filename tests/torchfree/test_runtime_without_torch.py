@@ -138,6 +138,17 @@ def test_export_command_explains_the_missing_extra(tmp_path):
     assert "pip install 'nest-rt[export]'" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_ray_engine_explains_the_missing_extra(expected, tmp_path):
+    """The runtime never needs Ray: only --engine ray asks for it, before anything is written."""
+    np.save(tmp_path / "images.npy", expected["images_300"])
+    result = subprocess.run([sys.executable, "-m", "nest_rt.cli", "encode", str(tmp_path / "images.npy"), "--bundle",
+                             str(WORK / "bundle"), "--model", "fwrf:roi=V1", "--out", str(tmp_path / "run"),
+                             "--engine", "ray"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "pip install 'nest-rt[ray]'" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_encodes_shards_merges_and_reads_back_without_torch(expected, tmp_path):
     """The command-line path at scale (encode -> shards -> merge -> HDF5 -> load) with the
     runtime alone; responses equal the API's on the same images."""

@@ -1,0 +1,218 @@
+"""nest_rt on a Ray cluster (the optional ``ray`` extra; nothing else in nest_rt imports this).
+
+Two entry points:
+
+- ``RayEngine``: ``nest-rt encode ... --engine ray`` runs the chunks of an encode run on Ray actors.
+  Each actor opens the bundle once and holds the run's models (the backbone shared by all of
+  them, as locally); it reads its chunk's images itself and returns the responses. The driver
+  (the ``nest-rt encode`` process) plans the run, writes every response row and records every
+  finished chunk, exactly as a local run does, so the files are byte for byte a local run's and
+  a killed driver resumes from its finished chunks. Where things must live: the bundle and the
+  input images at the same path on every node (a shared filesystem, or copies); the output only
+  on the driver's machine (workers send it their responses).
+  A worker that dies (its process killed, its node lost) is restarted by Ray, and its chunk goes
+  to the next free worker.
+- ``Encoder``: a callable class for Ray Data pipelines, ``ds.map_batches(Encoder,
+  fn_constructor_kwargs={...}, concurrency=..., batch_size=...)``: a batch's image column in,
+  one response column per model output (per array: fsaverage's ``_lh`` and ``_rh``) out.
+"""
+from __future__ import annotations
+
+import collections
+import os
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidParameterError, MissingExtraError, RunStateError
+
+# A chunk whose worker died is given to another worker at most this many times: a chunk that
+# kills every worker it meets (an image that crashes the decoder) must stop the run, not loop.
+MAX_CHUNK_ATTEMPTS = 3
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise MissingExtraError("--engine ray needs Ray: pip install 'nest-rt[ray]'") from exc
+    return ray
+
+
+class RayEngine:
+    """What ``--engine ray`` adds to an encode run: where the Ray cluster is and how many
+    workers to start there. ``address`` None starts a local Ray instance (stopped at the end);
+    ``workers`` None: one per ``threads`` CPUs of the cluster."""
+
+    def __init__(self, address: str | None = None, workers: int | None = None, threads: int | None = None,
+                 gpus_per_worker: float = 0.0):
+        for name, value in (("--workers", workers), ("--threads", threads)):
+            if value is not None and value < 1:
+                raise InvalidParameterError(f"{name} must be >= 1, got {value}")
+        if gpus_per_worker < 0:
+            raise InvalidParameterError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+        _import_ray()  # a missing extra fails before the run's folder is made
+        self.address, self.workers, self.threads, self.gpus_per_worker = address, workers, threads, gpus_per_worker
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "ray", "address": self.address or "local", "workers": self.workers,
+                "threads_per_worker": self.threads, "gpus_per_worker": self.gpus_per_worker}
+
+    def start(self, bundle_dir, model_specs: list[str], imageset: str, device: str, num_threads: int | None,
+              precision: str, inputs, log) -> "_RunOnRay":
+        ray = _import_ray()
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(address=self.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+                     configure_logging=False)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        threads = self.threads or num_threads or 1
+        workers = self.workers or max(1, cpus // threads)
+        self.workers, self.threads = workers, threads
+        worker_class = ray.remote(max_restarts=-1)(_ChunkWorker).options(
+            num_cpus=min(threads, cpus), num_gpus=self.gpus_per_worker)
+        shared_inputs = ray.put(inputs)  # the image list once in the object store, not once per worker
+        actors = [worker_class.remote(os.path.abspath(bundle_dir), model_specs, imageset, device, threads, precision,
+                                      shared_inputs) for _ in range(workers)]
+        log(f"Ray: {workers} workers of {threads} thread(s) on a cluster of {cpus} CPUs"
+            + (f" at {self.address}" if self.address else " (local)"))
+        return _RunOnRay(ray, actors, started_here, shared_inputs)
+
+
+class _RunOnRay:
+    def __init__(self, ray, actors: list, started_here: bool, inputs_ref):
+        self.ray, self.actors, self.started_here = ray, actors, started_here
+        # held for the whole run: Ray restarts a dead worker by running its constructor again,
+        # with this object as its argument, and deletes objects nobody holds
+        self.inputs_ref = inputs_ref
+
+    def encode_chunks(self, todo, bar):
+        """Yield (chunk, blocks, failed) as the workers finish them (one chunk in flight per
+        worker, so the driver holds at most one chunk of responses per worker)."""
+        ray = self.ray
+        queue = collections.deque(todo)
+        idle = collections.deque(self.actors)
+        pending: dict = {}
+        attempts: collections.Counter = collections.Counter()
+        failures: collections.Counter = collections.Counter()  # per worker, since its last chunk done
+        restarting: set = set()
+        alive = len(self.actors)
+        try:
+            while queue or pending:
+                while queue and idle:
+                    actor = idle.popleft()
+                    chunk, start, stop = queue.popleft()
+                    attempts[chunk] += 1
+                    pending[actor.encode.remote(start, stop)] = (chunk, start, stop, actor)
+                bar.set_postfix(workers_alive=alive - len(restarting), refresh=False)
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                chunk, start, stop, actor = pending.pop(ready[0])
+                try:
+                    blocks, failed = ray.get(ready[0])
+                except ray.exceptions.RayActorError as exc:
+                    if attempts[chunk] >= MAX_CHUNK_ATTEMPTS:
+                        raise RunStateError(f"chunk {chunk} (images {start}:{stop}) lost its worker "
+                                            f"{attempts[chunk]} times ({exc}); finished chunks are kept") from None
+                    queue.appendleft((chunk, start, stop))  # to the next free worker
+                    failures[actor] += 1
+                    if failures[actor] < MAX_CHUNK_ATTEMPTS:
+                        restarting.add(actor)
+                        idle.append(actor)  # Ray restarts it (max_restarts=-1); it queues behind the others
+                    else:  # it fails whatever it is given (cannot start again): out of the pool
+                        restarting.discard(actor)
+                        alive -= 1
+                        if alive == 0:
+                            raise RunStateError(f"every Ray worker failed, the last with: {exc}; finished chunks "
+                                                "are kept") from None
+                    continue
+                except ray.exceptions.RayTaskError as exc:  # the worker's own error, e.g. a StimulusError
+                    cause = getattr(exc, "cause", None)
+                    raise (cause if isinstance(cause, Exception) else exc) from None  # as a local run reports it
+                restarting.discard(actor)
+                failures[actor] = 0
+                idle.append(actor)
+                bar.update(stop - start)
+                yield chunk, blocks, failed
+        finally:
+            for actor in self.actors:
+                ray.kill(actor)
+            if self.started_here:
+                ray.shutdown()
+
+
+class _ChunkWorker:
+    """One Ray actor: the bundle opened once, the run's models loaded once."""
+
+    def __init__(self, bundle_dir: str, model_specs: list[str], imageset: str, device: str, threads: int,
+                 precision: str, inputs):
+        from .api import NEST
+        from .runs import parse_model_spec, plan_outputs
+        nest = NEST(bundle_dir, num_threads=threads, precision=precision)
+        requests = [request for spec in model_specs for request in parse_model_spec(spec, nest.bundle)]
+        self.models = [output.model for output in plan_outputs(nest, requests, imageset, device)]
+        self.inputs, self.device = inputs, device
+
+    def encode(self, start: int, stop: int):
+        from .runs import chunk_blocks
+        failed: list[dict] = []
+        blocks = list(chunk_blocks(self.inputs, self.models, start, stop, self.device, failed))
+        return blocks, failed
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class Encoder:
+    """Responses of nest_rt models as Ray Data columns.
+
+    ::
+
+        ds = ray.data.read_images("images/", mode="RGB")
+        responses = ds.map_batches(Encoder, fn_constructor_kwargs={"bundle": "/shared/nest_bundle",
+                                   "models": ["eeg:subjects=1-2", "fwrf:subjects=1:roi=V1"]},
+                                   concurrency=4, batch_size=64)
+
+    ``models`` takes ``nest-rt encode --model`` specs. Each output becomes a column named as its
+    files in an encode run (``eeg-things_eeg_2-vit_b_32_sub-01``; fsaverage adds ``_lh`` and
+    ``_rh``) holding float32 [B, ...] responses; the batch's other columns are kept. The bundle
+    is opened on the first batch, in the worker, so the instance pickles small. ``image_column``
+    holds uint8 images, [B, H, W, 3] or [B, 3, H, W] (or a list of them); ``center_crop`` crops
+    non-square ones to their central square as ``NEST.encode`` does.
+    """
+
+    def __init__(self, bundle: str, models: list[str], image_column: str = "image", device: str = "auto",
+                 num_threads: int | None = None, precision: str = "fp32", center_crop: bool = False):
+        if isinstance(models, str) or not models:
+            raise InvalidParameterError(f"models must be a non-empty list of model specs, got {models!r}")
+        self.settings = {"bundle": str(bundle), "models": list(models), "device": device,
+                         "num_threads": num_threads, "precision": precision}
+        self.image_column, self.center_crop = image_column, center_crop
+        self._outputs = None
+
+    def _load(self):
+        from .api import NEST
+        from .runs import parse_model_spec, plan_outputs
+        settings = self.settings
+        nest = NEST(settings["bundle"], num_threads=settings["num_threads"], precision=settings["precision"])
+        requests = [request for spec in settings["models"] for request in parse_model_spec(spec, nest.bundle)]
+        return plan_outputs(nest, requests, "ray", settings["device"])
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from .images import Stimulus
+        from .models import as_arrays, encode_models
+        if self.image_column not in batch:
+            raise InvalidParameterError(f"image_column {self.image_column!r} is not a column of the batch "
+                                        f"(columns: {sorted(batch)})")
+        if self._outputs is None:
+            self._outputs = self._load()
+        images = batch[self.image_column]
+        if isinstance(images, np.ndarray) and images.dtype == object:  # images of several sizes
+            images = list(images)
+        responses = encode_models([output.model for output in self._outputs],
+                                  Stimulus(images, name=self.image_column, center_crop=self.center_crop),
+                                  device=self.settings["device"], show_progress=False)
+        columns = {name: values for name, values in batch.items() if name != self.image_column}
+        for output, values in zip(self._outputs, responses):
+            for array, block in zip(output.shapes, as_arrays(values)):
+                columns[output.name if array == "responses" else f"{output.name}_{array}"] = block
+        return columns

@@ -1,0 +1,227 @@
+"""nest_rt on Ray (the ray extra): ``nest-rt encode --engine ray`` gives a local run's files byte for
+byte, survives a killed worker and a killed driver, and ``nest_rt.ray.Encoder`` in a Ray Data
+pipeline gives what ``NEST.encode`` gives.
+
+Ray runs on this machine only (loopback). The encode runs are separate driver processes (as
+users run them), each starting and stopping its own local Ray instance; the Ray Data tests start
+one in this process. Every Ray process a test started is gone when it ends.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+psutil = pytest.importorskip("psutil")
+
+from nest_rt import NEST  # noqa: E402
+from nest_rt_export import synthetic  # noqa: E402
+
+from conftest import write_png_folder  # noqa: E402
+
+MODELS = ["--model", "fwrf:roi=V1", "--model", "eeg:subjects=1"]
+IMAGES = 16
+CHUNK = 2
+
+
+def ray_processes() -> list[psutil.Process]:
+    """This machine's running Ray processes (raylet, GCS, agents, workers), by their names and
+    command lines. Zombies are dead already: the ones of a SIGKILLed driver's Ray wait for a
+    reaper that a container's init may never be."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "name", "status"]):
+        line = " ".join(process.info["cmdline"] or []) + " " + (process.info["name"] or "")
+        if process.info["status"] != psutil.STATUS_ZOMBIE and (
+                "ray::" in line or "/ray/core/src/ray/" in line or "raylet" in line or "gcs_server" in line):
+            found.append(process)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_ray_left_behind():
+    yield
+    deadline = time.time() + 30
+    while ray_processes() and time.time() < deadline:
+        time.sleep(0.5)
+    left = ray_processes()
+    for process in left:
+        process.kill()
+    assert not left, f"Ray processes left running: {[p.pid for p in left]}"
+
+
+@pytest.fixture(scope="module")
+def images_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ray_images") / "images"
+    write_png_folder(folder, synthetic.synthetic_images(IMAGES, 240, seed=41))
+    return folder
+
+
+def encode_command(bundle: Path, images: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "nest_rt.cli", "encode", str(images), *MODELS, "--bundle", str(bundle),
+            "--out", str(out), "--chunk-size", str(CHUNK), "--no-progress", "--threads", "1", *extra]
+
+
+@pytest.fixture(scope="module")
+def local_run(vit_bundle, images_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ray_local") / "run"
+    subprocess.run(encode_command(vit_bundle, images_dir, out), check=True, capture_output=True, timeout=900)
+    return out
+
+
+def assert_same_files(run: Path, reference: Path) -> None:
+    """The response files and their recorded sha256 equal the local run's; the records differ
+    only in the engine (and paths)."""
+    record, expected = (json.loads((folder / "run.json").read_text()) for folder in (run, reference))
+    assert record["status"] == "complete" and record["identity"] == expected["identity"]
+    for output, want in zip(record["outputs"], expected["outputs"]):
+        for array, info in output["arrays"].items():
+            assert info["sha256"] == want["arrays"][array]["sha256"]
+            assert (run / info["file"]).read_bytes() == (reference / info["file"]).read_bytes()
+
+
+def progress_chunks(out: Path) -> int:
+    try:
+        return len(json.loads((out / "progress.json").read_text())["chunks_done"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def wait_for_chunks(out: Path, driver: subprocess.Popen, count: int) -> None:
+    deadline = time.time() + 600
+    while progress_chunks(out) < count:
+        assert driver.poll() is None, driver.communicate()
+        assert time.time() < deadline, "no chunk finished in 10 minutes"
+        time.sleep(0.05)
+
+
+def test_ray_run_equals_a_local_run(vit_bundle, images_dir, local_run, tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(encode_command(vit_bundle, images_dir, out, "--engine", "ray", "--workers", "2"),
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert_same_files(out, local_run)
+    engine = json.loads((out / "run.json").read_text())["engine"]
+    assert engine["kind"] == "ray" and engine["workers"] == 2 and engine["address"] == "local"
+
+
+def test_a_killed_worker_has_its_chunk_redone(vit_bundle, images_dir, local_run, tmp_path):
+    out = tmp_path / "run"
+    driver = subprocess.Popen(encode_command(vit_bundle, images_dir, out, "--engine", "ray", "--workers", "2"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_chunks(out, driver, 1)
+    workers = [p for p in ray_processes() if "_ChunkWorker" in " ".join(p.cmdline())]
+    assert workers, "no worker process found"
+    workers[0].kill()
+    killed_at = progress_chunks(out)
+    _, stderr = driver.communicate(timeout=900)
+    assert driver.returncode == 0, stderr
+    assert killed_at < IMAGES // CHUNK, "the run finished before the worker was killed: the test proves nothing"
+    assert_same_files(out, local_run)
+
+
+def test_a_killed_driver_resumes(vit_bundle, images_dir, local_run, tmp_path):
+    out = tmp_path / "run"
+    command = encode_command(vit_bundle, images_dir, out, "--engine", "ray", "--workers", "1")
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_chunks(out, driver, 2)
+    driver.send_signal(signal.SIGKILL)
+    driver.communicate()
+    # Ray's own agents of the killed driver's local instance outlive it (README: `ray stop`
+    # removes them); what nest_rt's run started stops with it, checked after the resumed run
+    time.sleep(2)
+    for process in ray_processes():
+        process.kill()
+    done = progress_chunks(out)
+    assert 2 <= done < IMAGES // CHUNK
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert f"{IMAGES // CHUNK - done} of {IMAGES // CHUNK} chunks to do" in result.stdout + result.stderr
+    assert_same_files(out, local_run)
+
+
+def test_a_two_node_cluster_run_equals_a_local_run(vit_bundle, images_dir, local_run, tmp_path):
+    """``ray start --head`` and a second ``ray start --address`` node on 127.0.0.1, one CPU each (token
+    authentication, as Ray's default, with a token of this test's own): two workers, one per node;
+    then ``ray stop``."""
+    import secrets
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    port = "6391"
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    try:
+        subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
+                       check=True, capture_output=True, env=env, timeout=180)
+        subprocess.run([ray_cli, "start", f"--address=127.0.0.1:{port}", *common], check=True, capture_output=True,
+                       env=env, timeout=180)
+        out = tmp_path / "run"
+        result = subprocess.run(encode_command(vit_bundle, images_dir, out, "--engine", "ray", "--workers", "2",
+                                               "--ray-address", f"127.0.0.1:{port}"),
+                                capture_output=True, text=True, env=env, timeout=900)
+        assert result.returncode == 0, result.stderr
+        assert "on a cluster of 2 CPUs" in result.stdout
+        assert_same_files(out, local_run)
+        assert json.loads((out / "run.json").read_text())["engine"]["address"] == f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, env=env, timeout=180)
+
+
+def test_a_ray_run_on_another_runs_folder_is_refused(vit_bundle, images_dir, local_run, tmp_path):
+    """The driver checks --out as a local run does, before any worker starts."""
+    import shutil
+    out = tmp_path / "run"
+    shutil.copytree(local_run, out)
+    command = encode_command(vit_bundle, images_dir, out, "--engine", "ray")
+    command[command.index("eeg:subjects=1")] = "eeg:subjects=2"
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "holds a different run" in result.stderr, result.stderr
+
+
+def test_ray_options_without_the_ray_engine_are_refused(vit_bundle, images_dir, tmp_path):
+    result = subprocess.run(encode_command(vit_bundle, images_dir, tmp_path / "run", "--workers", "2"),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "need --engine ray" in result.stderr
+
+
+@pytest.fixture
+def ray_here():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_ray_data_encoder_equals_encode(vit_bundle, ray_here):
+    from nest_rt.ray import Encoder
+    images = synthetic.synthetic_images(6, 240, seed=42)
+    dataset = ray.data.from_numpy(images.transpose(0, 2, 3, 1)).rename_columns({"data": "image"})
+    rows = dataset.map_batches(Encoder, fn_constructor_kwargs={"bundle": str(vit_bundle), "models": MODELS[1::2]},
+                               concurrency=2, batch_size=4).take_all()
+    nest = NEST(vit_bundle)
+    fwrf = nest.encode(nest.get_encoding_model("fmri-nsd-fwrf", subject=1, selection={"roi": "V1"}), images,
+                       return_metadata=False, show_progress=False)
+    eeg = nest.encode(nest.get_encoding_model("eeg-things_eeg_2-vit_b_32", subject=1), images,
+                      return_metadata=False, show_progress=False)
+    assert len(rows) == 6 and set(rows[0]) == {"fmri-nsd-fwrf_sub-01_roi-V1", "eeg-things_eeg_2-vit_b_32_sub-01"}
+    np.testing.assert_array_equal(np.stack([r["fmri-nsd-fwrf_sub-01_roi-V1"] for r in rows]), fwrf)
+    np.testing.assert_array_equal(np.stack([r["eeg-things_eeg_2-vit_b_32_sub-01"] for r in rows]), eeg)
+
+
+def test_ray_data_encoder_on_read_images(vit_bundle, images_dir, ray_here):
+    from nest_rt.ray import Encoder
+    dataset = ray.data.read_images(str(images_dir), mode="RGB", include_paths=True)
+    rows = dataset.map_batches(Encoder, fn_constructor_kwargs={"bundle": str(vit_bundle), "models": ["fwrf:roi=V1"]},
+                               concurrency=1, batch_size=8).take_all()
+    by_path = {Path(r["path"]).name: r["fmri-nsd-fwrf_sub-01_roi-V1"] for r in rows}
+    names = sorted(by_path, key=lambda name: int(name.removeprefix("image").removesuffix(".png")))
+    assert len(names) == IMAGES
+    nest = NEST(vit_bundle)
+    expected = nest.encode(nest.get_encoding_model("fmri-nsd-fwrf", subject=1, selection={"roi": "V1"}),
+                           [str(images_dir / name) for name in names], return_metadata=False, show_progress=False)
+    np.testing.assert_array_equal(np.stack([by_path[name] for name in names]), expected)
