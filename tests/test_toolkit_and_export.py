@@ -209,8 +209,8 @@ def test_export_refuses_a_graph_that_disagrees_with_torch(toolkit_dir, tmp_path,
     from nest_rt_export import fwrf_onnx
     real_resize = fwrf_onnx.resized_pixels
 
-    def brighter(g, size_hw):  # a preprocessing bug: every pixel 13 grey levels too bright
-        return g.op("Add", [real_resize(g, size_hw), g.const("offset", np.float32(13.0))])
+    def brighter(g, size_hw, portable=False):  # a preprocessing bug: every pixel 13 grey levels too bright
+        return g.op("Add", [real_resize(g, size_hw, portable), g.const("offset", np.float32(13.0))])
     monkeypatch.setattr(fwrf_onnx, "resized_pixels", brighter)
     with pytest.raises(ValueError, match="refused at image size 227: on identical pixels its error"):
         exporter.export_bundle(toolkit_dir, tmp_path / "b", rois=["V1"], log=quiet)
