@@ -146,10 +146,9 @@ class _ChunkWorker:
     def __init__(self, bundle_dir: str, model_specs: list[str], imageset: str, device: str, threads: int,
                  precision: str, inputs):
         from .api import NEST
-        from .runs import parse_model_spec, plan_outputs
+        from .runs import planned_outputs
         nest = NEST(bundle_dir, num_threads=threads, precision=precision)
-        requests = [request for spec in model_specs for request in parse_model_spec(spec, nest.bundle)]
-        self.models = [output.model for output in plan_outputs(nest, requests, imageset, device)]
+        self.models = [output.model for output in planned_outputs(nest, model_specs, imageset, device)]
         self.inputs, self.device = inputs, device
 
     def encode(self, start: int, stop: int):
@@ -191,11 +190,10 @@ class Encoder:
 
     def _load(self):
         from .api import NEST
-        from .runs import parse_model_spec, plan_outputs
+        from .runs import planned_outputs
         settings = self.settings
         nest = NEST(settings["bundle"], num_threads=settings["num_threads"], precision=settings["precision"])
-        requests = [request for spec in settings["models"] for request in parse_model_spec(spec, nest.bundle)]
-        return plan_outputs(nest, requests, "ray", settings["device"])
+        return planned_outputs(nest, settings["models"], "ray", settings["device"])
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from .images import Stimulus

@@ -179,6 +179,15 @@ class Output:
         return f"{self.folder}/" + responses_file(self.stem, ".h5")
 
 
+def planned_outputs(nest: NEST, model_specs: list[str], imageset: str, device: str) -> list[Output]:
+    """The outputs of ``--model`` specs, their models loaded: what a run encodes, here or in each
+    of its Ray workers (and what nest_rt.ray.Encoder gives as columns)."""
+    requests = [request for spec in model_specs for request in parse_model_spec(spec, nest.bundle)]
+    if not requests:
+        raise InvalidParameterError("--model: give at least one model")
+    return plan_outputs(nest, requests, imageset, device)
+
+
 def plan_outputs(nest: NEST, requests: list[ModelRequest], imageset: str, device: str) -> list[Output]:
     outputs = []
     for request in requests:
@@ -352,12 +361,9 @@ def encode_run(bundle_dir: str | Path, inputs: RunInputs, model_specs: list[str]
         raise InvalidParameterError(f"--imageset must be a plain folder name, got {imageset!r}")
     out = Path(out)
     nest = NEST(bundle_dir, num_threads=num_threads, precision=precision)
-    requests = [request for spec in model_specs for request in parse_model_spec(spec, nest.bundle)]
-    if not requests:
-        raise InvalidParameterError("--model: give at least one model")
-    chunks = chunk_ranges(inputs.total, chunk_size, shard)
+    chunks = chunk_ranges(inputs.total, chunk_size, shard)  # cheap checks before the models load
     start, stop = chunks[0][1], chunks[-1][2]
-    outputs = plan_outputs(nest, requests, imageset, device)
+    outputs = planned_outputs(nest, model_specs, imageset, device)
     identity = {
         "format": RUN_FORMAT, "imageset": imageset, "inputs_sha256": inputs.digest, "total": inputs.total,
         "shard": {"index": shard[0], "count": shard[1], "start": start, "stop": stop},
