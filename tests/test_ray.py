@@ -173,6 +173,38 @@ def test_a_two_node_cluster_run_equals_a_local_run(vit_bundle, images_dir, local
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True, env=env, timeout=180)
 
 
+def test_a_workers_own_error_stops_the_run_as_locally_and_skipping_matches_too(vit_bundle, images_dir, tmp_path):
+    """An image that fails to decode inside a worker (not a dead worker: Ray must not retry it)
+    stops the run with the local run's message and exit code, finished chunks kept; with
+    --skip-bad-images the run resumes and its files and rejected list equal a local run's."""
+    import shutil
+    folder = tmp_path / "photos"
+    shutil.copytree(images_dir, folder)
+    data = (folder / "image5.png").read_bytes()
+    (folder / "image5.png").write_bytes(data[:len(data) * 2 // 3])  # the header still reads
+
+    def command(out: Path, *extra: str) -> list[str]:
+        line = encode_command(vit_bundle, folder, out, *extra)
+        eeg = line.index("eeg:subjects=1")
+        del line[eeg - 1:eeg + 1]  # fwRF alone: quicker, and the same path through the workers
+        return line
+
+    outcomes = {}
+    for name, extra in (("local", ()), ("ray", ("--engine", "ray", "--workers", "2"))):
+        outcomes[name] = subprocess.run(command(tmp_path / name, *extra), capture_output=True, text=True, timeout=900)
+        assert outcomes[name].returncode == 2 and "Traceback" not in outcomes[name].stderr, outcomes[name].stderr
+        assert "image5.png" in outcomes[name].stderr and "--skip-bad-images" in outcomes[name].stderr
+    assert outcomes["ray"].stderr.splitlines()[-1] == outcomes["local"].stderr.splitlines()[-1]
+    assert progress_chunks(tmp_path / "ray") < IMAGES // CHUNK
+    for name, extra in (("local", ()), ("ray", ("--engine", "ray", "--workers", "2"))):
+        resumed = subprocess.run(command(tmp_path / name, *extra, "--skip-bad-images"), capture_output=True,
+                                 text=True, timeout=900)
+        assert resumed.returncode == 0, resumed.stderr
+    assert_same_files(tmp_path / "ray", tmp_path / "local")
+    rejected = [json.loads((tmp_path / name / "run.json").read_text())["inputs"]["rejected"] for name in ("ray", "local")]
+    assert rejected[0] == rejected[1] and [Path(item["path"]).name for item in rejected[0]] == ["image5.png"]
+
+
 def test_a_ray_run_on_another_runs_folder_is_refused(vit_bundle, images_dir, local_run, tmp_path):
     """The driver checks --out as a local run does, before any worker starts."""
     import shutil
