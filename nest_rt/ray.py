@@ -87,33 +87,38 @@ class _RunOnRay:
         self.inputs_ref = inputs_ref
 
     def encode_chunks(self, todo, bar):
-        """Yield (chunk, blocks, failed) as the workers finish them (one chunk in flight per
-        worker, so the driver holds at most one chunk of responses per worker)."""
+        """Yield the items of the chunks (blocks, then each chunk's ChunkDone; see
+        runs.chunk_items) as the workers stream them: one chunk in flight per worker, each block
+        passed on as soon as it is computed, so that neither a worker nor the driver holds a
+        chunk's responses (a chunk of 256 images of ten EEG subjects is 361 MB)."""
+        from .runs import ChunkDone
         ray = self.ray
         queue = collections.deque(todo)
         idle = collections.deque(self.actors)
-        pending: dict = {}
+        streams: dict = {}  # a chunk's stream of items -> (chunk, start, stop, actor)
         attempts: collections.Counter = collections.Counter()
         failures: collections.Counter = collections.Counter()  # per worker, since its last chunk done
         restarting: set = set()
         alive = len(self.actors)
         try:
-            while queue or pending:
+            while queue or streams:
                 while queue and idle:
                     actor = idle.popleft()
                     chunk, start, stop = queue.popleft()
                     attempts[chunk] += 1
-                    pending[actor.encode.remote(start, stop)] = (chunk, start, stop, actor)
+                    stream = actor.encode.options(num_returns="streaming").remote(chunk, start, stop)
+                    streams[stream] = (chunk, start, stop, actor)
                 bar.set_postfix(workers_alive=alive - len(restarting), refresh=False)
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                chunk, start, stop, actor = pending.pop(ready[0])
+                ready, _ = ray.wait(list(streams), num_returns=1)
+                chunk, start, stop, actor = streams[ready[0]]
                 try:
-                    blocks, failed = ray.get(ready[0])
+                    item = ray.get(next(ready[0]))
                 except ray.exceptions.RayActorError as exc:
+                    del streams[ready[0]]
                     if attempts[chunk] >= MAX_CHUNK_ATTEMPTS:
                         raise RunStateError(f"chunk {chunk} (images {start}:{stop}) lost its worker "
                                             f"{attempts[chunk]} times ({exc}); finished chunks are kept") from None
-                    queue.appendleft((chunk, start, stop))  # to the next free worker
+                    queue.appendleft((chunk, start, stop))  # to the next free worker; its rows are written again
                     failures[actor] += 1
                     if failures[actor] < MAX_CHUNK_ATTEMPTS:
                         restarting.add(actor)
@@ -128,11 +133,13 @@ class _RunOnRay:
                 except ray.exceptions.RayTaskError as exc:  # the worker's own error, e.g. a StimulusError
                     cause = getattr(exc, "cause", None)
                     raise (cause if isinstance(cause, Exception) else exc) from None  # as a local run reports it
-                restarting.discard(actor)
-                failures[actor] = 0
-                idle.append(actor)
-                bar.update(stop - start)
-                yield chunk, blocks, failed
+                if isinstance(item, ChunkDone):  # the chunk's last item: its worker is free
+                    del streams[ready[0]]
+                    restarting.discard(actor)
+                    failures[actor] = 0
+                    idle.append(actor)
+                    bar.update(stop - start)
+                yield item
         finally:
             for actor in self.actors:
                 ray.kill(actor)
@@ -151,14 +158,10 @@ class _ChunkWorker:
         self.models = [output.model for output in planned_outputs(nest, model_specs, imageset, device)]
         self.inputs, self.device = inputs, device
 
-    def encode(self, start: int, stop: int):
-        from .runs import chunk_blocks
-        failed: list[dict] = []
-        blocks = list(chunk_blocks(self.inputs, self.models, start, stop, self.device, failed))
-        return blocks, failed
-
-    def pid(self) -> int:
-        return os.getpid()
+    def encode(self, chunk: int, start: int, stop: int):
+        """A Ray streaming generator: each block goes to the driver as it is computed."""
+        from .runs import chunk_items
+        yield from chunk_items(self.inputs, self.models, chunk, start, stop, self.device)
 
 
 class Encoder:

@@ -516,47 +516,55 @@ def _open_files(out: Path, outputs: list[Output], rows: int, create: bool) -> li
 def _encode_chunks(inputs: RunInputs, outputs: list[Output], files: list[dict[str, NpyRows]], todo,
                    done: set[int], failed: list[dict], first_row: int, out: Path, device: str,
                    show_progress: bool, total_rows: int, log, workers=None) -> None:
-    """Encode the chunks ``todo`` (here, or by Ray ``workers``: see nest_rt.ray); each is
-    recorded in progress.json once its rows are on disk, with the images that failed to decode
-    in it (their rows are NaN). Chunks may finish in any order: their rows have fixed places."""
+    """Encode the chunks ``todo`` (here, or by Ray ``workers``: see nest_rt.ray) and write each
+    block of rows as it comes; a chunk is recorded in progress.json once all its rows are on disk,
+    with the images that failed to decode in it (their rows are NaN). Blocks of different chunks
+    may arrive interleaved and chunks finish in any order: rows have fixed places, and a chunk
+    redone after a lost worker writes the same bytes again."""
     from tqdm.auto import tqdm
     with tqdm(total=total_rows, initial=total_rows - sum(stop - start for _, start, stop in todo),
               unit="img", desc="encoding", disable=not show_progress, smoothing=0.1) as bar:
-        finished = (workers.encode_chunks(todo, bar) if workers is not None
-                    else ((chunk, *_chunk_here(inputs, outputs, start, stop, device, bar.update))
-                          for chunk, start, stop in todo))
-        for chunk, blocks, failed_here in finished:
-            for index, rows, arrays in blocks:  # a generator here: written as each block comes
+        models = [output.model for output in outputs]
+        items = (workers.encode_chunks(todo, bar) if workers is not None
+                 else (item for chunk, start, stop in todo
+                       for item in chunk_items(inputs, models, chunk, start, stop, device, bar.update)))
+        for item in items:
+            if not isinstance(item, ChunkDone):
+                index, rows, arrays = item
                 for array, values in zip(outputs[index].shapes, arrays):
                     _write_rows(files[index][array], rows - first_row, values)
-            for item in failed_here:  # no silent responses to an image that was never seen
+                continue
+            for failure in item.failed:  # no silent responses to an image that was never seen
                 for per_output in files:
                     for handle in per_output.values():
-                        handle.write(item["row"] - first_row, np.full((1, *handle.shape[1:]), np.nan, np.float32))
-                log(f"left out: {item['path']}: {item['reason']}; its row {item['row']} holds NaN")
+                        handle.write(failure["row"] - first_row, np.full((1, *handle.shape[1:]), np.nan, np.float32))
+                log(f"left out: {failure['path']}: {failure['reason']}; its row {failure['row']} holds NaN")
             for per_output in files:
                 for handle in per_output.values():
                     handle.sync()
-            done.add(chunk)
-            failed.extend(failed_here)
+            done.add(item.chunk)
+            failed.extend(item.failed)
             write_json_atomically(out / PROGRESS, {"chunks_done": sorted(done), "failed": failed})
 
 
-def _chunk_here(inputs: RunInputs, outputs: list[Output], start: int, stop: int, device: str, on_batch):
-    """One chunk encoded in this process: (blocks, failed), where blocks yields (output index,
-    the rows of the run, the block's arrays) and ``failed`` fills with the images that fail to
-    decode while it is consumed."""
+@dataclass
+class ChunkDone:
+    """The last item of a chunk's stream: every block of it came before, and these images of
+    it (as {row, path, reason}) failed to decode."""
+    chunk: int
+    failed: list[dict]
+
+
+def chunk_items(inputs: RunInputs, models: list[EncodingModel], chunk: int, start: int, stop: int, device: str,
+                on_batch=None):
+    """Images start:stop encoded: yields (model index, rows of the run, arrays) blocks, then a
+    ChunkDone. The same batches wherever the chunk runs (here or in a Ray worker), so the same
+    bytes."""
     failed: list[dict] = []
-    return chunk_blocks(inputs, [output.model for output in outputs], start, stop, device, failed, on_batch), failed
-
-
-def chunk_blocks(inputs: RunInputs, models: list[EncodingModel], start: int, stop: int, device: str,
-                 failed: list[dict], on_batch=None):
-    """Yield (model index, rows start.. of the input list, arrays) for images start:stop: the same
-    batches wherever the chunk runs, so the same bytes."""
     stimulus, order = inputs.stimulus(start, stop, failed)
     for index, block_start, block_stop, block in iter_responses(models, stimulus, device, on_batch=on_batch):
         yield index, order[block_start:block_stop] + start, as_arrays(block)
+    yield ChunkDone(chunk, failed)
 
 
 def _write_rows(handle: NpyRows, rows: np.ndarray, values: np.ndarray) -> None:
