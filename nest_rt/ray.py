@@ -4,7 +4,8 @@ Two entry points:
 
 - ``RayEngine``: ``nest-rt encode ... --engine ray`` runs the chunks of an encode run on Ray actors.
   Each actor opens the bundle once and holds the run's models (the backbone shared by all of
-  them, as locally); it reads its chunk's images itself and returns the responses. The driver
+  them, as locally); it reads its chunk's images itself and streams the responses back, one
+  block at a time as they are computed (a Ray streaming generator). The driver
   (the ``nest-rt encode`` process) plans the run, writes every response row and records every
   finished chunk, exactly as a local run does, so the files are byte for byte a local run's and
   a killed driver resumes from its finished chunks. Where things must live: the bundle and the
