@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
+import threading
 from typing import Any
 
 import numpy as np
@@ -64,8 +66,12 @@ class RayEngine:
         ray = _import_ray()
         started_here = not ray.is_initialized()
         if started_here:
+            on_sigterm = signal.getsignal(signal.SIGTERM)
             ray.init(address=self.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
                      configure_logging=False)
+            if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+                # ray.init replaces it with sys.exit(15); keep the caller's (nest-rt: stop as on Ctrl-C, exit 143)
+                signal.signal(signal.SIGTERM, on_sigterm)
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         threads = self.threads or num_threads or 1
         workers = self.workers or max(1, cpus // threads)

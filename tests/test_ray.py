@@ -147,6 +147,27 @@ def test_a_killed_driver_resumes(vit_bundle, images_dir, local_run, tmp_path):
     assert_same_files(out, local_run)
 
 
+@pytest.mark.parametrize("signal_number, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_driver_stops_its_ray_and_resumes(vit_bundle, images_dir, local_run, tmp_path, signal_number,
+                                                         exit_code):
+    """Ctrl-C or SIGTERM: the driver stops its workers and its local Ray instance (the autouse
+    fixture finds no Ray process left), exits as a local run does, and the same command resumes."""
+    out = tmp_path / "run"
+    command = encode_command(vit_bundle, images_dir, out, "--engine", "ray", "--workers", "1")
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_chunks(out, driver, 1)
+    driver.send_signal(signal_number)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == exit_code, stderr
+    assert "Traceback" not in stderr
+    done = progress_chunks(out)
+    assert 1 <= done < IMAGES // CHUNK
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert f"{IMAGES // CHUNK - done} of {IMAGES // CHUNK} chunks to do" in result.stdout + result.stderr
+    assert_same_files(out, local_run)
+
+
 def test_a_two_node_cluster_run_equals_a_local_run(vit_bundle, images_dir, local_run, tmp_path):
     """``ray start --head`` and a second ``ray start --address`` node on 127.0.0.1, one CPU each (token
     authentication, as Ray's default, with a token of this test's own): two workers, one per node;
