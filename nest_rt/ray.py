@@ -31,7 +31,14 @@ from .errors import InvalidParameterError, MissingExtraError, RunStateError
 
 # A chunk whose worker died is given to another worker at most this many times: a chunk that
 # kills every worker it meets (an image that crashes the decoder) must stop the run, not loop.
+# A worker that loses this many chunks in a row leaves the run's pool.
 MAX_CHUNK_ATTEMPTS = 3
+# How often Ray starts a worker's process again over a run (killed, node lost) before giving up
+# on it: finite, so that a worker that crashes while loading its models does not restart forever.
+MAX_WORKER_RESTARTS = 10
+# With no chunk in flight, how long the run waits for a worker to start before it stops: a cluster
+# that cannot place any worker (too few CPUs or GPUs for what each asks) must not wait forever.
+WORKER_START_TIMEOUT_S = 600
 
 
 def _import_ray():
@@ -40,6 +47,12 @@ def _import_ray():
     except ImportError as exc:
         raise MissingExtraError("--engine ray needs Ray: pip install 'nest-rt[ray]'") from exc
     return ray
+
+
+def _reason(error: Exception) -> str:
+    """A Ray error in one line: its last one (Ray puts the worker's traceback before it)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 class RayEngine:
@@ -72,41 +85,65 @@ class RayEngine:
             if on_sigterm is not None and threading.current_thread() is threading.main_thread():
                 # ray.init replaces it with sys.exit(15); keep the caller's (nest-rt: stop as on Ctrl-C, exit 143)
                 signal.signal(signal.SIGTERM, on_sigterm)
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        try:
+            return self._start_workers(ray, started_here, bundle_dir, model_specs, imageset, device, num_threads,
+                                       precision, inputs, log)
+        except BaseException:
+            if started_here:
+                ray.shutdown()
+            raise
+
+    def _start_workers(self, ray, started_here: bool, bundle_dir, model_specs: list[str], imageset: str, device: str,
+                       num_threads: int | None, precision: str, inputs, log) -> "_RunOnRay":
+        resources = ray.cluster_resources()
+        cpus, gpus = max(1, int(resources.get("CPU", 1))), float(resources.get("GPU", 0))
         threads = self.threads or num_threads or 1
         workers = self.workers or max(1, cpus // threads)
+        if self.gpus_per_worker > 0:
+            if gpus < self.gpus_per_worker:
+                raise InvalidParameterError(f"--gpus-per-worker {self.gpus_per_worker:g}, but the Ray cluster has "
+                                            f"{gpus:g} GPUs")
+            workers = self.workers or min(workers, int(gpus // self.gpus_per_worker))
         self.workers, self.threads = workers, threads
-        worker_class = ray.remote(max_restarts=-1)(_ChunkWorker).options(
+        worker_class = ray.remote(max_restarts=MAX_WORKER_RESTARTS)(_ChunkWorker).options(
             num_cpus=min(threads, cpus), num_gpus=self.gpus_per_worker)
         shared_inputs = ray.put(inputs)  # the image list once in the object store, not once per worker
         actors = [worker_class.remote(os.path.abspath(bundle_dir), model_specs, imageset, device, threads, precision,
                                       shared_inputs) for _ in range(workers)]
-        log(f"Ray: {workers} workers of {threads} thread(s) on a cluster of {cpus} CPUs"
+        log(f"Ray: {workers} workers of {threads} thread(s)"
+            + (f" and {self.gpus_per_worker:g} GPU(s)" if self.gpus_per_worker else "")
+            + f" on a cluster of {cpus} CPUs" + (f" and {gpus:g} GPUs" if gpus else "")
             + (f" at {self.address}" if self.address else " (local)"))
-        return _RunOnRay(ray, actors, started_here, shared_inputs)
+        return _RunOnRay(ray, actors, started_here, shared_inputs, log)
 
 
 class _RunOnRay:
-    def __init__(self, ray, actors: list, started_here: bool, inputs_ref):
-        self.ray, self.actors, self.started_here = ray, actors, started_here
+    def __init__(self, ray, actors: list, started_here: bool, inputs_ref, log):
+        self.ray, self.actors, self.started_here, self.log = ray, actors, started_here, log
         # held for the whole run: Ray restarts a dead worker by running its constructor again,
         # with this object as its argument, and deletes objects nobody holds
         self.inputs_ref = inputs_ref
+        self.devices: set[str] = set()  # where the workers' models run, as they report it
 
     def encode_chunks(self, todo, bar):
         """Yield the items of the chunks (blocks, then each chunk's ChunkDone; see
         runs.chunk_items) as the workers stream them: one chunk in flight per worker, each block
         passed on as soon as it is computed, so that neither a worker nor the driver holds a
-        chunk's responses (a chunk of 256 images of ten EEG subjects is 361 MB)."""
+        chunk's responses (a chunk of 256 images of ten EEG subjects is 361 MB).
+
+        A worker gets a chunk only once it has started (its models loaded), and again after Ray
+        has restarted it; a worker that cannot start is left out, and the run stops only when no
+        worker is left or none starts in WORKER_START_TIMEOUT_S."""
         from .runs import ChunkDone
         ray = self.ray
+        lost_worker = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
         queue = collections.deque(todo)
-        idle = collections.deque(self.actors)
-        streams: dict = {}  # a chunk's stream of items -> (chunk, start, stop, actor)
-        attempts: collections.Counter = collections.Counter()
-        failures: collections.Counter = collections.Counter()  # per worker, since its last chunk done
-        restarting: set = set()
-        alive = len(self.actors)
+        starting = {actor.ready.remote(): actor for actor in self.actors}  # readiness -> worker
+        idle: collections.deque = collections.deque()
+        streams: dict = {}  # a chunk's stream of items -> (chunk, start, stop, worker)
+        attempts: collections.Counter = collections.Counter()  # per chunk
+        losses: collections.Counter = collections.Counter()  # per worker, since its last chunk done
+        last_error: Exception | None = None
         try:
             while queue or streams:
                 while queue and idle:
@@ -115,35 +152,53 @@ class _RunOnRay:
                     attempts[chunk] += 1
                     stream = actor.encode.options(num_returns="streaming").remote(chunk, start, stop)
                     streams[stream] = (chunk, start, stop, actor)
-                bar.set_postfix(workers_alive=alive - len(restarting), refresh=False)
-                ready, _ = ray.wait(list(streams), num_returns=1)
+                if not streams and not starting:
+                    raise RunStateError(f"no Ray worker is left, the last failed with: {_reason(last_error)}; "
+                                        "finished chunks are kept")
+                bar.set_postfix(workers_alive=len(idle) + len(streams), refresh=False)
+                ready, _ = ray.wait(list(streams) + list(starting), num_returns=1,
+                                    timeout=None if streams else WORKER_START_TIMEOUT_S)
+                if not ready:
+                    raise RunStateError(f"no Ray worker started in {WORKER_START_TIMEOUT_S} s: can the cluster "
+                                        "place a worker (see --workers, --threads, --gpus-per-worker)? Finished "
+                                        "chunks are kept")
+                if ready[0] in starting:
+                    actor = starting.pop(ready[0])
+                    try:
+                        self.devices.update(ray.get(ready[0]))
+                        idle.append(actor)
+                    except lost_worker as exc:  # its models failed to load, or it died too often
+                        last_error = exc
+                        self.log(f"Ray: a worker could not start and is left out: {_reason(exc)}")
+                    continue
                 chunk, start, stop, actor = streams[ready[0]]
                 try:
-                    item = ray.get(next(ready[0]))
-                except ray.exceptions.RayActorError as exc:
+                    reference = next(ready[0], None)
+                    if reference is None:
+                        raise RunStateError(f"chunk {chunk}: its Ray worker ended it without finishing it")
+                    item = ray.get(reference)
+                except lost_worker as exc:
                     del streams[ready[0]]
+                    last_error = exc
                     if attempts[chunk] >= MAX_CHUNK_ATTEMPTS:
                         raise RunStateError(f"chunk {chunk} (images {start}:{stop}) lost its worker "
-                                            f"{attempts[chunk]} times ({exc}); finished chunks are kept") from None
+                                            f"{attempts[chunk]} times ({_reason(exc)}); finished chunks are kept") from None
                     queue.appendleft((chunk, start, stop))  # to the next free worker; its rows are written again
-                    failures[actor] += 1
-                    if failures[actor] < MAX_CHUNK_ATTEMPTS:
-                        restarting.add(actor)
-                        idle.append(actor)  # Ray restarts it (max_restarts=-1); it queues behind the others
-                    else:  # it fails whatever it is given (cannot start again): out of the pool
-                        restarting.discard(actor)
-                        alive -= 1
-                        if alive == 0:
-                            raise RunStateError(f"every Ray worker failed, the last with: {exc}; finished chunks "
-                                                "are kept") from None
+                    losses[actor] += 1
+                    if losses[actor] < MAX_CHUNK_ATTEMPTS:
+                        starting[actor.ready.remote()] = actor  # free again once Ray has restarted it
+                        self.log(f"Ray: a worker was lost ({type(exc).__name__}); chunk {chunk} is done again")
+                    else:
+                        ray.kill(actor, no_restart=True)
+                        self.log(f"Ray: a worker lost {losses[actor]} chunks in a row and is left out; chunk "
+                                 f"{chunk} is done again")
                     continue
                 except ray.exceptions.RayTaskError as exc:  # the worker's own error, e.g. a StimulusError
                     cause = getattr(exc, "cause", None)
                     raise (cause if isinstance(cause, Exception) else exc) from None  # as a local run reports it
                 if isinstance(item, ChunkDone):  # the chunk's last item: its worker is free
                     del streams[ready[0]]
-                    restarting.discard(actor)
-                    failures[actor] = 0
+                    losses[actor] = 0
                     idle.append(actor)
                     bar.update(stop - start)
                 yield item
@@ -164,6 +219,10 @@ class _ChunkWorker:
         nest = NEST(bundle_dir, num_threads=threads, precision=precision)
         self.models = [output.model for output in planned_outputs(nest, model_specs, imageset, device)]
         self.inputs, self.device = inputs, device
+
+    def ready(self) -> list[str]:
+        """Answers once the constructor has run: the devices this worker's models run on."""
+        return sorted({model.device for model in self.models})
 
     def encode(self, chunk: int, start: int, stop: int):
         """A Ray streaming generator: each block goes to the driver as it is computed."""

@@ -24,6 +24,7 @@ Response files carry a ``.partial`` suffix until the whole run is complete.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -281,6 +282,9 @@ class RunInputs:
         self.__dict__.update(state)
         if self.images is None:
             self.array, _ = open_image_array(self.array_info["path"], self.array_info["dataset"])
+            if list(self.array.shape) != self.array_info["shape"]:  # another file at that path on this node
+                raise StimulusError(f"inputs: {self.array_info['path']} holds an array of shape "
+                                    f"{list(self.array.shape)} here, {self.array_info['shape']} where the run began")
 
     def stimulus(self, start: int, stop: int, failed: list[dict] | None = None) -> tuple[Stimulus, np.ndarray]:
         """Rows start:stop as a Stimulus, and each Stimulus row's position in that range. Files
@@ -360,10 +364,12 @@ def encode_run(bundle_dir: str | Path, inputs: RunInputs, model_specs: list[str]
     if not imageset or "/" in imageset or imageset.startswith("."):
         raise InvalidParameterError(f"--imageset must be a plain folder name, got {imageset!r}")
     out = Path(out)
-    nest = NEST(bundle_dir, num_threads=num_threads, precision=precision)
+    # with Ray the models run in the workers: here they only plan the files, on the CPU in fp32
+    # (so that a driver without the workers' GPUs can run a --device cuda or fp16 run)
+    nest = NEST(bundle_dir, num_threads=num_threads, precision=precision if engine is None else "fp32")
     chunks = chunk_ranges(inputs.total, chunk_size, shard)  # cheap checks before the models load
     start, stop = chunks[0][1], chunks[-1][2]
-    outputs = planned_outputs(nest, model_specs, imageset, device)
+    outputs = planned_outputs(nest, model_specs, imageset, device if engine is None else "cpu")
     identity = {
         "format": RUN_FORMAT, "imageset": imageset, "inputs_sha256": inputs.digest, "total": inputs.total,
         "shard": {"index": shard[0], "count": shard[1], "start": start, "stop": stop},
@@ -377,7 +383,7 @@ def encode_run(bundle_dir: str | Path, inputs: RunInputs, model_specs: list[str]
               "inputs": inputs.record(start, stop), "shard": identity["shard"], "chunk_size": chunk_size,
               "bundle": {"path": str(nest.bundle.root.resolve()), "manifest_sha256": identity["bundle_sha256"]},
               "outputs": [_output_record(o, stop - start, h5) for o in outputs], "versions": versions(),
-              "devices": sorted({o.model.device for o in outputs}),
+              "devices": sorted({o.model.device for o in outputs}) if engine is None else [device],
               "engine": {"kind": "local"} if engine is None else engine.describe()}
     _make_folder(out)
     with locked(out):  # before looking at the folder: a second encode starting now waits for none of it
@@ -409,6 +415,8 @@ def encode_run(bundle_dir: str | Path, inputs: RunInputs, model_specs: list[str]
                     record["engine"] = engine.describe()
                 _encode_chunks(inputs, outputs, files, todo, done, failed, start, out, device, show_progress,
                                total_rows=stop - start, log=log, workers=workers)
+                if workers is not None and workers.devices:
+                    record["devices"] = sorted(workers.devices)  # as the workers resolved --device
             finally:
                 for per_output in files:
                     for handle in per_output.values():
@@ -528,23 +536,30 @@ def _encode_chunks(inputs: RunInputs, outputs: list[Output], files: list[dict[st
         items = (workers.encode_chunks(todo, bar) if workers is not None
                  else (item for chunk, start, stop in todo
                        for item in chunk_items(inputs, models, chunk, start, stop, device, bar.update)))
-        for item in items:
-            if not isinstance(item, ChunkDone):
-                index, rows, arrays = item
-                for array, values in zip(outputs[index].shapes, arrays):
-                    _write_rows(files[index][array], rows - first_row, values)
-                continue
-            for failure in item.failed:  # no silent responses to an image that was never seen
-                for per_output in files:
-                    for handle in per_output.values():
-                        handle.write(failure["row"] - first_row, np.full((1, *handle.shape[1:]), np.nan, np.float32))
-                log(f"left out: {failure['path']}: {failure['reason']}; its row {failure['row']} holds NaN")
+        with contextlib.closing(items):  # an error here (a full disk) stops Ray's workers at once
+            _write_items(items, outputs, files, done, failed, first_row, out, log)
+
+
+def _write_items(items, outputs: list[Output], files: list[dict[str, NpyRows]], done: set[int], failed: list[dict],
+                 first_row: int, out: Path, log) -> None:
+    """Write each block into its rows; record each chunk once its ChunkDone comes."""
+    for item in items:
+        if not isinstance(item, ChunkDone):
+            index, rows, arrays = item
+            for array, values in zip(outputs[index].shapes, arrays):
+                _write_rows(files[index][array], rows - first_row, values)
+            continue
+        for failure in item.failed:  # no silent responses to an image that was never seen
             for per_output in files:
                 for handle in per_output.values():
-                    handle.sync()
-            done.add(item.chunk)
-            failed.extend(item.failed)
-            write_json_atomically(out / PROGRESS, {"chunks_done": sorted(done), "failed": failed})
+                    handle.write(failure["row"] - first_row, np.full((1, *handle.shape[1:]), np.nan, np.float32))
+            log(f"left out: {failure['path']}: {failure['reason']}; its row {failure['row']} holds NaN")
+        for per_output in files:
+            for handle in per_output.values():
+                handle.sync()
+        done.add(item.chunk)
+        failed.extend(item.failed)
+        write_json_atomically(out / PROGRESS, {"chunks_done": sorted(done), "failed": failed})
 
 
 @dataclass

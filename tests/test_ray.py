@@ -32,26 +32,29 @@ IMAGES = 16
 CHUNK = 2
 
 
-def ray_processes() -> list[psutil.Process]:
-    """This machine's running Ray processes (raylet, GCS, agents, workers), by their names and
-    command lines. Zombies are dead already: the ones of a SIGKILLed driver's Ray wait for a
+def ray_processes(since: float) -> list[psutil.Process]:
+    """The Ray processes (raylet, GCS, agents, workers) started on this machine since ``since``
+    (a test's own: a Ray cluster of the user's, started earlier, is never touched), by their names
+    and command lines. Zombies are dead already: the ones of a SIGKILLed driver's Ray wait for a
     reaper that a container's init may never be."""
     found = []
-    for process in psutil.process_iter(["cmdline", "name", "status"]):
+    for process in psutil.process_iter(["cmdline", "name", "status", "create_time"]):
         line = " ".join(process.info["cmdline"] or []) + " " + (process.info["name"] or "")
-        if process.info["status"] != psutil.STATUS_ZOMBIE and (
+        if process.info["status"] != psutil.STATUS_ZOMBIE and process.info["create_time"] >= since - 1 and (
                 "ray::" in line or "/ray/core/src/ray/" in line or "raylet" in line or "gcs_server" in line):
             found.append(process)
     return found
 
 
 @pytest.fixture(autouse=True)
-def no_ray_left_behind():
-    yield
+def ray_test_start() -> float:
+    """When the test began; after it, no Ray process it started may be left."""
+    started = time.time()
+    yield started
     deadline = time.time() + 30
-    while ray_processes() and time.time() < deadline:
+    while ray_processes(started) and time.time() < deadline:
         time.sleep(0.5)
-    left = ray_processes()
+    left = ray_processes(started)
     for process in left:
         process.kill()
     assert not left, f"Ray processes left running: {[p.pid for p in left]}"
@@ -112,22 +115,50 @@ def test_ray_run_equals_a_local_run(vit_bundle, images_dir, local_run, tmp_path)
     assert engine["kind"] == "ray" and engine["workers"] == 2 and engine["address"] == "local"
 
 
-def test_a_killed_worker_has_its_chunk_redone(vit_bundle, images_dir, local_run, tmp_path):
+def test_a_killed_worker_has_its_chunk_redone(vit_bundle, images_dir, local_run, tmp_path, ray_test_start):
     out = tmp_path / "run"
     driver = subprocess.Popen(encode_command(vit_bundle, images_dir, out, "--engine", "ray", "--workers", "2"),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_chunks(out, driver, 1)
-    workers = [p for p in ray_processes() if "_ChunkWorker" in " ".join(p.cmdline())]
-    assert workers, "no worker process found"
-    workers[0].kill()
+    deadline = time.time() + 60
+    while True:  # a worker in the middle of a chunk (its process title names the method it runs)
+        busy = [p for p in ray_processes(ray_test_start) if "_ChunkWorker.encode" in " ".join(p.cmdline())]
+        if busy or time.time() > deadline:
+            break
+        time.sleep(0.02)
+    assert busy, "no worker found encoding a chunk"
+    busy[0].kill()
     killed_at = progress_chunks(out)
-    _, stderr = driver.communicate(timeout=900)
+    stdout, stderr = driver.communicate(timeout=900)
     assert driver.returncode == 0, stderr
     assert killed_at < IMAGES // CHUNK, "the run finished before the worker was killed: the test proves nothing"
+    assert "Ray: a worker was lost" in stdout + stderr and "is done again" in stdout + stderr
     assert_same_files(out, local_run)
 
 
-def test_a_killed_driver_resumes(vit_bundle, images_dir, local_run, tmp_path):
+def test_workers_that_cannot_start_stop_the_run_with_their_error(vit_bundle, images_dir, tmp_path):
+    """fp16 runs on the CUDA provider only: every worker's models fail to load (the driver, which
+    only plans the files, loads them in fp32 on the CPU); the run stops with the workers' reason
+    instead of waiting for them, and stops its Ray (checked by ray_test_start)."""
+    out = tmp_path / "run"
+    result = subprocess.run(encode_command(vit_bundle, images_dir, out, "--engine", "ray", "--workers", "2",
+                                           "--device", "cpu", "--precision", "fp16"),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    reason = "InvalidParameterError: precision='fp16' runs on the CUDA provider only"
+    assert f"no Ray worker is left, the last failed with: nest_rt.errors.{reason}" in result.stderr
+    assert "File " not in result.stdout + result.stderr  # the reason, not the worker's traceback
+    assert "could not start" in result.stdout + result.stderr
+
+
+def test_more_gpus_per_worker_than_the_cluster_has_is_refused(vit_bundle, images_dir, tmp_path):
+    result = subprocess.run(encode_command(vit_bundle, images_dir, tmp_path / "run", "--engine", "ray",
+                                           "--gpus-per-worker", "1"), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "--gpus-per-worker 1, but the Ray cluster has 0 GPUs" in result.stderr, \
+        result.stderr
+
+
+def test_a_killed_driver_resumes(vit_bundle, images_dir, local_run, tmp_path, ray_test_start):
     out = tmp_path / "run"
     command = encode_command(vit_bundle, images_dir, out, "--engine", "ray", "--workers", "1")
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -137,7 +168,7 @@ def test_a_killed_driver_resumes(vit_bundle, images_dir, local_run, tmp_path):
     # Ray's own agents of the killed driver's local instance outlive it (README: `ray stop`
     # removes them); what nest_rt's run started stops with it, checked after the resumed run
     time.sleep(2)
-    for process in ray_processes():
+    for process in ray_processes(ray_test_start):
         process.kill()
     done = progress_chunks(out)
     assert 2 <= done < IMAGES // CHUNK
@@ -253,15 +284,18 @@ def ray_here():
 def test_ray_data_encoder_equals_encode(vit_bundle, ray_here):
     from nest_rt.ray import Encoder
     images = synthetic.synthetic_images(6, 240, seed=42)
-    dataset = ray.data.from_numpy(images.transpose(0, 2, 3, 1)).rename_columns({"data": "image"})
+    # an index column: Ray Data does not promise rows in their input order
+    dataset = ray.data.from_items([{"index": i, "image": image} for i, image in enumerate(images.transpose(0, 2, 3, 1))])
     rows = dataset.map_batches(Encoder, fn_constructor_kwargs={"bundle": str(vit_bundle), "models": MODELS[1::2]},
                                concurrency=2, batch_size=4).take_all()
+    rows.sort(key=lambda row: row["index"])
     nest = NEST(vit_bundle)
     fwrf = nest.encode(nest.get_encoding_model("fmri-nsd-fwrf", subject=1, selection={"roi": "V1"}), images,
                        return_metadata=False, show_progress=False)
     eeg = nest.encode(nest.get_encoding_model("eeg-things_eeg_2-vit_b_32", subject=1), images,
                       return_metadata=False, show_progress=False)
-    assert len(rows) == 6 and set(rows[0]) == {"fmri-nsd-fwrf_sub-01_roi-V1", "eeg-things_eeg_2-vit_b_32_sub-01"}
+    assert [row["index"] for row in rows] == list(range(6))
+    assert set(rows[0]) == {"index", "fmri-nsd-fwrf_sub-01_roi-V1", "eeg-things_eeg_2-vit_b_32_sub-01"}
     np.testing.assert_array_equal(np.stack([r["fmri-nsd-fwrf_sub-01_roi-V1"] for r in rows]), fwrf)
     np.testing.assert_array_equal(np.stack([r["eeg-things_eeg_2-vit_b_32_sub-01"] for r in rows]), eeg)
 
