@@ -32,13 +32,18 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM (what Slurm and other schedulers send before killing a job), handled as Ctrl-C."""
 
 
+_sigterm_received = []  # also noted here: Ray's blocking calls turn any KeyboardInterrupt into a plain one
+
+
 def _on_sigterm(signum, frame):
+    _sigterm_received.append(signum)
     raise _Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    _sigterm_received.clear()  # main() may run more than once in a process (tests, benchmarks)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         status = args.handler(args) or 0
@@ -51,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nest-rt {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        terminated = isinstance(exc, _Terminated)
+        terminated = isinstance(exc, _Terminated) or bool(_sigterm_received)
         print(f"nest-rt {args.command}: " + ("terminated (SIGTERM)" if terminated else "interrupted") + (
             "; finished chunks are kept: run the same command again to resume" if args.command == "encode" else ""),
             file=sys.stderr)

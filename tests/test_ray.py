@@ -105,6 +105,17 @@ def wait_for_chunks(out: Path, driver: subprocess.Popen, count: int) -> None:
         time.sleep(0.05)
 
 
+def assert_resumes_to_local_run(command: list[str], out: Path, local_run: Path, chunks_done_at_least: int) -> None:
+    """An interrupted run kept its finished chunks, and the same command does only the rest and
+    ends with the local run's files."""
+    done = progress_chunks(out)
+    assert chunks_done_at_least <= done < IMAGES // CHUNK
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert f"{IMAGES // CHUNK - done} of {IMAGES // CHUNK} chunks to do" in result.stdout + result.stderr
+    assert_same_files(out, local_run)
+
+
 def test_ray_run_equals_a_local_run(vit_bundle, images_dir, local_run, tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(encode_command(vit_bundle, images_dir, out, "--engine", "ray", "--workers", "2"),
@@ -170,12 +181,7 @@ def test_a_killed_driver_resumes(vit_bundle, images_dir, local_run, tmp_path, ra
     time.sleep(2)
     for process in ray_processes(ray_test_start):
         process.kill()
-    done = progress_chunks(out)
-    assert 2 <= done < IMAGES // CHUNK
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr
-    assert f"{IMAGES // CHUNK - done} of {IMAGES // CHUNK} chunks to do" in result.stdout + result.stderr
-    assert_same_files(out, local_run)
+    assert_resumes_to_local_run(command, out, local_run, chunks_done_at_least=2)
 
 
 @pytest.mark.parametrize("signal_number, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -191,12 +197,7 @@ def test_an_interrupted_driver_stops_its_ray_and_resumes(vit_bundle, images_dir,
     _, stderr = driver.communicate(timeout=120)
     assert driver.returncode == exit_code, stderr
     assert "Traceback" not in stderr
-    done = progress_chunks(out)
-    assert 1 <= done < IMAGES // CHUNK
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr
-    assert f"{IMAGES // CHUNK - done} of {IMAGES // CHUNK} chunks to do" in result.stdout + result.stderr
-    assert_same_files(out, local_run)
+    assert_resumes_to_local_run(command, out, local_run, chunks_done_at_least=1)
 
 
 def test_a_two_node_cluster_run_equals_a_local_run(vit_bundle, images_dir, local_run, tmp_path):
