@@ -38,11 +38,6 @@ PART_FILES = 500
 
 
 # -- the memory of Ray's processes, sampled from the driver ---------------------------------------
-def vm_hwm_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
-
-
 class RayMemorySampler(threading.Thread):
     """Twice a second: each Ray worker's VmHWM (its peak so far) and the summed RSS of Ray's
     other processes. A worker's last reading is its peak up to half a second before it ends."""
@@ -61,10 +56,10 @@ class RayMemorySampler(threading.Thread):
                 try:
                     line = " ".join(process.info["cmdline"] or []) + " " + (process.info["name"] or "")
                     if "_ChunkWorker" in line:
-                        self.worker_peak_mb[process.pid] = vm_hwm_mb(process.pid)
+                        self.worker_peak_mb[process.pid] = _common.proc_status_mb("VmHWM", process.pid)
                     elif "ray::" in line or "/ray/" in line or "raylet" in line or "gcs_server" in line:
                         system_rss += process.memory_info().rss / 2**20
-                except (psutil.Error, OSError, StopIteration):
+                except (psutil.Error, OSError):
                     continue  # it ended while being read
             self.ray_processes_peak_mb = max(self.ray_processes_peak_mb, system_rss)
 

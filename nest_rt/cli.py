@@ -28,16 +28,15 @@ from .errors import InvalidParameterError, NESTError
 from .runs import DEFAULT_CHUNK_SIZE
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM (what Slurm and other schedulers send before killing a job), handled as Ctrl-C."""
-
-
-_sigterm_received = []  # also noted here: Ray's blocking calls turn any KeyboardInterrupt into a plain one
+# SIGTERM (what Slurm and other schedulers send before killing a job) is handled as Ctrl-C, and
+# noted here to be told apart: an exception subclass would not survive Ray's blocking calls,
+# which turn any KeyboardInterrupt into a plain one.
+_sigterm_received: list[int] = []
 
 
 def _on_sigterm(signum, frame):
     _sigterm_received.append(signum)
-    raise _Terminated()
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     except (NESTError, ValueError, FileNotFoundError, PermissionError) as exc:
         print(f"nest-rt {args.command}: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:
-        terminated = isinstance(exc, _Terminated) or bool(_sigterm_received)
+    except KeyboardInterrupt:
+        terminated = bool(_sigterm_received)
         print(f"nest-rt {args.command}: " + ("terminated (SIGTERM)" if terminated else "interrupted") + (
             "; finished chunks are kept: run the same command again to resume" if args.command == "encode" else ""),
             file=sys.stderr)
