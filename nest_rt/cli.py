@@ -23,29 +23,17 @@ import signal
 import sys
 from pathlib import Path
 
-from . import catalog
+from . import catalog, interrupts
 from .errors import InvalidParameterError, NESTError
 from .runs import DEFAULT_CHUNK_SIZE
-
-
-# SIGTERM (what Slurm and other schedulers send before killing a job) is handled as Ctrl-C, and
-# noted here to be told apart: an exception subclass would not survive Ray's blocking calls,
-# which turn any KeyboardInterrupt into a plain one.
-_sigterm_received: list[int] = []
-
-
-def _on_sigterm(signum, frame):
-    _sigterm_received.append(signum)
-    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    _sigterm_received.clear()  # main() may run more than once in a process (tests, benchmarks)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        status = args.handler(args) or 0
+        with interrupts.stop_on_signals():
+            status = args.handler(args) or 0
         sys.stdout.flush()  # here, so that a closed pipe is handled below and not at interpreter exit
         return status
     except _ExportExtraMissing as exc:
@@ -55,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nest-rt {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        terminated = bool(_sigterm_received)
+        terminated = interrupts.received() == signal.SIGTERM
         print(f"nest-rt {args.command}: " + ("terminated (SIGTERM)" if terminated else "interrupted") + (
             "; finished chunks are kept: run the same command again to resume" if args.command == "encode" else ""),
             file=sys.stderr)
@@ -64,8 +52,6 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so that Python's final flush of stdout stays quiet
         return 141
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _parser() -> argparse.ArgumentParser:

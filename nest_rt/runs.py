@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from . import catalog, selection as selections
+from . import catalog, interrupts, selection as selections
 from .api import NEST
 from .bundle import Bundle, nested_value, sha256_file, write_nested_npz
 from .errors import InvalidParameterError, OutputWriteError, RunStateError, StimulusError
@@ -544,6 +544,7 @@ def _write_items(items, outputs: list[Output], files: list[dict[str, NpyRows]], 
                  first_row: int, out: Path, log) -> None:
     """Write each block into its rows; record each chunk once its ChunkDone comes."""
     for item in items:
+        interrupts.raise_if_stopped()
         if not isinstance(item, ChunkDone):
             index, rows, arrays = item
             for array, values in zip(outputs[index].shapes, arrays):

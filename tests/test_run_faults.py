@@ -234,3 +234,35 @@ def test_sigterm_behaves_like_ctrl_c(bundle_dir, tmp_path):
     assert 1 <= len(done) < 40
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0 and f"({40 - len(done)} of 40 chunks to do)" in resumed.stdout
+
+
+def test_a_stop_swallowed_by_a_finaliser_still_stops_the_run(bundle_dir, stack, tmp_path, monkeypatch, capsys):
+    """A signal's KeyboardInterrupt raised inside a __del__ (as Ray's result streams have) is
+    printed and dropped by Python; the noted signal still stops the run before its next block."""
+    from nest_rt import cli, runs
+
+    class SignalledInFinaliser:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # Python runs the handler at its next check, here in __del__
+                pass
+
+    real_chunk_items = runs.chunk_items
+
+    def chunk_items(*args, **kwargs):
+        for item in real_chunk_items(*args, **kwargs):
+            yield item
+            if isinstance(item, runs.ChunkDone):
+                SignalledInFinaliser()
+
+    swallowed = []
+    monkeypatch.setattr(runs, "chunk_items", chunk_items)
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: swallowed.append(unraisable.exc_type))
+    out = tmp_path / "out"
+    handler_before = signal.getsignal(signal.SIGTERM)
+    status = cli.main(["encode", str(stack), "--bundle", str(bundle_dir), "--model", SPECS[0], "--out", str(out),
+                       "--chunk-size", "3", "--no-progress"])
+    assert swallowed == [KeyboardInterrupt]  # the case this test is for happened
+    assert status == 143 and "terminated (SIGTERM)" in capsys.readouterr().err
+    assert json.loads((out / "progress.json").read_text())["chunks_done"] == [0]
+    assert signal.getsignal(signal.SIGTERM) == handler_before  # main() put it back
