@@ -143,12 +143,13 @@ class _RunOnRay:
         streams: dict = {}  # a chunk's stream of items -> (chunk, start, stop, worker)
         attempts: collections.Counter = collections.Counter()  # per chunk
         losses: collections.Counter = collections.Counter()  # per worker, since its last chunk done
+        lost_on: dict = collections.defaultdict(set)  # chunk -> the workers that lost it
         last_error: Exception | None = None
         try:
             while queue or streams:
                 while queue and idle:
                     actor = idle.popleft()
-                    chunk, start, stop = queue.popleft()
+                    chunk, start, stop = _next_chunk_for(actor, queue, lost_on)
                     attempts[chunk] += 1
                     stream = actor.encode.options(num_returns="streaming").remote(chunk, start, stop)
                     streams[stream] = (chunk, start, stop, actor)
@@ -184,6 +185,7 @@ class _RunOnRay:
                         raise RunStateError(f"chunk {chunk} (images {start}:{stop}) lost its worker "
                                             f"{attempts[chunk]} times ({_reason(exc)}); finished chunks are kept") from None
                     queue.appendleft((chunk, start, stop))  # to the next free worker; its rows are written again
+                    lost_on[chunk].add(actor)
                     losses[actor] += 1
                     if losses[actor] < MAX_CHUNK_ATTEMPTS:
                         starting[actor.ready.remote()] = actor  # free again once Ray has restarted it
@@ -207,6 +209,17 @@ class _RunOnRay:
                 ray.kill(actor)
             if self.started_here:
                 ray.shutdown()
+
+
+def _next_chunk_for(actor, queue: collections.deque, lost_on: dict) -> tuple[int, int, int]:
+    """The first queued chunk this worker has not lost before, else the first: a chunk lost on a
+    failing node goes to another one, and the failing worker meets other chunks, so that it is
+    the worker (after MAX_CHUNK_ATTEMPTS in a row) that leaves, not the run that stops."""
+    for position, entry in enumerate(queue):
+        if actor not in lost_on[entry[0]]:
+            del queue[position]
+            return entry
+    return queue.popleft()
 
 
 class _ChunkWorker:
