@@ -2,8 +2,9 @@
 
 Python delivers a signal by raising KeyboardInterrupt wherever the main thread happens to be.
 When that is a finaliser (``__del__``, which Ray's streams of results have), Python prints
-"Exception ignored" and carries on, and the stop would be lost. So the handlers also note the
-signal, and the encode loop calls ``raise_if_stopped()`` after every block it writes.
+"Exception ignored" with a traceback and carries on, and the stop would be lost. So the handlers
+also note the signal, the encode loop calls ``raise_if_stopped()`` before every block it writes,
+and the dropped KeyboardInterrupt is not printed (it is acted on, not an error).
 
 SIGTERM (what Slurm and other schedulers send before killing a job) is handled as Ctrl-C and
 told apart by the noted signal: an exception subclass would not survive Ray's blocking calls,
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 
 _received: list[int] = []
@@ -33,9 +35,17 @@ def stop_on_signals():
         for number in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(number) is not signal.SIG_IGN:
                 previous[number] = signal.signal(number, _on_signal)
+    previous_hook = sys.unraisablehook
+
+    def quiet_about_dropped_stops(unraisable):
+        if not (_received and unraisable.exc_type is KeyboardInterrupt):
+            previous_hook(unraisable)
+
+    sys.unraisablehook = quiet_about_dropped_stops
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for number, handler in previous.items():
             signal.signal(number, handler)
 
