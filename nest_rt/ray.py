@@ -143,7 +143,7 @@ class _RunOnRay:
         streams: dict = {}  # a chunk's stream of items -> (chunk, start, stop, worker)
         attempts: collections.Counter = collections.Counter()  # per chunk
         losses: collections.Counter = collections.Counter()  # per worker, since its last chunk done
-        lost_on: dict = collections.defaultdict(set)  # chunk -> the workers that lost it
+        lost_on: dict = {}  # chunk -> the workers that lost it
         last_error: Exception | None = None
         try:
             while queue or streams:
@@ -184,8 +184,8 @@ class _RunOnRay:
                     if attempts[chunk] >= MAX_CHUNK_ATTEMPTS:
                         raise RunStateError(f"chunk {chunk} (images {start}:{stop}) lost its worker "
                                             f"{attempts[chunk]} times ({_reason(exc)}); finished chunks are kept") from None
-                    queue.appendleft((chunk, start, stop))  # to the next free worker; its rows are written again
-                    lost_on[chunk].add(actor)
+                    queue.appendleft((chunk, start, stop))  # see _next_chunk_for; its rows are written again
+                    lost_on.setdefault(chunk, set()).add(actor)
                     losses[actor] += 1
                     if losses[actor] < MAX_CHUNK_ATTEMPTS:
                         starting[actor.ready.remote()] = actor  # free again once Ray has restarted it
@@ -216,7 +216,7 @@ def _next_chunk_for(actor, queue: collections.deque, lost_on: dict) -> tuple[int
     failing node goes to another one, and the failing worker meets other chunks, so that it is
     the worker (after MAX_CHUNK_ATTEMPTS in a row) that leaves, not the run that stops."""
     for position, entry in enumerate(queue):
-        if actor not in lost_on[entry[0]]:
+        if actor not in lost_on.get(entry[0], ()):
             del queue[position]
             return entry
     return queue.popleft()
