@@ -17,7 +17,8 @@ import signal
 import sys
 import threading
 
-_received: list[int] = []
+_received: list[int] = []  # the signals noted within the last stop_on_signals
+_listening = False  # inside stop_on_signals: outside it (a library caller's encode_run) nothing is raised
 
 
 def _on_signal(signum, frame):
@@ -29,6 +30,7 @@ def _on_signal(signum, frame):
 def stop_on_signals():
     """Within: SIGINT and SIGTERM raise KeyboardInterrupt and are noted. A signal the process
     was started ignoring (``nohup``, a shell's background job) stays ignored."""
+    global _listening
     _received.clear()  # a process may run more than one command (tests, benchmarks)
     previous = {}
     if threading.current_thread() is threading.main_thread():  # where Python allows handlers
@@ -42,20 +44,23 @@ def stop_on_signals():
             previous_hook(unraisable)
 
     sys.unraisablehook = quiet_about_dropped_stops
+    _listening = True
     try:
         yield
     finally:
+        _listening = False
         sys.unraisablehook = previous_hook
         for number, handler in previous.items():
             signal.signal(number, handler)
 
 
 def received() -> int | None:
-    """The first signal noted since ``stop_on_signals`` was entered, or None."""
+    """The first signal noted within the last ``stop_on_signals``, or None."""
     return _received[0] if _received else None
 
 
 def raise_if_stopped() -> None:
-    """Raise KeyboardInterrupt if a stop was asked for, in case its own was swallowed."""
-    if _received:
+    """Within ``stop_on_signals``: raise KeyboardInterrupt if a stop was asked for, in case its
+    own was swallowed."""
+    if _listening and _received:
         raise KeyboardInterrupt

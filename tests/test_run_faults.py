@@ -271,3 +271,5 @@ def test_a_stop_swallowed_by_a_finaliser_still_stops_the_run(bundle_dir, stack, 
     assert status == 143 and "terminated (SIGTERM)" in stderr and "Traceback" not in stderr, stderr
     assert json.loads((out / "progress.json").read_text())["chunks_done"] == [0]
     assert signal.getsignal(signal.SIGTERM) == handler_before and sys.unraisablehook == hook_before  # put back
+    monkeypatch.setattr(runs, "chunk_items", real_chunk_items)
+    assert encode(bundle_dir, stack, tmp_path / "later")["status"] == "complete"  # the stop ended with main()
