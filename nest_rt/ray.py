@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from . import interrupts
 from .errors import InvalidParameterError, MissingExtraError, RunStateError
 
 # A chunk whose worker died is given to another worker at most this many times: a chunk that
@@ -147,9 +148,14 @@ class _RunOnRay:
         last_error: Exception | None = None
         try:
             while queue or streams:
-                while queue and idle:
-                    actor = idle.popleft()
-                    chunk, start, stop = _next_chunk_for(actor, queue, lost_on)
+                interrupts.raise_if_stopped()  # a stop Python dropped while waiting on Ray
+                started = set(idle) | {entry[3] for entry in streams.values()}
+                for actor in list(idle):
+                    entry = _next_chunk_for(actor, queue, lost_on, started)
+                    if entry is None:
+                        continue
+                    idle.remove(actor)
+                    chunk, start, stop = entry
                     attempts[chunk] += 1
                     stream = actor.encode.options(num_returns="streaming").remote(chunk, start, stop)
                     streams[stream] = (chunk, start, stop, actor)
@@ -211,15 +217,17 @@ class _RunOnRay:
                 ray.shutdown()
 
 
-def _next_chunk_for(actor, queue: collections.deque, lost_on: dict) -> tuple[int, int, int]:
-    """The first queued chunk this worker has not lost before, else the first: a chunk lost on a
-    failing node goes to another one, and the failing worker meets other chunks, so that it is
-    the worker (after MAX_CHUNK_ATTEMPTS in a row) that leaves, not the run that stops."""
+def _next_chunk_for(actor, queue: collections.deque, lost_on: dict, started: set) -> tuple[int, int, int] | None:
+    """Take from the queue the first chunk for this worker: one it has not lost, or one that every
+    started worker has lost (anyone may try it again); None leaves the worker idle for now. So a
+    chunk lost by a failing worker is done by another, and the failing worker meets other chunks:
+    it is the worker (after MAX_CHUNK_ATTEMPTS losses in a row) that leaves, not the run that stops."""
     for position, entry in enumerate(queue):
-        if actor not in lost_on.get(entry[0], ()):
+        lost_by = lost_on.get(entry[0], set())
+        if actor not in lost_by or started <= lost_by:
             del queue[position]
             return entry
-    return queue.popleft()
+    return None
 
 
 class _ChunkWorker:
