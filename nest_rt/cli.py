@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with interrupts.stop_on_signals():
             status = args.handler(args) or 0
+            interrupts.raise_if_stopped()  # a stop Python dropped is still reported as one
         sys.stdout.flush()  # here, so that a closed pipe is handled below and not at interpreter exit
         return status
     except _ExportExtraMissing as exc:

@@ -544,23 +544,30 @@ def _write_items(items, outputs: list[Output], files: list[dict[str, NpyRows]], 
                  first_row: int, out: Path, log) -> None:
     """Write each block into its rows; record each chunk once its ChunkDone comes."""
     for item in items:
-        interrupts.raise_if_stopped()
-        if not isinstance(item, ChunkDone):
+        if isinstance(item, ChunkDone):
+            _record_chunk(item, files, done, failed, first_row, out, log)
+        else:
             index, rows, arrays = item
             for array, values in zip(outputs[index].shapes, arrays):
                 _write_rows(files[index][array], rows - first_row, values)
-            continue
-        for failure in item.failed:  # no silent responses to an image that was never seen
-            for per_output in files:
-                for handle in per_output.values():
-                    handle.write(failure["row"] - first_row, np.full((1, *handle.shape[1:]), np.nan, np.float32))
-            log(f"left out: {failure['path']}: {failure['reason']}; its row {failure['row']} holds NaN")
+        interrupts.raise_if_stopped()
+
+
+def _record_chunk(item: ChunkDone, files: list[dict[str, NpyRows]], done: set[int], failed: list[dict],
+                  first_row: int, out: Path, log) -> None:
+    """A chunk's rows are all written: NaN rows for its images that failed, then the files synced
+    and the chunk recorded as done."""
+    for failure in item.failed:  # no silent responses to an image that was never seen
         for per_output in files:
             for handle in per_output.values():
-                handle.sync()
-        done.add(item.chunk)
-        failed.extend(item.failed)
-        write_json_atomically(out / PROGRESS, {"chunks_done": sorted(done), "failed": failed})
+                handle.write(failure["row"] - first_row, np.full((1, *handle.shape[1:]), np.nan, np.float32))
+        log(f"left out: {failure['path']}: {failure['reason']}; its row {failure['row']} holds NaN")
+    for per_output in files:
+        for handle in per_output.values():
+            handle.sync()
+    done.add(item.chunk)
+    failed.extend(item.failed)
+    write_json_atomically(out / PROGRESS, {"chunks_done": sorted(done), "failed": failed})
 
 
 @dataclass
