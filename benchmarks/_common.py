@@ -47,6 +47,22 @@ def proc_status_mb(field: str, pid: int | str = "self") -> float:
     return float("nan")
 
 
+def encode_in_process(command: list[str]) -> tuple[float, dict, Path]:
+    """``nest-rt encode`` in this process, so that its peak RSS is this process's, into a fresh
+    ``--out``: its wall time, its run record and the output folder (the caller removes it)."""
+    import shutil
+
+    from nest_rt.cli import main
+    out = Path(command[command.index("--out") + 1])
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    code = main(command)
+    wall = time.perf_counter() - start
+    if code != 0:
+        raise SystemExit(f"nest-rt encode failed with exit code {code}")
+    return wall, json.loads((out / "run.json").read_text()), out
+
+
 def current_rss_mb() -> float:
     return proc_status_mb("VmRSS")
 

@@ -45,16 +45,7 @@ MEMORY_COUNTS = (1000, 20000)
 # -- workers (each runs in its own process) ------------------------------------------------------
 def worker_encode(args) -> dict:
     """``nest-rt encode`` itself, in process so that its peak RSS is this process's."""
-    from nest_rt.cli import main
-    command = json.loads(args.command)
-    out = Path(command[command.index("--out") + 1])
-    shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
-    code = main(command)
-    wall = time.perf_counter() - start
-    if code != 0:
-        raise SystemExit(f"nest-rt encode failed with exit code {code}")
-    record = json.loads((out / "run.json").read_text())
+    wall, record, out = _common.encode_in_process(json.loads(args.command))
     shutil.rmtree(out)
     return {"wall_s": wall, "images": record["inputs"]["count"], "outputs": len(record["outputs"])}
 

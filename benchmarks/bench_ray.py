@@ -23,7 +23,6 @@ import json
 import shutil
 import sys
 import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -66,20 +65,13 @@ class RayMemorySampler(threading.Thread):
 
 # -- the worker: nest-rt encode in process ---------------------------------------------------------
 def worker_encode(args) -> dict:
-    from nest_rt.cli import main
-    command = json.loads(args.command)
-    out = Path(command[command.index("--out") + 1])
-    shutil.rmtree(out, ignore_errors=True)
     sampler = RayMemorySampler()
     sampler.start()
-    start = time.perf_counter()
-    code = main(command)
-    wall = time.perf_counter() - start
-    sampler.stopping.set()
-    sampler.join()
-    if code != 0:
-        raise SystemExit(f"nest-rt encode failed with exit code {code}")
-    record = json.loads((out / "run.json").read_text())
+    try:
+        wall, record, out = _common.encode_in_process(json.loads(args.command))
+    finally:
+        sampler.stopping.set()
+        sampler.join()
     files = {array["file"]: array["sha256"] for output in record["outputs"] for array in output["arrays"].values()}
     output_bytes = sum((out / name).stat().st_size for name in files)
     shutil.rmtree(out)
