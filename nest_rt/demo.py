@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import shlex
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -67,11 +69,38 @@ def run_demo(out: Path, nest_dir: Path | None, rois: list[str], images: int, run
             log(f"    {output['name'] + ('' if array == 'responses' else f' ({array})')}: {values.shape} "
                 f"{values.dtype}, mean {float(values.mean()):+.3f}, std {float(values.std()):.3f}")
     log(f"done. Files: {response_dir} (run.json lists them). Read them with numpy.load or "
-        f"NEST.load_insilico_neural_responses; plot them with: nest-rt plot {response_dir}")
+        f"NEST.load_insilico_neural_responses.")
     if not with_export:
         log("This bundle's random graphs were not checked against torch. For EEG and fsaverage models and "
-            "the exporter: pip install 'nest-rt[export]', then nest-rt demo again.")
+            "the exporter: install the export extra (torch), then run the demo again.")
+    log(f"bundle: {bundle_dir}")
+    log("next, for example:")
+    for command in next_commands(bundle_dir, image_dir, response_dir, specs):
+        log(f"    {command}")
     return record
+
+
+def next_commands(bundle_dir: Path, image_dir: Path, response_dir: Path, specs: list[str]) -> list[str]:
+    """Commands to paste after the demo, spelt with this interpreter's own ``nest-rt``, so that
+    they work without an activated venv and never run another installation's copy."""
+    nest_rt = nest_rt_command()
+    bundle, images = shlex.quote(str(bundle_dir)), shlex.quote(str(image_dir))
+    models = " ".join(f"--model {shlex.quote(spec)}" for spec in specs[:1])
+    again = shlex.quote(str(response_dir.parent / "my_responses"))
+    return [f"{nest_rt} list --bundle {bundle}",
+            f"{nest_rt} plot {shlex.quote(str(response_dir))} --images 0 1",
+            f"{nest_rt} encode {images} --bundle {bundle} {models} --out {again}"]
+
+
+def nest_rt_command() -> str:
+    """The ``nest-rt`` script installed beside this Python (a venv's bin/ or Scripts/ folder),
+    else ``python -m nest_rt.cli`` with this interpreter."""
+    interpreter = Path(sys.executable)
+    for name in ("nest-rt", "nest-rt.exe"):
+        script = interpreter.with_name(name)
+        if script.is_file():
+            return shlex.quote(str(script))
+    return f"{shlex.quote(str(interpreter))} -m nest_rt.cli"
 
 
 def _runtime_only_demo(bundle_dir: Path, rois: list[str], log) -> list[str]:

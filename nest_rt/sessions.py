@@ -7,6 +7,12 @@ from .errors import InvalidParameterError, ModelLoadError, ParameterTypeError
 
 DEVICES = ("auto", "cpu", "cuda")
 _PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# The CPU wheel (onnxruntime) and the GPU wheel (onnxruntime-gpu) install the same module, so
+# the GPU one works only once the CPU one is gone; uninstalling onnxruntime also deletes files
+# the GPU wheel shares with it, hence the reinstall.
+CUDA_INSTALL_ADVICE = ("on a machine with an NVIDIA GPU, swap the CPU wheel for the GPU one (both provide the "
+                       "onnxruntime module): pip uninstall -y onnxruntime && "
+                       "pip install --force-reinstall 'onnxruntime-gpu>=1.18'")
 
 
 def resolve_device(device: str) -> str:
@@ -21,8 +27,7 @@ def resolve_device(device: str) -> str:
         return "cuda" if _PROVIDER["cuda"] in available else "cpu"
     if _PROVIDER[device] not in available:
         raise InvalidParameterError(
-            f"device={device!r} but onnxruntime offers only {available}; "
-            "for CUDA install the 'gpu' extra (pip install 'nest-rt[gpu]') on a machine with an NVIDIA GPU")
+            f"device={device!r} but onnxruntime offers only {available}; for CUDA, {CUDA_INSTALL_ADVICE}")
     return device
 
 
@@ -42,5 +47,6 @@ def create_session(graph_path: Path, device: str, num_threads: int | None = None
         # onnxruntime quietly falls back to the CPU when the CUDA libraries fail to load
         raise InvalidParameterError(
             f"device={device!r}: onnxruntime could not start {providers[0]} (it offers "
-            f"{session.get_providers()}); check the CUDA and cuDNN libraries that onnxruntime-gpu needs")
+            f"{session.get_providers()}); check the CUDA and cuDNN libraries that onnxruntime-gpu needs, "
+            "and that the CPU wheel onnxruntime is not installed beside it")
     return session
