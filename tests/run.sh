@@ -7,7 +7,7 @@
 #      tests/torchfree against a bundle exported by step 1, once with the newest onnxruntime and
 #      once with the oldest that pyproject.toml admits (the range the bundles are claimed to load on);
 #   3. the first of those venvs, given the demo extra (onnx and matplotlib, still no torch), runs
-#      the README's first command (tests/torchfree_demo).
+#      the README's quick start and its code blocks on the demo bundle (tests/torchfree_demo).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"

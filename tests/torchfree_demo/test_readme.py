@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -114,7 +115,7 @@ def test_the_demo_names_this_venvs_nest_rt(quick_start):
     commands = printed.split("next, for example:\n", 1)[1].splitlines()
     assert len(commands) == 3
     for command in commands:
-        assert command.strip().startswith(str(Path(sys.executable).with_name("nest-rt")))
+        assert command.strip().startswith(shlex.quote(str(Path(sys.executable).with_name("nest-rt"))))
         run_block("bash", command, work)  # pasted as printed
     assert (work / "demo_output" / "my_responses" / "run.json").is_file()
 
