@@ -120,7 +120,8 @@ def test_the_demo_names_this_venvs_nest_rt(quick_start):
     assert (work / "demo_output" / "my_responses" / "run.json").is_file()
 
 
-@pytest.mark.parametrize("index", [i for i, (_, _, marker) in enumerate(readme_blocks()) if marker == "run"])
+@pytest.mark.parametrize("index", [i for i, (_, _, marker) in enumerate(readme_blocks()) if marker == "run"],
+                         ids=lambda index: readme_blocks()[index][1].splitlines()[0][:40])
 def test_readme_block_runs_as_written(quick_start, index):
     work, _ = quick_start
     language, code, _ = readme_blocks()[index]
