@@ -1,12 +1,14 @@
 """Image inputs of command-line runs: files, folders, glob patterns, or one uint8 array file.
 
 Listing is deterministic (folders are walked recursively in sorted order, hidden files and
-folders such as macOS ``._*`` files left out, and never the run's own output folder), and
+folders such as macOS ``._*`` files left out, and never the run's own output folder; other files
+that are not images, and links to folders, are not read but listed), and
 every image's header is read before any model runs, so a run knows its full row order from
 the start. Images are decoded as images.py describes (upright by their EXIF orientation, 8-bit
-RGB); what that changes is listed in the run record. Images that cannot be read, or are not
-square without ``center_crop``, are rejected: with ``skip_bad`` they are left out and listed,
-otherwise the run stops before it starts, listing every one.
+RGB); what that changes is listed in the run record. Images that cannot be read (not regular
+files, symbolic-link loops, too large, names that are not UTF-8), or are not square without
+``center_crop``, are rejected: with ``skip_bad`` they are left out and listed, otherwise the run
+stops before it starts, listing every one. An array file that cannot be read is refused.
 """
 from __future__ import annotations
 

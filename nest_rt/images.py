@@ -5,15 +5,19 @@ Accepted inputs:
   or any integer dtype with values in 0..255;
 - a PIL image, an image file path, or a list/tuple mixing PIL images, paths and 3-D arrays
   (``[3, S, S]`` or ``[S, S, 3]``). Images are turned upright by their EXIF orientation (as
-  viewers show phone photos), 16-bit greyscale is reduced to 8 bits (its high byte, as Pillow
+  viewers show phone photos), wherever the file stores it (a PNG's eXIf chunk may follow its
+  pixels), the same for a path and a PIL image; 16-bit greyscale is reduced to 8 bits (its high byte, as Pillow
   reduces 16-bit RGB), and other modes (L, RGBA, P, CMYK, ...) are converted to RGB; 32-bit
   integer and float images are refused (they have no standard 8-bit range).
 
 Images must be square, as upstream's models assume; ``center_crop=True`` crops the others to
 their central square (the crop a file gets from ``nest-rt encode --center-crop``).
 
-Every check runs before any model work starts, so a bad input never leaves partial results.
-Images are converted one batch at a time, so memory stays bounded for any N.
+Only regular files are opened (a FIFO, whose open waits for a writer, or a device is refused,
+never opened), and images over the decompression-bomb limit (NEST_RT_MAX_IMAGE_PIXELS) are
+refused with how to raise it. Every check runs before any model work starts, so a bad input
+never leaves partial results. Images are converted one batch at a time, so memory stays bounded
+for any N.
 """
 from __future__ import annotations
 
@@ -218,9 +222,9 @@ def load_image_file(path: str, name: str = "image", side: int | None = None) -> 
     """An image file as uint8 [3, S, S] (upright, RGB, centre-cropped to a square). ``side``: the
     side its header gave when it was checked; a file that decodes to another (replaced since) is
     refused, naming it."""
-    with opened_image(path, name) as (image, _):
+    with opened_image(path, name) as (image, handle):
         try:
-            pixels = pil_to_chw(image, f"{name} ({shown_path(path)})")
+            pixels = pil_to_chw(image, f"{name} ({shown_path(path)})", handle)
         except (OSError, SyntaxError) as exc:  # e.g. a truncated file: only its header was read
             raise _problem(StimulusFileNotFoundError, f"{name}: cannot decode {shown_path(path)} ({exc})",
                            f"cannot decode it ({exc})") from exc
@@ -405,14 +409,14 @@ def _converts_to_rgb(mode: str) -> bool:
 def _orientation(image, handle=None) -> int:
     """The image's EXIF orientation (1: upright), wherever the file stores it. A PNG may store its
     EXIF (eXIf chunk) after the pixels, where Pillow sees it only once the pixels are loaded: a
-    file's chunk list is then read (``handle``), so that the header and the decoded pixels agree,
-    and a PIL image is asked after it is loaded (pil_to_chw)."""
+    PNG file's chunk list is read (``handle``), so that its header scan and its decoding agree,
+    and a PIL image is asked once it is loaded (pil_to_chw), which gives the same chunk."""
     from PIL import Image
     try:
         if image.format != "PNG":
             orientation = image.getexif().get(EXIF_ORIENTATION, 1)
         else:  # the eXIf chunk only, never Pillow's getexif (which would decode the pixels to find it)
-            data = image.info.get("exif") or (_png_exif_after_pixels(handle) if handle is not None else None)
+            data = _png_exif(handle) if handle is not None else image.info.get("exif")
             exif = Image.Exif()
             if data:
                 exif.load(data)
@@ -423,9 +427,9 @@ def _orientation(image, handle=None) -> int:
     return orientation if 1 <= orientation <= 8 else 1
 
 
-def _png_exif_after_pixels(handle) -> bytes | None:
-    """The last eXIf chunk of a PNG file (as Pillow stores it once loaded), found by stepping over
-    the chunks by their lengths: the file is read, not decoded."""
+def _png_exif(handle) -> bytes | None:
+    """The last eXIf chunk of a PNG file, before or after its pixels (the one Pillow keeps once the
+    pixels are loaded), found by stepping over the chunks by their lengths: nothing is decoded."""
     handle.seek(8)
     found = None
     while True:
@@ -442,12 +446,13 @@ def _png_exif_after_pixels(handle) -> bytes | None:
             handle.seek(length + 4, os.SEEK_CUR)
 
 
-def pil_to_chw(image, name: str = "image") -> np.ndarray:
-    """A PIL image as uint8 [3, S, S]: upright by its EXIF orientation, reduced to 8-bit RGB, and
-    centre-cropped to its central square (callers check squareness where it is required)."""
+def pil_to_chw(image, name: str = "image", handle=None) -> np.ndarray:
+    """A PIL image (of the file ``handle``, if any) as uint8 [3, S, S]: upright by its EXIF
+    orientation, reduced to 8-bit RGB, and centre-cropped to its central square (callers check
+    squareness where it is required)."""
     from PIL import Image
     image.load()  # first: a PNG's EXIF may follow its pixels (see _orientation)
-    orientation = header_facts(image, name).orientation
+    orientation = header_facts(image, name, handle).orientation
     if orientation != 1:  # Pillow's ImageOps.exif_transpose table, with the orientation read above
         image = image.transpose(Image.Transpose[_UPRIGHT[orientation]])
     rgb = _to_rgb(image)

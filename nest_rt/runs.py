@@ -41,7 +41,7 @@ from .api import NEST
 from .bundle import Bundle, nested_value, sha256_file, write_nested_npz
 from .errors import InvalidParameterError, OutputWriteError, RunStateError, StimulusError
 from .image_files import ARRAY_SUFFIXES, ImageList, find_image_files, load_image, open_image_array, scan_images
-from .images import Stimulus, is_channels_last
+from .images import MAX_PIXELS_VARIABLE, Stimulus, is_channels_last
 from .models import EncodingModel, as_arrays, iter_responses
 from .responses import file_stem, metadata_file, model_dir, responses_file
 from .paths import confined
@@ -253,6 +253,7 @@ class RunInputs:
         """``exclude``: folders never listed (the run's --out); ``report`` is told of every rejected
         image. With ``skip_bad``, images that fail to decode during the run are skipped too."""
         self.skip_bad = skip_bad
+        self.pixel_limit = os.environ.get(MAX_PIXELS_VARIABLE)  # Ray workers decode under the same limit
         if not specs:
             raise StimulusError("inputs: give image files, folders, glob patterns or one .npy/.h5 array")
         self.array = None
@@ -281,6 +282,8 @@ class RunInputs:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        if self.pixel_limit is not None:
+            os.environ[MAX_PIXELS_VARIABLE] = self.pixel_limit
         if self.images is None:
             self.array, _ = open_image_array(self.array_info["path"], self.array_info["dataset"])
             if list(self.array.shape) != self.array_info["shape"]:  # another file at that path on this node

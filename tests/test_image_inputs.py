@@ -144,6 +144,16 @@ def test_an_image_over_the_pixel_limit_says_how_to_raise_it(nest, v1, tmp_path, 
         nest.encode(v1, str(folder / "0.png"))
 
 
+def test_ray_workers_read_images_under_the_driver_s_pixel_limit(tmp_path, monkeypatch):
+    import pickle
+    folder = photo_folder(tmp_path / "photos")
+    monkeypatch.setenv("NEST_RT_MAX_IMAGE_PIXELS", "250000000")
+    sent = pickle.dumps(RunInputs([str(folder)], report=quiet))
+    monkeypatch.delenv("NEST_RT_MAX_IMAGE_PIXELS")  # a worker started without it
+    pickle.loads(sent)
+    assert os.environ["NEST_RT_MAX_IMAGE_PIXELS"] == "250000000"
+
+
 @pytest.mark.parametrize("name, content, words", [
     ("empty.npy", b"", ["empty.npy is not a plain numpy array file"]),
     ("text.npy", b"not an array", ["text.npy is not a plain numpy array file"]),
@@ -178,23 +188,34 @@ def test_a_premultiplied_alpha_pil_image_is_converted(nest, v1):
 
 
 # -- item 9: one orientation rule for every way an image arrives ----------------------------------
-def png_with_late_exif(path: Path, orientation: int = 6) -> Path:
-    """A PNG whose eXIf chunk follows its pixels (IDAT), as some tools write them."""
-    save_photo(path, size=(40, 32), seed=9)
-    data = path.read_bytes()
+def exif_chunk(orientation: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
     payload = exif.tobytes()
-    payload = payload[6:] if payload.startswith(b"Exif\x00\x00") else payload
+    return png_chunk(b"eXIf", payload[6:] if payload.startswith(b"Exif\x00\x00") else payload)
+
+
+def png_with_late_exif(path: Path, orientation: int = 6, early: int | None = None) -> Path:
+    """A PNG whose eXIf chunk follows its pixels (IDAT), as some tools write them; ``early``: the
+    orientation of a second eXIf chunk before them."""
+    save_photo(path, size=(40, 32), seed=9)
+    data = path.read_bytes()
     iend = data.rindex(b"IEND") - 4
-    path.write_bytes(data[:iend] + png_chunk(b"eXIf", payload) + data[iend:])
+    data = data[:iend] + exif_chunk(orientation) + data[iend:]
+    if early is not None:
+        after_header = data.index(b"IHDR") + 4 + 13 + 4
+        data = data[:after_header] + exif_chunk(early) + data[after_header:]
+    path.write_bytes(data)
     return path
 
 
-def test_a_png_exif_after_the_pixels_counts_for_paths_folders_and_pil_images(nest, v1, tmp_path):
-    path = png_with_late_exif(tmp_path / "late.png")
+@pytest.mark.parametrize("early", [None, 3])
+def test_a_png_exif_after_the_pixels_counts_for_paths_folders_and_pil_images(nest, v1, tmp_path, early):
+    """One rule: the EXIF orientation wherever the file stores it; of two eXIf chunks, the last
+    (as Pillow keeps once the pixels are loaded)."""
+    path = png_with_late_exif(tmp_path / "late.png", early=early)
     with Image.open(path) as image:
-        assert "exif" not in image.info  # Pillow has not seen it yet: it follows the pixels
+        assert image.info.get("exif") is None or early is not None  # Pillow has not seen the late one yet
         image.load()
         upright = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))  # what a viewer shows
     assert upright.shape[:2] == (40, 32)
