@@ -92,9 +92,8 @@ def find_image_files(specs: list[str], exclude: list[str | Path] = ()) -> tuple[
         else:
             raise StimulusFileNotFoundError(f"inputs: no such file, folder or pattern: {shown_path(spec)}")
         found.extend(os.path.abspath(path) for path in matches)
-    for item in not_images:
-        item["path"] = shown_path(os.path.abspath(item["path"]))
-    return list(dict.fromkeys(found)), not_images
+    shown = {shown_path(os.path.abspath(item["path"])): item["reason"] for item in not_images}  # once each
+    return list(dict.fromkeys(found)), [{"path": path, "reason": reason} for path, reason in shown.items()]
 
 
 def _walk(folder: str, suffixes: set[str]) -> tuple[list[str], list[dict[str, str]]]:
@@ -108,9 +107,9 @@ def _walk(folder: str, suffixes: set[str]) -> tuple[list[str], list[dict[str, st
                 others.append({"path": os.path.join(root, name), "reason": "a link to a folder, not followed"})
         folders[:] = [name for name in folders if not name.startswith(".")]
         for name in files:
-            suffix = os.path.splitext(name)[1].lower()
             if name.startswith("."):
                 continue
+            suffix = os.path.splitext(name)[1].lower()
             if suffix in suffixes:
                 images.append(os.path.join(root, name))
             else:
@@ -205,7 +204,8 @@ def _open_npy(path: str) -> np.ndarray:
             return np.memmap(handle, dtype=dtype, mode="r", shape=shape, order="F" if fortran_order else "C",
                              offset=handle.tell())
         except (ValueError, EOFError, OSError) as exc:
-            raise StimulusError(f"inputs: {path} is not a plain numpy array file ({exc or type(exc).__name__})") from exc
+            reason = str(exc) or type(exc).__name__
+            raise StimulusError(f"inputs: {path} is not a plain numpy array file ({reason})") from exc
 
 
 def _open_h5_dataset(path: str, dataset: str | None):
