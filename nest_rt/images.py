@@ -5,25 +5,35 @@ Accepted inputs:
   or any integer dtype with values in 0..255;
 - a PIL image, an image file path, or a list/tuple mixing PIL images, paths and 3-D arrays
   (``[3, S, S]`` or ``[S, S, 3]``). Images are turned upright by their EXIF orientation (as
-  viewers show phone photos), 16-bit greyscale is reduced to 8 bits (its high byte, as Pillow
+  viewers show phone photos), wherever the file stores it (a PNG's eXIf chunk may follow its
+  pixels), the same for a path and a PIL image; 16-bit greyscale is reduced to 8 bits (its high byte, as Pillow
   reduces 16-bit RGB), and other modes (L, RGBA, P, CMYK, ...) are converted to RGB; 32-bit
   integer and float images are refused (they have no standard 8-bit range).
 
 Images must be square, as upstream's models assume; ``center_crop=True`` crops the others to
 their central square (the crop a file gets from ``nest-rt encode --center-crop``).
 
-Every check runs before any model work starts, so a bad input never leaves partial results.
-Images are converted one batch at a time, so memory stays bounded for any N.
+Only regular files are opened (a FIFO, whose open waits for a writer, or a device is refused,
+never opened), and images over the decompression-bomb limit (NEST_RT_MAX_IMAGE_PIXELS) are
+refused with how to raise it. Every check runs before any model work starts, so a bad input
+never leaves partial results. Images are converted one batch at a time, so memory stays bounded
+for any N.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import os
+import re
+import stat
+import struct
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import StimulusError, StimulusFileNotFoundError, StimulusTypeError
+from .errors import InvalidParameterError, StimulusError, StimulusFileNotFoundError, StimulusTypeError
 
 _EXPECTED = "expected uint8 (or integer 0..255) images shaped [N, 3, S, S] or [N, S, S, 3] with S x S square"
 
@@ -193,26 +203,38 @@ def _validate_item(item: Any, name: str, center_crop: bool) -> _Item:
 
 
 def _path_item(path: str, name: str, center_crop: bool) -> _Item:
-    from PIL import Image, UnidentifiedImageError
-    if not os.path.isfile(path):
-        raise StimulusFileNotFoundError(f"{name}: no such image file: {path}")
-    try:
-        with Image.open(path) as image:  # reads the header only
-            facts = header_facts(image, f"{name} ({path})")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise StimulusFileNotFoundError(f"{name}: cannot read {path} as an image ({exc})") from exc
+    if os.path.isdir(path):  # the API returns rows without a record of which file is which: files only
+        raise StimulusError(f"{name}: {shown_path(path)} is a folder; encode takes image files, PIL images or "
+                            "arrays (pass its files, e.g. sorted(glob.glob('FOLDER/*.png'))), while "
+                            "`nest-rt encode FOLDER` encodes folders and records which file is in which row")
+    facts = read_header(path, name)
     _require_square(facts.size, f"{name} ({path})", center_crop)
-    return _Item(min(facts.size), lambda: load_image_file(path, name))
+    return _Item(min(facts.size), lambda: load_image_file(path, name, side=min(facts.size)))
 
 
-def load_image_file(path: str, name: str = "image") -> np.ndarray:
-    """An image file as uint8 [3, S, S] (upright, RGB, centre-cropped to a square)."""
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as image:
-            return pil_to_chw(image, f"{name} ({path})")
-    except (UnidentifiedImageError, OSError) as exc:  # e.g. a truncated file: only its header was read
-        raise StimulusFileNotFoundError(f"{name}: cannot decode {path} ({exc})") from exc
+def read_header(path: str, name: str = "image") -> "HeaderFacts":
+    """Size (upright), mode and EXIF orientation of an image file, from its header."""
+    with opened_image(path, name) as (image, handle):
+        return header_facts(image, f"{name} ({shown_path(path)})", handle)
+
+
+def load_image_file(path: str, name: str = "image", side: int | None = None) -> np.ndarray:
+    """An image file as uint8 [3, S, S] (upright, RGB, centre-cropped to a square). ``side``: the
+    side its header gave when it was checked; a file that decodes to another (replaced since) is
+    refused, naming it."""
+    with opened_image(path, name) as (image, handle):
+        try:
+            pixels = pil_to_chw(image, f"{name} ({shown_path(path)})", handle)
+        except (OSError, SyntaxError) as exc:  # e.g. a truncated file: only its header was read
+            raise _problem(StimulusFileNotFoundError, f"{name}: cannot decode {shown_path(path)} ({exc})",
+                           f"cannot decode it ({exc})") from exc
+    if side is not None and pixels.shape[1] != side:
+        raise _problem(StimulusFileNotFoundError,
+                       f"{name}: {shown_path(path)} changed while it was being encoded: its header gave a "
+                       f"{side} x {side} square, it now decodes to {pixels.shape[1]} x {pixels.shape[1]}",
+                       f"it changed during the run: its header gave a {side} x {side} square, it now "
+                       f"decodes to {pixels.shape[1]} x {pixels.shape[1]}")
+    return pixels
 
 
 def _require_square(size: Sequence[int], name: str, center_crop: bool) -> None:
@@ -222,11 +244,126 @@ def _require_square(size: Sequence[int], name: str, center_crop: bool) -> None:
                             "center_crop=True to crop it to its central square, or crop or resize it first")
 
 
+# -- image files: only regular files are opened --------------------------------------------------
+# The largest image, in pixels, that is read: Pillow's decompression-bomb limit (twice
+# PIL.Image.MAX_IMAGE_PIXELS, 178,956,970 pixels by default), which this variable replaces.
+MAX_PIXELS_VARIABLE = "NEST_RT_MAX_IMAGE_PIXELS"
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def shown_path(path: str) -> str:
+    """A path as it can be printed and stored in JSON: the bytes of a name that is not valid
+    UTF-8 are shown as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _problem(kind: type, message: str, reason: str) -> Exception:
+    """An error whose ``reason`` says what is wrong with a file without naming it (for lists of
+    rejected files)."""
+    error = kind(message)
+    error.reason = reason
+    return error
+
+
+def _not_regular(mode: int) -> str | None:
+    """What a file is, when it is not a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _NOT_REGULAR if test(mode)), "not a regular file")
+
+
+def _os_reason(error: OSError) -> str:
+    if error.errno == errno.ELOOP:
+        return "a loop of symbolic links"
+    if error.errno == errno.ENOENT:
+        return "no such file (or a symbolic link to nothing)"
+    return error.strerror or str(error)
+
+
+def open_regular_file(path: str, name: str):
+    """``path`` opened for binary reading if it is a regular file. Anything else (a FIFO, whose
+    open would wait for a writer forever, a device, a folder) is refused before it is opened, and
+    O_NONBLOCK with a second check on the open file covers one swapped in between."""
+    try:
+        kind = _not_regular(os.stat(path).st_mode)
+        if kind is None:
+            descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+            kind = _not_regular(os.fstat(descriptor).st_mode)
+            if kind is not None:
+                os.close(descriptor)
+    except OSError as exc:
+        raise _problem(StimulusFileNotFoundError, f"{name}: cannot open {shown_path(path)}: {_os_reason(exc)}",
+                       f"cannot open it: {_os_reason(exc)}") from exc
+    if kind is not None:
+        raise _problem(StimulusFileNotFoundError, f"{name}: {shown_path(path)} is {kind}, not a regular file; "
+                       "only regular files are read", f"{kind}, not a regular file: not read")
+    return os.fdopen(descriptor, "rb")
+
+
+def regular_file_problem(path: str) -> str | None:
+    """Why ``path`` is not a readable regular file (a FIFO, a folder, a loop of symbolic links),
+    from its status alone; None when it is one."""
+    try:
+        kind = _not_regular(os.stat(path).st_mode)
+    except OSError as exc:
+        return _os_reason(exc)
+    return None if kind is None else f"{kind}, not a regular file"
+
+
+@contextlib.contextmanager
+def opened_image(path: str, name: str):
+    """(PIL image, its file) of a regular image file, its header read; Pillow's errors become one
+    line naming the file."""
+    from PIL import Image, UnidentifiedImageError
+    apply_pixel_limit()
+    with open_regular_file(path, name) as handle:
+        try:
+            image = Image.open(handle)
+        except Image.DecompressionBombError as exc:
+            raise _problem(StimulusError, f"{name}: {shown_path(path)} {_too_large(exc)}", _too_large(exc)) from exc
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise _problem(StimulusFileNotFoundError, f"{name}: cannot read {shown_path(path)} as an image ({exc})",
+                           f"cannot read it as an image ({exc})") from exc
+        with image:
+            yield image, handle
+
+
+def apply_pixel_limit() -> None:
+    """Set Pillow's decompression-bomb limit from NEST_RT_MAX_IMAGE_PIXELS when it is set (a
+    number of pixels, or 'none'); otherwise Pillow's own setting stands."""
+    from PIL import Image
+    text = os.environ.get(MAX_PIXELS_VARIABLE, "").strip()
+    if not text:
+        return
+    if text.lower() == "none":
+        Image.MAX_IMAGE_PIXELS = None
+        return
+    try:
+        pixels = int(text.replace("_", ""))
+    except ValueError:
+        pixels = 0
+    if pixels < 1:
+        raise InvalidParameterError(f"{MAX_PIXELS_VARIABLE} must be a number of pixels (or 'none' for no limit), "
+                                    f"got {text!r}")
+    Image.MAX_IMAGE_PIXELS = pixels / 2  # Pillow refuses images over twice this; it warns above it
+
+
+def _too_large(error: Exception) -> str:
+    from PIL import Image
+    limit = Image.MAX_IMAGE_PIXELS
+    size = re.search(r"\((\d+) pixels\)", str(error))
+    return (f"is too large ({int(size[1]):,} pixels)" if size else "is too large") + (
+        f": images over {round(2 * limit):,} pixels are refused as possible decompression bombs; if the "
+        f"file is trusted, raise the limit: {MAX_PIXELS_VARIABLE}=<pixels> in the environment (or 'none')")
+
+
 # -- decoding: the one place where images become upright uint8 RGB ------------------------------
 EXIF_ORIENTATION = 0x0112
 _TRANSPOSED = {5, 6, 7, 8}  # orientations that swap width and height
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 _NO_8_BIT_RANGE = {"I", "F"}
+_VIA = {"La": "LA"}  # modes Pillow converts to RGB only through another (premultiplied alpha first undone)
 _UPRIGHT = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
             7: "TRANSVERSE", 8: "ROTATE_90"}  # EXIF orientation -> the PIL.Image.Transpose that undoes it
 
@@ -244,41 +381,93 @@ class HeaderFacts:
         return f"{self.mode} -> RGB" + (" (16-bit: high byte)" if self.mode in _SIXTEEN_BIT else "")
 
 
-def header_facts(image, name: str) -> HeaderFacts:
-    """Size (upright), mode and EXIF orientation of an opened image, from its header; refuses
-    modes that have no 8-bit meaning."""
+def header_facts(image, name: str, handle=None) -> HeaderFacts:
+    """Size (upright), mode and EXIF orientation of an opened image, from its header (and, for a
+    PNG file, ``handle``: its chunk list); refuses modes that have no 8-bit RGB meaning."""
     if image.mode in _NO_8_BIT_RANGE:
-        raise StimulusTypeError(f"{name} is a {'32-bit integer' if image.mode == 'I' else 'floating-point'} "
-                                f"image (mode {image.mode}) with no standard 8-bit range; convert it to 8-bit RGB first")
-    orientation = _orientation(image)
+        reason = (f"is a {'32-bit integer' if image.mode == 'I' else 'floating-point'} image (mode {image.mode}) "
+                  "with no standard 8-bit range; convert it to 8-bit RGB first")
+        raise _problem(StimulusTypeError, f"{name} {reason}", reason)
+    if not _converts_to_rgb(image.mode):
+        reason = f"has mode {image.mode}, which has no conversion to RGB; convert it to RGB first"
+        raise _problem(StimulusTypeError, f"{name} {reason}", reason)
+    orientation = _orientation(image, handle)
     width, height = image.size
     return HeaderFacts((height, width) if orientation in _TRANSPOSED else (width, height), image.mode, orientation)
 
 
-def _orientation(image) -> int:
-    """The EXIF orientation known from the header. A PNG may store its EXIF after the pixels, where
-    Pillow finds it only by decoding the whole image; such a tag is left alone (so that listing a
-    folder stays a header read, and the size known then is the size decoded later)."""
-    if image.format == "PNG" and "exif" not in image.info:
-        return 1
+@functools.lru_cache(maxsize=None)
+def _converts_to_rgb(mode: str) -> bool:
+    from PIL import Image
     try:
-        orientation = int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
+        _to_rgb(Image.new(mode, (1, 1)))
+    except ValueError:
+        return False
+    return True
+
+
+def _orientation(image, handle=None) -> int:
+    """The image's EXIF orientation (1: upright), wherever the file stores it. A PNG may store its
+    EXIF (eXIf chunk) after the pixels, where Pillow sees it only once the pixels are loaded: a
+    PNG file's chunk list is read (``handle``), so that its header scan and its decoding agree,
+    and a PIL image is asked once it is loaded (pil_to_chw), which gives the same chunk."""
+    from PIL import Image
+    try:
+        if image.format != "PNG":
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+        else:  # the eXIf chunk only, never Pillow's getexif (which would decode the pixels to find it)
+            data = _png_exif(handle) if handle is not None else image.info.get("exif")
+            exif = Image.Exif()
+            if data:
+                exif.load(data)
+            orientation = exif.get(EXIF_ORIENTATION, 1)
+        orientation = int(orientation or 1)
     except Exception:  # Pillow's EXIF parser raises many kinds on a malformed block: treat it as upright
         return 1
     return orientation if 1 <= orientation <= 8 else 1
 
 
-def pil_to_chw(image, name: str = "image") -> np.ndarray:
-    """A PIL image as uint8 [3, S, S]: upright by its EXIF orientation, reduced to 8-bit RGB, and
-    centre-cropped to its central square (callers check squareness where it is required)."""
+def _png_exif(handle) -> bytes | None:
+    """The last eXIf chunk of a PNG file, before or after its pixels (the one Pillow keeps once the
+    pixels are loaded), found by stepping over the chunks by their lengths: nothing is decoded."""
+    handle.seek(8)
+    found = None
+    while True:
+        header = handle.read(8)
+        if len(header) < 8:
+            return found
+        length, kind = struct.unpack(">I4s", header)
+        if kind in (b"IEND", b"fcTL") or length > 2**31 - 1:  # Pillow stops at the next APNG frame too
+            return found
+        if kind == b"eXIf":
+            found = b"Exif\x00\x00" + handle.read(length)
+            handle.seek(4, os.SEEK_CUR)
+        else:
+            handle.seek(length + 4, os.SEEK_CUR)
+
+
+def pil_to_chw(image, name: str = "image", handle=None) -> np.ndarray:
+    """A PIL image (of the file ``handle``, if any) as uint8 [3, S, S]: upright by its EXIF
+    orientation, reduced to 8-bit RGB, and centre-cropped to its central square (callers check
+    squareness where it is required)."""
     from PIL import Image
-    orientation = header_facts(image, name).orientation
+    image.load()  # first: a PNG's EXIF may follow its pixels (see _orientation)
+    orientation = header_facts(image, name, handle).orientation
     if orientation != 1:  # Pillow's ImageOps.exif_transpose table, with the orientation read above
         image = image.transpose(Image.Transpose[_UPRIGHT[orientation]])
-    if image.mode in _SIXTEEN_BIT:
-        image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))  # mode L
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    rgb = _to_rgb(image)
     top, left, side = square_crop(rgb.height, rgb.width)
     if side != rgb.width or side != rgb.height:
         rgb = rgb.crop((left, top, left + side, top + side))
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def _to_rgb(image):
+    """8-bit RGB: 16-bit greyscale by its high byte (as Pillow reduces 16-bit RGB), other modes
+    by Pillow's conversion."""
+    from PIL import Image
+    if image.mode in _SIXTEEN_BIT:
+        image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))  # mode L
+    if image.mode in _VIA:
+        image = image.convert(_VIA[image.mode])
+    return image if image.mode == "RGB" else image.convert("RGB")

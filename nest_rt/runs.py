@@ -40,8 +40,8 @@ from . import catalog, interrupts, selection as selections
 from .api import NEST
 from .bundle import Bundle, nested_value, sha256_file, write_nested_npz
 from .errors import InvalidParameterError, OutputWriteError, RunStateError, StimulusError
-from .image_files import ARRAY_SUFFIXES, ImageList, list_image_files, load_image, open_image_array, scan_images
-from .images import Stimulus, is_channels_last
+from .image_files import ARRAY_SUFFIXES, ImageList, find_image_files, load_image, open_image_array, scan_images
+from .images import MAX_PIXELS_VARIABLE, Stimulus, is_channels_last
 from .models import EncodingModel, as_arrays, iter_responses
 from .responses import file_stem, metadata_file, model_dir, responses_file
 from .paths import confined
@@ -253,6 +253,7 @@ class RunInputs:
         """``exclude``: folders never listed (the run's --out); ``report`` is told of every rejected
         image. With ``skip_bad``, images that fail to decode during the run are skipped too."""
         self.skip_bad = skip_bad
+        self.pixel_limit = os.environ.get(MAX_PIXELS_VARIABLE)  # Ray workers decode under the same limit
         if not specs:
             raise StimulusError("inputs: give image files, folders, glob patterns or one .npy/.h5 array")
         self.array = None
@@ -268,7 +269,8 @@ class RunInputs:
             self.digest = hashlib.sha256(json.dumps([self.array_info, stat.st_size, stat.st_mtime_ns])
                                          .encode()).hexdigest()
         else:
-            self.images = scan_images(list_image_files(specs, exclude), center_crop, skip_bad, report)
+            paths, not_images = find_image_files(specs, exclude)
+            self.images = scan_images(paths, center_crop, skip_bad, report, not_images)
             self.total = len(self.images.paths)
             self.digest = self.images.digest()
         if self.total == 0:
@@ -280,6 +282,8 @@ class RunInputs:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        if self.pixel_limit is not None:
+            os.environ[MAX_PIXELS_VARIABLE] = self.pixel_limit
         if self.images is None:
             self.array, _ = open_image_array(self.array_info["path"], self.array_info["dataset"])
             if list(self.array.shape) != self.array_info["shape"]:  # another file at that path on this node
@@ -301,13 +305,13 @@ class RunInputs:
 
         def load(i: int) -> np.ndarray:
             try:
-                return load_image(paths[order[i]])
+                return load_image(paths[order[i]], side=sides[i])
             except StimulusError as exc:
                 if not self.skip_bad or failed is None:
                     raise StimulusError(f"{exc}; finished chunks are kept: remove or fix it and run the same "
                                         "command again, or add --skip-bad-images to leave it out") from exc
                 failed.append({"row": start + int(order[i]), "path": paths[order[i]],
-                               "reason": f"cannot decode it ({str(exc.__cause__ or exc)})"})
+                               "reason": getattr(exc, "reason", f"cannot decode it ({exc})")})
                 return np.zeros((3, sides[i], sides[i]), dtype=np.uint8)
         return Stimulus.lazy(sides, load), order
 
@@ -318,7 +322,7 @@ class RunInputs:
         return {"kind": "files", "total": self.total, "count": stop - start,
                 "items": self.images.paths[start:stop], "converted": self.images.converted,
                 "oriented": self.images.oriented, "cropped": self.images.cropped,
-                "rejected": self.images.rejected, "sha256": self.digest}
+                "rejected": self.images.rejected, "not_images": self.images.not_images, "sha256": self.digest}
 
 
 def chunk_ranges(total: int, chunk_size: int, shard: tuple[int, int]) -> list[tuple[int, int, int]]:
