@@ -142,15 +142,16 @@ def _init(ray, address: str | None) -> None:
     # one try of Ray's GCS client, not 20: the address answered just now (a value the user set is kept)
     wait = {"RAY_gcs_server_port_wait_time_s": os.environ.get("RAY_gcs_server_port_wait_time_s", "1")}
     on_sigterm = signal.getsignal(signal.SIGTERM)
-    with _environment(wait if joining else {}):
-        try:
+    try:
+        with _environment(wait if joining else {}):
             ray.init(address=address, include_dashboard=False, logging_level="ERROR",
                      log_to_driver=False, configure_logging=False)
-        except ConnectionError as exc:
-            raise ResourceError(f"{named}: no Ray cluster answers there ({_reason(exc)})") from None
-    if on_sigterm is not None and threading.current_thread() is threading.main_thread():
-        # ray.init replaces it with sys.exit(15); keep the caller's (nest-rt: stop as on Ctrl-C, exit 143)
-        signal.signal(signal.SIGTERM, on_sigterm)
+    except ConnectionError as exc:
+        raise ResourceError(f"{named}: no Ray cluster answers there ({_reason(exc)})") from None
+    finally:
+        if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+            # ray.init replaces it with sys.exit(15); keep the caller's (nest-rt: stop as on Ctrl-C, exit 143)
+            signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _check_reachable(address: str, named: str) -> None:
