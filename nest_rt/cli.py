@@ -25,7 +25,8 @@ from pathlib import Path
 
 from . import catalog, interrupts
 from .errors import InvalidParameterError, NESTError
-from .runs import DEFAULT_CHUNK_SIZE
+from .ray import CONNECT_TIMEOUT_S
+from .runs import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_THREADS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,20 +154,25 @@ def _parser() -> argparse.ArgumentParser:
     encode.add_argument("--imageset", default="images", help="name of the image set in the output layout")
     encode.add_argument("--shard", default="0/1", help="I/N: encode only the I-th of N shards (0-based)")
     encode.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
-                        help=f"images per durable chunk (default {DEFAULT_CHUNK_SIZE})")
+                        help=f"images per durable chunk (default {DEFAULT_CHUNK_SIZE}, at most {MAX_CHUNK_SIZE})")
     encode.add_argument("--h5", action="store_true", help="also write HDF5 files in upstream's layout (needs h5py)")
     encode.add_argument("--center-crop", action="store_true", help="crop non-square images to their central square")
     encode.add_argument("--skip-bad-images", action="store_true",
                         help="leave out unreadable (or non-square) images, listed in run.json, instead of stopping")
     encode.add_argument("--h5-dataset", help="dataset holding the images in an .h5 input")
     encode.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    encode.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
-    encode.add_argument("--precision", default="fp32", choices=["fp32", "int8", "fp16"])
+    encode.add_argument("--threads", type=int, help=f"onnxruntime threads (default: all cores; at most {MAX_THREADS}, "
+                                                    "with a warning above this machine's cores)")
+    encode.add_argument("--precision", default="fp32", choices=["fp32", "int8", "fp16"],
+                        help="the backbone's precision (linear models only; the bundle must hold it): "
+                             "int8 for the CPU, fp16 for CUDA")
     encode.add_argument("--no-progress", action="store_true", help="no progress bar")
     encode.add_argument("--engine", default="local", choices=["local", "ray"],
                         help="ray: encode the chunks on Ray workers (needs the ray extra; the output is the same)")
     encode.add_argument("--ray-address", metavar="ADDR",
-                        help="with --engine ray: join this Ray cluster (default: start a local Ray instance)")
+                        help="with --engine ray: join this Ray cluster (default: $RAY_ADDRESS, else start a local "
+                             "Ray instance); refused if it does not answer within "
+                             f"{CONNECT_TIMEOUT_S} s")
     encode.add_argument("--workers", type=int, help="with --engine ray: Ray workers (default: one per --threads "
                                                     "CPUs of the cluster); each loads the models once")
     encode.add_argument("--gpus-per-worker", type=float,

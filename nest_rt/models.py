@@ -420,12 +420,16 @@ def encode_models(models: list[EncodingModel], images: Any, device: str = "auto"
 
 
 def iter_responses(models: list[EncodingModel], stimulus: Stimulus, device: str = "auto",
-                   on_batch: Callable[[int], Any] | None = None) -> Iterator[tuple[int, int, int, Any]]:
+                   on_batch: Callable[[int], Any] | None = None,
+                   name_images: Callable[[np.ndarray], str] = lambda positions: f"images {positions.tolist()}"
+                   ) -> Iterator[tuple[int, int, int, Any]]:
     """Yield ``(model_index, start, stop, block)``: the responses of model ``model_index`` to images
     ``start:stop``, checked to be finite.
 
     Images are decoded once per batch; models that share a backbone share its features
     for each batch. ``on_batch(n)`` is called after each decoded batch of n images.
+    ``name_images(positions)`` names images of the stimulus in errors (default: their positions,
+    which are the caller's indices when the stimulus is the caller's own list or array).
     """
     devices = [model.device if device == "auto" else resolve_device(device) for model in models]
     stream_heads = _stream_heads(models)
@@ -442,7 +446,7 @@ def iter_responses(models: list[EncodingModel], stimulus: Stimulus, device: str 
                 stop = min(start + step, len(batch.images))
                 shared["position"] = (start, stop)
                 block = model.run_batch(batch.images[start:stop], model_device, shared)
-                _check_block(block, batch.start + start, stop - start, shapes[index], model)
+                _check_block(block, batch.start + start, stop - start, shapes[index], model, name_images)
                 yield index, batch.start + start, batch.start + stop, block
         if on_batch is not None:
             on_batch(batch.stop - batch.start)
@@ -471,7 +475,8 @@ def as_arrays(block) -> tuple:
     return block if isinstance(block, tuple) else (block,)
 
 
-def _check_block(block, start: int, count: int, shapes: list[tuple], model: EncodingModel) -> None:
+def _check_block(block, start: int, count: int, shapes: list[tuple], model: EncodingModel,
+                 name_images: Callable[[np.ndarray], str]) -> None:
     """A block must have the model's declared shape (else its rows would land in the wrong place)
     and only finite values."""
     found = [values.shape for values in as_arrays(block)]
@@ -483,7 +488,7 @@ def _check_block(block, start: int, count: int, shapes: list[tuple], model: Enco
         if not finite.all():
             bad = np.flatnonzero(~finite) + start
             raise NonFiniteOutputError(f"{model.describe_output()} produced NaN or infinite responses "
-                                       f"for images {bad[:10].tolist()}")
+                                       f"for {name_images(bad[:10])}")
 
 
 def _progress(total: int, enabled: bool):

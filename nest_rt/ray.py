@@ -20,7 +20,9 @@ Two entry points:
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import socket
 import signal
 import threading
 from typing import Any
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import interrupts
-from .errors import InvalidParameterError, MissingExtraError, RunStateError
+from .errors import InvalidParameterError, MissingExtraError, ResourceError, RunStateError
 
 # A chunk whose worker died is given to another worker at most this many times: a chunk that
 # kills every worker it meets (an image that crashes the decoder) must stop the run, not loop.
@@ -40,6 +42,12 @@ MAX_WORKER_RESTARTS = 10
 # With no chunk in flight, how long the run waits for a worker to start before it stops: a cluster
 # that cannot place any worker (too few CPUs or GPUs for what each asks) must not wait forever.
 WORKER_START_TIMEOUT_S = 600
+# Workers (and threads per worker) of a run: more than any cluster's CPUs, so a typo, not a plan
+# (each worker is an actor that loads every model of the run).
+MAX_WORKERS = 1024
+# How long joining a cluster may wait for its address to accept a connection. Ray itself retries an
+# address that does not answer for about 12 minutes (20 tries of its GCS client, each ~35 s).
+CONNECT_TIMEOUT_S = 10
 
 
 def _import_ray():
@@ -64,10 +72,10 @@ class RayEngine:
     def __init__(self, address: str | None = None, workers: int | None = None, threads: int | None = None,
                  gpus_per_worker: float = 0.0):
         for name, value in (("--workers", workers), ("--threads", threads)):
-            if value is not None and value < 1:
-                raise InvalidParameterError(f"{name} must be >= 1, got {value}")
-        if gpus_per_worker < 0:
-            raise InvalidParameterError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+            if value is not None and not 1 <= value <= MAX_WORKERS:
+                raise InvalidParameterError(f"{name} must be 1 to {MAX_WORKERS}, got {value}")
+        if not 0 <= gpus_per_worker <= MAX_WORKERS:  # and not NaN
+            raise InvalidParameterError(f"--gpus-per-worker must be 0 to {MAX_WORKERS}, got {gpus_per_worker}")
         _import_ray()  # a missing extra fails before the run's folder is made
         self.address, self.workers, self.threads, self.gpus_per_worker = address, workers, threads, gpus_per_worker
 
@@ -75,24 +83,27 @@ class RayEngine:
         return {"kind": "ray", "address": self.address or "local", "workers": self.workers,
                 "threads_per_worker": self.threads, "gpus_per_worker": self.gpus_per_worker}
 
+    @contextlib.contextmanager
+    def connected(self):
+        """Join the cluster (or start a local Ray instance, stopped at the end) for the length of
+        the block. An encode run connects before it touches --out, so that a cluster that does not
+        answer fails in seconds with one line, not after minutes and with a half-made run folder."""
+        ray = _import_ray()
+        self._started_here = not ray.is_initialized()
+        if self._started_here:
+            _init(ray, self.address)
+        try:
+            yield
+        finally:
+            if self._started_here and ray.is_initialized():
+                ray.shutdown()
+
     def start(self, bundle_dir, model_specs: list[str], imageset: str, device: str, num_threads: int | None,
               precision: str, inputs, log) -> "_RunOnRay":
+        """Start the workers on the cluster joined by ``connected()``."""
         ray = _import_ray()
-        started_here = not ray.is_initialized()
-        if started_here:
-            on_sigterm = signal.getsignal(signal.SIGTERM)
-            ray.init(address=self.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-                     configure_logging=False)
-            if on_sigterm is not None and threading.current_thread() is threading.main_thread():
-                # ray.init replaces it with sys.exit(15); keep the caller's (nest-rt: stop as on Ctrl-C, exit 143)
-                signal.signal(signal.SIGTERM, on_sigterm)
-        try:
-            return self._start_workers(ray, started_here, bundle_dir, model_specs, imageset, device, num_threads,
-                                       precision, inputs, log)
-        except BaseException:
-            if started_here:
-                ray.shutdown()
-            raise
+        return self._start_workers(ray, self._started_here, bundle_dir, model_specs, imageset, device, num_threads,
+                                   precision, inputs, log)
 
     def _start_workers(self, ray, started_here: bool, bundle_dir, model_specs: list[str], imageset: str, device: str,
                        num_threads: int | None, precision: str, inputs, log) -> "_RunOnRay":
@@ -106,6 +117,9 @@ class RayEngine:
                                             f"{gpus:g} GPUs")
             workers = self.workers or min(workers, int(gpus // self.gpus_per_worker))
         self.workers, self.threads = workers, threads
+        if threads > cpus or workers * min(threads, cpus) > cpus:
+            log(f"warning: {workers} workers of {threads} thread(s) ask for more than the cluster's {cpus} CPUs; "
+                "the workers beyond them wait for CPUs, and threads beyond the cores slow the run down")
         worker_class = ray.remote(max_restarts=MAX_WORKER_RESTARTS)(_ChunkWorker).options(
             num_cpus=min(threads, cpus), num_gpus=self.gpus_per_worker)
         shared_inputs = ray.put(inputs)  # the image list once in the object store, not once per worker
@@ -116,6 +130,57 @@ class RayEngine:
             + f" on a cluster of {cpus} CPUs" + (f" and {gpus:g} GPUs" if gpus else "")
             + (f" at {self.address}" if self.address else " (local)"))
         return _RunOnRay(ray, actors, started_here, shared_inputs, log)
+
+
+def _init(ray, address: str | None) -> None:
+    """ray.init, with a bounded wait for a cluster's address (--ray-address, else $RAY_ADDRESS)."""
+    named = f"--ray-address {address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS', '')}"
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    joining = address not in (None, "auto", "local")
+    if joining:
+        _check_reachable(address, named)
+    # one try of Ray's GCS client, not 20: the address answered just now (a value the user set is kept)
+    wait = {"RAY_gcs_server_port_wait_time_s": os.environ.get("RAY_gcs_server_port_wait_time_s", "1")}
+    on_sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        with _environment(wait if joining else {}):
+            ray.init(address=address, include_dashboard=False, logging_level="ERROR",
+                     log_to_driver=False, configure_logging=False)
+    except ConnectionError as exc:
+        raise ResourceError(f"{named}: no Ray cluster answers there ({_reason(exc)})") from None
+    finally:
+        if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+            # ray.init replaces it with sys.exit(15); keep the caller's (nest-rt: stop as on Ctrl-C, exit 143)
+            signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _check_reachable(address: str, named: str) -> None:
+    """Refuse an address (host:port, or ray://host:port) that accepts no connection within CONNECT_TIMEOUT_S."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidParameterError(f"{named}: expected HOST:PORT (for example 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = f"no answer in {CONNECT_TIMEOUT_S} s" if isinstance(exc, TimeoutError) else (exc.strerror or exc)
+        raise ResourceError(f"{named}: no Ray cluster answers there ({reason}); "
+                            "start one (ray start --head) or leave out --ray-address and RAY_ADDRESS "
+                            "for a local Ray instance") from None
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    """These environment variables set for the length of the block, then put back."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class _RunOnRay:

@@ -49,6 +49,11 @@ from .run_files import (LOCK, PARTIAL, PROGRESS, RUN_FORMAT, RUN_RECORD, TEMPORA
                         locked, read_run_record, write_failure, write_h5, write_json_atomically)
 
 DEFAULT_CHUNK_SIZE = 256
+# A chunk is the unit that is redone after an interruption; larger than any image list needs.
+MAX_CHUNK_SIZE = 1_000_000
+# onnxruntime threads per session. Beyond the cores of the largest machines, a typo (--threads 3000
+# started 3000 OS threads per graph, for minutes); above this machine's cores only a warning.
+MAX_THREADS = 1024
 
 
 # -- what to encode ----------------------------------------------------------------------------
@@ -125,13 +130,27 @@ def _subjects(spec: str, values: list[str], model_id: str, exported: list) -> li
     expanded = []
     for value in values:  # numbered subjects also as ranges: 1-4
         low, dash, high = value.partition("-")
-        expanded += ([str(n) for n in range(int(low), int(high) + 1)] if dash and low.isdigit() and high.isdigit()
-                     else [value])
+        expanded += _subject_range(spec, value, model_id) if dash and low.isdigit() and high.isdigit() else [value]
     try:
         return [catalog.subject_key(model_id, value) for value in expanded]
     except (TypeError, ValueError) as exc:
         raise InvalidParameterError(f"--model {spec!r}: subjects must be {catalog.subjects(model_id)} or 'all', "
                                     f"got {values}") from exc
+
+
+def _subject_range(spec: str, value: str, model_id: str) -> list[str]:
+    """'1-4' -> ['1', '2', '3', '4'], its size checked against the model's subjects before it is
+    expanded (subjects=1-40000000 would otherwise fill gigabytes before its error)."""
+    low, _, high = value.partition("-")
+    known = catalog.subjects(model_id)
+    try:
+        first, last = int(low), int(high)
+    except ValueError:  # more digits than Python converts
+        first, last = 1, 0
+    if not first <= last < first + len(known):
+        raise InvalidParameterError(f"--model {spec!r}: subjects {value} is not a range within {model_id}'s "
+                                    f"subjects {known}")
+    return [str(n) for n in range(first, last + 1)]
 
 
 def _axis_size(entry: dict, key_spec: dict) -> int:
@@ -363,8 +382,9 @@ def encode_run(bundle_dir: str | Path, inputs: RunInputs, model_specs: list[str]
     """Encode ``inputs`` with every requested model into ``out``; resume a matching unfinished
     run there. Returns the finished run record. ``engine`` (nest_rt.ray.RayEngine) runs the
     chunks on a Ray cluster; this process still plans, writes and records them."""
-    if chunk_size < 1:
-        raise InvalidParameterError(f"--chunk-size must be >= 1, got {chunk_size}")
+    if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+        raise InvalidParameterError(f"--chunk-size must be 1 to {MAX_CHUNK_SIZE}, got {chunk_size}")
+    _check_threads(num_threads, log if engine is None else None)  # Ray's workers run on the cluster's cores
     if not imageset or "/" in imageset or imageset.startswith("."):
         raise InvalidParameterError(f"--imageset must be a plain folder name, got {imageset!r}")
     out = Path(out)
@@ -372,6 +392,7 @@ def encode_run(bundle_dir: str | Path, inputs: RunInputs, model_specs: list[str]
     # (so that a driver without the workers' GPUs can run a --device cuda or fp16 run)
     nest = NEST(bundle_dir, num_threads=num_threads, precision=precision if engine is None else "fp32")
     chunks = chunk_ranges(inputs.total, chunk_size, shard)  # cheap checks before the models load
+    _check_precision(nest.bundle, precision, model_specs)
     start, stop = chunks[0][1], chunks[-1][2]
     outputs = planned_outputs(nest, model_specs, imageset, device if engine is None else "cpu")
     identity = {
@@ -389,8 +410,9 @@ def encode_run(bundle_dir: str | Path, inputs: RunInputs, model_specs: list[str]
               "outputs": [_output_record(o, stop - start, h5) for o in outputs], "versions": versions(),
               "devices": sorted({o.model.device for o in outputs}) if engine is None else [device],
               "engine": {"kind": "local"} if engine is None else engine.describe()}
-    _make_folder(out)
-    with locked(out):  # before looking at the folder: a second encode starting now waits for none of it
+    # with Ray, the cluster is joined first: one that does not answer fails before --out is touched;
+    # the folder is locked before it is looked at: a second encode starting now waits for none of it
+    with engine.connected() if engine is not None else contextlib.nullcontext(), locked(_made(out)):
         _check_folder(out)
         state = _resume_state(out, identity)
         if state is None:  # the run is already complete
@@ -432,6 +454,38 @@ def encode_run(bundle_dir: str | Path, inputs: RunInputs, model_specs: list[str]
         return _finish(out, outputs, record, h5)
 
 
+def _check_threads(num_threads: int | None, log=None) -> None:
+    """Refuse a thread count no machine has (onnxruntime starts that many OS threads in each of
+    the run's sessions, one per graph); with ``log``, warn above this machine's cores, where every
+    thread more makes the run slower (16 threads on 2 cores: 7x)."""
+    if num_threads is None:
+        return
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or not 1 <= num_threads <= MAX_THREADS:
+        raise InvalidParameterError(f"--threads must be 1 to {MAX_THREADS}, got {num_threads!r}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if log is not None and num_threads > cores:
+        log(f"warning: --threads {num_threads} is more than the {cores} CPU cores this process may use; "
+            "onnxruntime runs slower with more threads than cores")
+
+
+def _check_precision(bundle: Bundle, precision: str, model_specs: list[str]) -> None:
+    """A precision other than fp32 picks a lower-precision backbone: refuse it for a run whose
+    models have no backbone (fwRF), where it would be recorded but change nothing, and when the
+    bundle lacks it (checked here too for Ray runs, whose driver plans the models in fp32)."""
+    if precision == "fp32":
+        return
+    model_ids = sorted({catalog.canonical_id(str(spec).split(":")[0]) for spec in model_specs})
+    backbones = sorted({catalog.model_entry(m)["backbone"] for m in model_ids if catalog.is_linear(m)})
+    if not backbones:
+        raise InvalidParameterError(f"--precision {precision}: only the backbones of the linear models have other "
+                                    f"precisions, and {', '.join(model_ids)} has none; use --precision fp32")
+    for name in backbones:
+        available = ["fp32", *bundle.manifest.get("backbones", {}).get(name, {}).get("precisions", {})]
+        if precision not in available:
+            raise InvalidParameterError(f"--precision {precision}: the bundle's {name} backbone has "
+                                        f"{', '.join(available)}; export one with --precisions {precision}")
+
+
 def _finishing(out: Path, outputs: list[Output]) -> bool:
     """Whether an earlier process was interrupted while renaming finished files into place."""
     return any((out / o.array_file(a)).exists() for o in outputs for a in o.shapes)
@@ -454,6 +508,12 @@ def _json_ready(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _made(out: Path) -> Path:
+    """``out``, created if need be (see _make_folder)."""
+    _make_folder(out)
+    return out
 
 
 def _make_folder(out: Path) -> None:
@@ -589,7 +649,14 @@ def chunk_items(inputs: RunInputs, models: list[EncodingModel], chunk: int, star
     bytes."""
     failed: list[dict] = []
     stimulus, order = inputs.stimulus(start, stop, failed)
-    for index, block_start, block_stop, block in iter_responses(models, stimulus, device, on_batch=on_batch):
+
+    def name_images(positions: np.ndarray) -> str:  # the stimulus is sorted by image size: its rows say
+        rows = (order[positions] + start).tolist()
+        if inputs.images is None:
+            return f"rows {rows} of {inputs.array_info['path']}"
+        return f"row{'s' * (len(rows) > 1)} " + ", ".join(f"{row} ({inputs.images.paths[row]})" for row in rows)
+    for index, block_start, block_stop, block in iter_responses(models, stimulus, device, on_batch=on_batch,
+                                                                name_images=name_images):
         yield index, order[block_start:block_stop] + start, as_arrays(block)
     yield ChunkDone(chunk, failed)
 

@@ -6,10 +6,17 @@ to keep the suite fast; the code paths are those of full-size toolkits.
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# A suite started with SIGINT ignored (`nohup bash tests/run.sh &` from a script) would pass that on:
+# Python keeps an inherited SIG_IGN, and so does nest_rt.interrupts, on purpose. The interrupt tests
+# need Ctrl-C's usual disposition here and in the processes they start: a Python handler becomes
+# SIG_DFL in a child at exec, where an ignored signal would stay ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 torch = pytest.importorskip("torch", reason="these tests need the export extra")
 

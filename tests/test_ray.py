@@ -162,6 +162,28 @@ def test_workers_that_cannot_start_stop_the_run_with_their_error(vit_bundle, ima
     assert "could not start" in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("where", ["--ray-address", "RAY_ADDRESS"])
+def test_a_cluster_address_that_does_not_answer_is_refused_before_the_run_folder_is_made(bundle_dir, images_dir,
+                                                                                         tmp_path, where):
+    """Ray alone retries such an address for about 12 minutes, and the run had written its folder."""
+    import socket
+    with socket.socket() as unused:  # a port nothing listens on: bound, never listening
+        unused.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{unused.getsockname()[1]}"
+        out = tmp_path / "run"
+        command = [sys.executable, "-m", "nest_rt.cli", "encode", str(images_dir), "--bundle", str(bundle_dir),
+                   "--model", "fwrf:roi=V1", "--out", str(out), "--no-progress", "--engine", "ray"]
+        env = {**os.environ, "RAY_ADDRESS": address}
+        if where == "--ray-address":
+            command += ["--ray-address", address]
+            env.pop("RAY_ADDRESS")
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    named = f"--ray-address {address}" if where == "--ray-address" else f"RAY_ADDRESS={address}"
+    assert result.returncode == 2 and result.stderr.startswith(f"nest-rt encode: {named}: no Ray cluster answers "
+                                                                "there (Connection refused)"), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not out.exists()
+
+
 def test_more_gpus_per_worker_than_the_cluster_has_is_refused(vit_bundle, images_dir, tmp_path):
     result = subprocess.run(encode_command(vit_bundle, images_dir, tmp_path / "run", "--engine", "ray",
                                            "--gpus-per-worker", "1"), capture_output=True, text=True, timeout=600)

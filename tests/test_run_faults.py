@@ -31,7 +31,7 @@ SPECS = ["fwrf:roi=V1,lateral"]
 
 def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "nest_rt.cli", *args], capture_output=True, text=True,
-                          timeout=600, **kwargs)
+                          **{"timeout": 600, **kwargs})
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +277,80 @@ def test_a_stop_swallowed_by_a_finaliser_still_stops_the_run(bundle_dir, stack, 
     assert before == (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), sys.unraisablehook)
     monkeypatch.setattr(runs, "chunk_items", real_chunk_items)
     assert encode(bundle_dir, stack, tmp_path / "later")["status"] == "complete"  # the stop ended with main()
+
+
+# -- arguments checked before anything is allocated or written ------------------------------------
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_a_precision_that_the_run_s_models_lack_is_refused_before_anything_is_written(bundle_dir, stack, tmp_path,
+                                                                                      precision):
+    """fwRF models have no backbone, so no other precision: it would be recorded and change nothing."""
+    out = tmp_path / "out"
+    result = cli("encode", str(stack), "--bundle", str(bundle_dir), "--model", SPECS[0], "--out", str(out),
+                 "--precision", precision, "--no-progress")
+    assert result.returncode == 2 and result.stderr.startswith(f"nest-rt encode: --precision {precision}: only "
+                                                                "the backbones of the linear models"), result.stderr
+    assert "fmri-nsd-fwrf has none; use --precision fp32" in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("argument, value, expected", [("--chunk-size", "1000000000000", "must be 1 to 1000000"),
+                                                       ("--threads", "3000", "must be 1 to 1024")])
+def test_numbers_beyond_any_use_are_refused_before_anything_is_written(bundle_dir, stack, tmp_path, argument, value,
+                                                                       expected):
+    """--threads 3000 ran for minutes (3000 onnxruntime threads per graph)."""
+    out = tmp_path / "out"
+    result = cli("encode", str(stack), "--bundle", str(bundle_dir), "--model", SPECS[0], "--out", str(out),
+                 argument, value, "--no-progress", timeout=120)
+    assert result.returncode == 2 and result.stderr == f"nest-rt encode: {argument} {expected}, got {value}\n"
+    assert not out.exists()
+
+
+def test_more_threads_than_cores_is_a_warning(bundle_dir, stack, tmp_path):
+    cores = len(os.sched_getaffinity(0))
+    result = cli("encode", str(stack), "--bundle", str(bundle_dir), "--model", "fwrf:roi=V1", "--out",
+                 str(tmp_path / "out"), "--threads", str(cores + 1), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert (f"warning: --threads {cores + 1} is more than the {cores} CPU cores this process may use; "
+            "onnxruntime runs slower with more threads than cores") in result.stdout
+
+
+def test_a_subject_range_is_checked_before_it_is_expanded(bundle_dir):
+    """subjects=1-40000000 filled 3.2 GB with subject names before its error."""
+    import tracemalloc
+    from nest_rt.bundle import Bundle
+    from nest_rt.errors import InvalidParameterError
+    from nest_rt.runs import parse_model_spec
+    bundle = Bundle(bundle_dir)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidParameterError, match=r"subjects 1-1000000 is not a range within fmri-nsd-fwrf's "
+                                                        r"subjects \[1, 2, 3, 4, 5, 6, 7, 8\]"):
+            parse_model_spec("fwrf:subjects=1-1000000:roi=V1", bundle)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, f"{peak} bytes allocated to check the range"
+
+
+def test_a_non_finite_response_names_the_run_s_row_and_its_file(bundle_dir, tmp_path, monkeypatch):
+    """A chunk's images are grouped by size before they are encoded: the error must name the row of
+    the run and its file, not the image's place in that grouping (here row 9 comes first in chunk 2)."""
+    from PIL import Image
+    from nest_rt import models
+    from nest_rt.errors import NonFiniteOutputError
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for row in range(12):
+        side, value = (48, 200) if row == 9 else (64, row)
+        Image.fromarray(np.full((side, side, 3), value, np.uint8)).save(folder / f"image{row:02d}.png")
+    real_run_batch = models.FwrfEncodingModel.run_batch
+
+    def run_batch(self, images, device, shared):  # a graph that gives NaN for row 9's image only
+        responses = real_run_batch(self, images, device, shared)
+        responses[images[:, 0, 0, 0] == 200] = np.nan
+        return responses
+    monkeypatch.setattr(models.FwrfEncodingModel, "run_batch", run_batch)
+    with pytest.raises(NonFiniteOutputError) as error:
+        encode_run(bundle_dir, RunInputs([str(folder)], report=quiet), ["fwrf:roi=V1"], tmp_path / "out",
+                   imageset="set", show_progress=False, log=quiet, chunk_size=4)
+    assert str(error.value).endswith(f"produced NaN or infinite responses for row 9 ({folder / 'image09.png'})")
