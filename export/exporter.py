@@ -22,7 +22,7 @@ from nest_rt import catalog
 from nest_rt.bundle import BUNDLE_FORMAT, BUNDLE_MANIFEST, sha256_file
 
 from . import toolkit
-from .artifacts import ExportError
+from .errors import ExportError
 from .contract import STANDARD_DOMAIN, operator_domains
 from .fwrf_export import FWRF, export_fwrf, fwrf_jobs
 from .onnx_graph import OPSET

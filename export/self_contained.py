@@ -19,7 +19,7 @@ import numpy as np
 
 from nest_rt.models import BACKBONE_BATCH
 
-from .artifacts import ExportError
+from .errors import ExportError
 from .contract import IMAGES_INPUT, contract_header, write_sidecar
 from .onnx_graph import INPUT_NAME
 from .parity import compare

@@ -23,7 +23,7 @@ from berg_reference import upstream_features, upstream_responses
 from nest_rt import BERG, NEST, BERGError, NESTError
 from nest_rt.runs import RunInputs, encode_run
 from nest_rt_export import exporter, synthetic, synthetic_berg, synthetic_vit, toolkit
-from nest_rt_export.artifacts import ExportError
+from nest_rt_export.errors import ExportError
 from nest_rt_export.parity import END_TO_END_TOLERANCE, compare, within
 
 from conftest import assert_nest_error, count_backbone_calls, quiet, write_png_folder

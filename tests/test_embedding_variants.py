@@ -20,7 +20,7 @@ from onnx.reference import ReferenceEvaluator
 
 from nest_rt import NEST, cli
 from nest_rt_export import exporter, synthetic, synthetic_vit
-from nest_rt_export.artifacts import ExportError
+from nest_rt_export.errors import ExportError
 from nest_rt_export.contract import IMAGES_INPUT, STANDARD_DOMAIN
 from nest_rt_export.parity import END_TO_END_TOLERANCE, compare, within
 from nest_rt_export.self_contained import SPLIT_TOLERANCE
