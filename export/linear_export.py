@@ -275,6 +275,65 @@ def _check_head(model_id: str, where: str, scaler: dict, pcas: list, regressions
     return used
 
 
+def _folded_head(scaler: dict, pcas: list, regressions: list, per_block: bool,
+                 used: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The head graph's four weight inputs: pca_matrix, pca_bias (folded_pca), coef [P, K, O]
+    and intercept [P, O]."""
+    if per_block:  # [P, K, rows]: each block after its own PCA
+        coef = np.stack([np.asarray(r["coef_"], np.float32).T for r in regressions])
+        intercept = np.stack([np.asarray(r["intercept_"], np.float32) for r in regressions])
+        pca_matrix, pca_bias = folded_pca(scaler, pcas, used)
+    else:  # [1, K, all rows]: every block after the one PCA
+        coef = np.concatenate([np.asarray(r["coef_"], np.float32) for r in regressions]).T[None]
+        intercept = np.concatenate([np.asarray(r["intercept_"], np.float32) for r in regressions])[None]
+        pca_matrix, pca_bias = folded_pca(scaler, pcas[:1], used)
+    return pca_matrix, pca_bias, np.ascontiguousarray(coef), intercept
+
+
+def _head_sidecar(model_id: str, subject, variant: str, names: dict, inputs: dict, weight_files: dict,
+                  metadata: dict, per_block: bool, used: int, toolkit_format: dict, source_records: list,
+                  parity: dict) -> dict[str, Any]:
+    """A head's sidecar: its contract (what it takes and gives), its toolkit format, sources and parity."""
+    pca_matrix, pca_bias, coef, intercept = (inputs[name] for name in
+                                             (PCA_MATRIX_NAME, PCA_BIAS_NAME, COEF_NAME, INTERCEPT_NAME))
+    blocks, outputs = coef.shape[0], coef.shape[2]
+    backbone_graph = catalog.load_manifest()["backbones"][backbone_of(model_id)]["graph"]
+    contract = contract_header(
+        role="head", model_id=model_id, subject=subject, variant=variant, backbone=backbone_of(model_id),
+        graph=names["head"],
+        inputs=[graph_output_input(FEATURES_NAME, "float32", ["N", int(pca_matrix.shape[0])], backbone_graph,
+                                   FEATURES_NAME),
+                *[file_input(name, "float32", list(inputs[name].shape), path) for name, path in weight_files.items()]],
+        outputs=[{"name": RESPONSES_NAME, "dtype": "float32", "shape": ["N", int(blocks * coef.shape[2])],
+                  "arrays": output_arrays(model_id, metadata, blocks)}],
+        selection=("output column j is block p = j // O, column o = j % O (O = coef.shape[2]): components of "
+                   "block p @ coef[p, :, o] + intercept[p, o]. To compute fewer outputs, feed coef[:, :, J] and "
+                   "intercept[:, J] for the columns J you want: with P = 1 any J (columns of the arrays, C order "
+                   "over each array's shape); with P > 1 the same o in every block, and the output holds "
+                   "block after block"),
+        recommended_batch=HEAD_BATCH,
+        memory={"weights_bytes": int(pca_matrix.nbytes + pca_bias.nbytes + coef.nbytes + intercept.nbytes),
+                "working_bytes_per_image": int(4 * (pca_matrix.shape[0] + pca_matrix.shape[1]
+                                                    + blocks * coef.shape[2]))})
+    sidecar = {
+        "contract": contract,
+        "model_id": model_id, "subject": subject, "variant": variant, "backbone": backbone_of(model_id),
+        "toolkit_format": toolkit_format,
+        "features": backbone_features(backbone_of(model_id)),
+        "components": int(used), "pca_blocks": int(blocks), "outputs": int(outputs),
+        "output_arrays": catalog.model_entry(model_id)["outputs"],
+        "output_layout": ("responses[:, p*O + o] = block p's regression row o" if per_block else
+                          "responses: the regression blocks' rows one after the other"),
+        "inputs": {FEATURES_NAME: ["N", "features"], PCA_MATRIX_NAME: ["features", int(blocks * used)],
+                   PCA_BIAS_NAME: [int(blocks * used)], COEF_NAME: [int(blocks), int(used), "O"],
+                   INTERCEPT_NAME: [int(blocks), "O"]},
+        "opset": OPSET,
+        "provenance": {"sources": source_records},
+        "parity": parity,
+    }
+    return sidecar
+
+
 def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes) -> WrittenHead:
     """Write one subject's (and variant's) head and check it against the reference."""
     import onnx
@@ -287,15 +346,7 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes
     metadata = toolkit.load_npy_dict(files["metadata"])
     scaler, pcas, regressions, per_block = toolkit.head_blocks(weights, model_id, where)
     used = _check_head(model_id, where, scaler, pcas, regressions, metadata)
-    if per_block:  # [P, K, rows]: each block after its own PCA
-        coef = np.stack([np.asarray(r["coef_"], np.float32).T for r in regressions])
-        intercept = np.stack([np.asarray(r["intercept_"], np.float32) for r in regressions])
-        pca_matrix, pca_bias = folded_pca(scaler, pcas, used)
-    else:  # [1, K, all rows]: every block after the one PCA
-        coef = np.concatenate([np.asarray(r["coef_"], np.float32) for r in regressions]).T[None]
-        intercept = np.concatenate([np.asarray(r["intercept_"], np.float32) for r in regressions])[None]
-        pca_matrix, pca_bias = folded_pca(scaler, pcas[:1], used)
-    coef = np.ascontiguousarray(coef)
+    pca_matrix, pca_bias, coef, intercept = _folded_head(scaler, pcas, regressions, per_block, used)
     blocks = coef.shape[0]
     label = catalog.subject_label(subject)
     names = {key: pattern.format(subject_label=label, variant=variant)
@@ -330,39 +381,9 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes
     source_records = record_sources(nest_dir, list(files.values()), manifest)
     outputs = coef.shape[2]
     backbone_graph = catalog.load_manifest()["backbones"][backbone_of(model_id)]["graph"]
-    contract = contract_header(
-        role="head", model_id=model_id, subject=subject, variant=variant, backbone=backbone_of(model_id),
-        graph=names["head"],
-        inputs=[graph_output_input(FEATURES_NAME, "float32", ["N", int(pca_matrix.shape[0])], backbone_graph,
-                                   FEATURES_NAME),
-                *[file_input(name, "float32", list(inputs[name].shape), path) for name, path in weight_files.items()]],
-        outputs=[{"name": RESPONSES_NAME, "dtype": "float32", "shape": ["N", int(blocks * coef.shape[2])],
-                  "arrays": output_arrays(model_id, metadata, blocks)}],
-        selection=("output column j is block p = j // O, column o = j % O (O = coef.shape[2]): components of "
-                   "block p @ coef[p, :, o] + intercept[p, o]. To compute fewer outputs, feed coef[:, :, J] and "
-                   "intercept[:, J] for the columns J you want: with P = 1 any J (columns of the arrays, C order "
-                   "over each array's shape); with P > 1 the same o in every block, and the output holds "
-                   "block after block"),
-        recommended_batch=HEAD_BATCH,
-        memory={"weights_bytes": int(pca_matrix.nbytes + pca_bias.nbytes + coef.nbytes + intercept.nbytes),
-                "working_bytes_per_image": int(4 * (pca_matrix.shape[0] + pca_matrix.shape[1]
-                                                    + blocks * coef.shape[2]))})
-    sidecar = {
-        "contract": contract,
-        "model_id": model_id, "subject": subject, "variant": variant, "backbone": backbone_of(model_id),
-        "toolkit_format": {**found_format, "pca": "one per block" if per_block else "one shared"},
-        "features": backbone_features(backbone_of(model_id)),
-        "components": int(used), "pca_blocks": int(blocks), "outputs": int(outputs),
-        "output_arrays": catalog.model_entry(model_id)["outputs"],
-        "output_layout": ("responses[:, p*O + o] = block p's regression row o" if per_block else
-                          "responses: the regression blocks' rows one after the other"),
-        "inputs": {FEATURES_NAME: ["N", "features"], PCA_MATRIX_NAME: ["features", int(blocks * used)],
-                   PCA_BIAS_NAME: [int(blocks * used)], COEF_NAME: [int(blocks), int(used), "O"],
-                   INTERCEPT_NAME: [int(blocks), "O"]},
-        "opset": OPSET,
-        "provenance": {"sources": source_records},
-        "parity": parity,
-    }
+    sidecar = _head_sidecar(model_id, subject, variant, names, inputs, weight_files, metadata, per_block, used,
+                            {**found_format, "pca": "one per block" if per_block else "one shared"},
+                            source_records, parity)
     write_sidecar(staging, names["head"], names["sidecar"], sidecar,
                    f"nest_rt head of {catalog.model_entry(model_id)['description']}; {where.split(' (')[0]}. "
                    f"Features of {backbone_graph} -> responses; its weights are inputs, read from the .npy "

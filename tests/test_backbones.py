@@ -97,3 +97,11 @@ def test_export_takes_the_older_keywords_and_refuses_two_files_for_one_backbone(
     with pytest.raises(ExportError, match="holds no NEST models"):
         exporter.export_bundle(tmp_path / "toolkit", tmp_path / "bundle", weights={"alexnet": "a.pth"},
                                alexnet_weights="a.pth", log=lambda _: None)
+
+
+def test_demo_passes_its_weights_to_the_export(monkeypatch, tmp_path):
+    from nest_rt import demo
+    calls = []
+    monkeypatch.setattr(demo, "run_demo", lambda *args, **kwargs: calls.append(kwargs))
+    assert cli.main(["demo", "--nest-dir", str(tmp_path), "--weights", "alexnet=a.pth", "--vit-weights", "v.pth"]) == 0
+    assert calls[-1]["weights"] == {"alexnet": Path("a.pth"), "vit_b_32": Path("v.pth")}
