@@ -149,10 +149,9 @@ def worker_upstream(args) -> dict:
     import torch
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     from berg_reference import (alexnet_extractor, files_read_once, upstream_alexnet, upstream_alexnet_features,
-                                upstream_responses)
+                                upstream_responses, vit_extractor, vit_features)
     from nest_rt_export.synthetic_berg import ALEXNET_WEIGHTS_NAME
     from nest_rt_export.synthetic_vit import VIT_WEIGHTS_NAME
-    from nest_rt_export.vit_torch import VitFeatures, load_vit, reference_features
     import_s = time.perf_counter() - imports_started
     torch.set_num_threads(THREADS)
     images = np.load(args.images_file)
@@ -162,7 +161,7 @@ def worker_upstream(args) -> dict:
     def backbone(name: str):
         """(extractor, features function) as upstream's loader builds them for this network."""
         if name == "vit_b_32":
-            return VitFeatures(load_vit(toolkit / VIT_WEIGHTS_NAME)).eval(), reference_features
+            return vit_extractor(toolkit / VIT_WEIGHTS_NAME).eval(), vit_features
         weights = toolkit / ALEXNET_WEIGHTS_NAME if name == "alexnet" else None  # None: seeded, untrained
         return alexnet_extractor(upstream_alexnet(weights)), upstream_alexnet_features
 

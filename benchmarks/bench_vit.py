@@ -185,13 +185,14 @@ def upstream_load(case: str, toolkit_dir: Path, subject: int) -> dict:
     import numpy as np
     from nest_rt_export.synthetic_vit import VIT_WEIGHTS_NAME
     from nest_rt_export.toolkit import LAYOUT_CURRENT, LAYOUT_LEGACY, eeg_files, head_files
-    from nest_rt_export.vit_torch import (VitFeatures, load_vit, sklearn_pca, sklearn_regression,
-                                          sklearn_scaler)
+    from nest_rt_export import backbones
+    from nest_rt_export.head_reference import sklearn_pca, sklearn_regression, sklearn_scaler
 
     def read(path):
         return np.load(path, allow_pickle=True).item()
 
-    model = {"features": VitFeatures(load_vit(toolkit_dir / VIT_WEIGHTS_NAME)).eval(), "case": case}
+    vit = backbones.get("vit_b_32")
+    model = {"features": vit.reference(vit.network(toolkit_dir / VIT_WEIGHTS_NAME)).eval(), "case": case}
     if case == "eeg_legacy":
         files = eeg_files(toolkit_dir, subject, LAYOUT_LEGACY)
         model["scaler"] = sklearn_scaler(read(files["scaler"]))
@@ -227,7 +228,11 @@ def upstream_encode(model: dict, images, breakdown: dict):
     ``breakdown`` collects seconds per stage."""
     import numpy as np
     import torch
-    from nest_rt_export.vit_torch import upstream_transform
+    from nest_rt_export import backbones
+    transform = backbones.get("vit_b_32").transform()
+
+    def upstream_transform(batch):
+        return transform(torch.from_numpy(np.asarray(batch)))
 
     def timed(stage, function, *inputs):
         start = time.perf_counter()

@@ -16,7 +16,7 @@ short by the machine's time limit still returns what it measured. Steps:
 2. a synthetic toolkit (fwRF V1 and lateral at their real voxel counts, EEG in both formats,
    fsaverage, MEG, Utah array, THINGS fMRI) exported with the fp16 backbone;
 3. parity of every model: the CUDA provider against the CPU provider, and against the torch
-   reference (upstream's maths: fwrf_torch, vit_torch, tests/berg_reference.py) run on the card;
+   reference (upstream's maths: fwrf_torch, the ViT-B/32's backbone file, tests/berg_reference.py) run on the card;
 4. fp16: ``precision='fp16'`` on CUDA against fp32 per output, beside the fidelity the export recorded;
 5. IO binding: a head's batch with its weights bound on the device once, and with numpy inputs
    (copied to the device on every call);
@@ -106,7 +106,10 @@ def torch_reference(work: Path, model_id: str, subject, selection: dict, images:
     import torch
     from nest_rt_export import synthetic_vit, toolkit
     from nest_rt_export.fwrf_torch import FwrfReference, preprocess
-    from nest_rt_export.vit_torch import VitFeatures, load_vit, reference_fsaverage, upstream_transform
+    from head_responses import reference_fsaverage
+    from nest_rt_export import backbones
+    vit = backbones.get("vit_b_32")
+    transform = vit.transform()
     tk = work / "toolkit"
     with torch.no_grad():
         if model_id == "fmri-nsd-fwrf":
@@ -117,8 +120,8 @@ def torch_reference(work: Path, model_id: str, subject, selection: dict, images:
                 x = preprocess(images[start:start + 100]).to(device)
                 blocks.append(torch.cat([r(e(x)) for e, r in zip(model.encoders, model.readouts)], dim=1).cpu())
             return torch.cat(blocks).numpy()
-        extractor = VitFeatures(load_vit(tk / synthetic_vit.VIT_WEIGHTS_NAME)).to(device).eval()
-        features = np.concatenate([extractor(upstream_transform(images[s:s + 100]).to(device)).cpu().numpy()
+        extractor = vit.reference(vit.network(tk / synthetic_vit.VIT_WEIGHTS_NAME)).to(device).eval()
+        features = np.concatenate([extractor(transform(torch.from_numpy(images[s:s + 100])).to(device)).cpu().numpy()
                                    for s in range(0, len(images), 100)])
     if model_id == FSAVERAGE:
         weights, _ = toolkit.load_head(tk, FSAVERAGE, subject)

@@ -1,4 +1,4 @@
-"""What every exporter writes besides graphs: errors, pickle-free metadata, source records."""
+"""What every exporter writes besides graphs: pickle-free metadata, source records."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,9 +6,7 @@ from typing import Any
 
 from nest_rt.bundle import sha256_file, write_nested_npz
 
-
-class ExportError(ValueError):
-    """The toolkit or the request cannot be exported."""
+from .errors import ExportError
 
 
 def save_flat_npz(path: Path, nested: dict) -> None:

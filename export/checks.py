@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import ExportError
+from .errors import ExportError
 from .onnx_graph import INPUT_NAME, resize_session
 from .parity import (NON_SQUARE_PROBE_SIZES, RESIZE_PROBE_IMAGES, RESIZE_PROBE_SIZES, network_problems,
                      resize_problems, resize_stats)

@@ -21,8 +21,8 @@ import nest_rt
 from nest_rt import catalog
 from nest_rt.bundle import BUNDLE_FORMAT, BUNDLE_MANIFEST, sha256_file
 
-from . import toolkit
-from .artifacts import ExportError
+from . import backbones, toolkit
+from .errors import ExportError
 from .contract import STANDARD_DOMAIN, operator_domains
 from .fwrf_export import FWRF, export_fwrf, fwrf_jobs
 from .onnx_graph import OPSET
@@ -35,19 +35,21 @@ __all__ = ["ExportError", "export_bundle"]
 
 def export_bundle(nest_dir: str | Path, out: str | Path, models: list[str] | None = None,
                   subjects: list[int] | None = None, rois: list[str] | None = None,
-                  vit_weights: str | Path | None = None, alexnet_weights: str | Path | None = None,
-                  precisions: tuple[str, ...] = (),
+                  weights: dict[str, str | Path] | None = None, precisions: tuple[str, ...] = (),
                   overwrite: bool = False, pregenerated: bool = False,
                   portable: bool = False, self_contained: bool = False,
-                  log: Callable[[str], None] = print) -> Path:
+                  log: Callable[[str], None] = print, vit_weights: str | Path | None = None,
+                  alexnet_weights: str | Path | None = None) -> Path:
     """Export the requested models (default: every model found in the toolkit).
 
     ``subjects`` applies to every model (subjects a model does not have are skipped; TVSD's are
     'N' and 'F'), ``rois`` to the fwRF model. Every training split found is exported (MEG).
-    ``vit_weights`` is a torchvision vit_b_32 state dict and ``alexnet_weights`` an alexnet one;
-    without them the ViT and trained AlexNet models use torchvision's ImageNet weights, downloaded
-    or cached as upstream does (the untrained AlexNet is built from upstream's seed). ``precisions`` adds
-    opt-in backbones ('int8' for the CPU, 'fp16' for CUDA), each with its fidelity against fp32
+    ``weights`` maps a backbone's name (backbones/) to a torchvision state dict for it, e.g.
+    {"vit_b_32": path, "alexnet": path}; a backbone without one gets its own file's default
+    (the ViT and trained AlexNet: torchvision's ImageNet weights, downloaded or cached as upstream
+    does; the untrained AlexNet is built from upstream's seed and takes none). ``vit_weights`` and
+    ``alexnet_weights`` are the older spellings of weights["vit_b_32"] and weights["alexnet"].
+    ``precisions`` adds opt-in backbones ('int8' for the CPU, 'fp16' for CUDA), each with its fidelity against fp32
     recorded. ``pregenerated`` converts the legacy toolkit's pregenerated response metadata to
     npz in the bundle (the .h5 responses stay in the toolkit).
 
@@ -57,6 +59,7 @@ def export_bundle(nest_dir: str | Path, out: str | Path, models: list[str] | Non
     ``self_contained`` adds, for every linear model's subject, one graph of backbone and head
     (uint8 images in, responses out, weights inside; see self_contained.py).
     """
+    weights = _weights_by_backbone(weights, {"vit_b_32": vit_weights, "alexnet": alexnet_weights})
     nest_dir, out = Path(nest_dir).resolve(), Path(out).resolve()
     if not nest_dir.is_dir():
         raise ExportError(f"--nest-dir {nest_dir} is not a directory")
@@ -83,12 +86,24 @@ def export_bundle(nest_dir: str | Path, out: str | Path, models: list[str] | Non
             log(f"exporting {FWRF} subject {subject} roi {roi}")
             export_fwrf(nest_dir, staging, manifest, subject, roi, portable)
         if linear:
-            export_linear(nest_dir, staging, manifest, linear, {"vit_b_32": vit_weights, "alexnet": alexnet_weights},
-                          log, precisions=tuple(precisions), portable=portable, self_contained=self_contained)
+            export_linear(nest_dir, staging, manifest, linear, weights, log, precisions=tuple(precisions),
+                          portable=portable, self_contained=self_contained)
         if portable:
             _refuse_non_standard_operators(staging)
     log(f"bundle written to {out}")
     return out
+
+
+def _weights_by_backbone(weights: dict | None, older: dict[str, Any]) -> dict[str, Any]:
+    """``weights`` with the older keyword arguments (``older``: backbone -> path or None) merged
+    in, checked against the registry; the same backbone given two different paths is refused."""
+    merged = dict(weights or {})
+    for name, path in older.items():
+        if path is not None:
+            if merged.get(name) is not None and Path(merged[name]) != Path(path):
+                raise ExportError(f"two weights files for the {name} backbone: {merged[name]} and {path}")
+            merged[name] = path
+    return backbones.checked_weights(merged)
 
 
 def _refuse_non_standard_operators(staging: Path) -> None:

@@ -11,7 +11,8 @@ from nest_rt.bundle import nested_value
 from nest_rt.models import fwrf_batch_size, fwrf_working_bytes
 
 from . import toolkit
-from .artifacts import ExportError, record_sources, save_flat_npz
+from .artifacts import record_sources, save_flat_npz
+from .errors import ExportError
 from .checks import check_resize, refuse_network
 from .contract import IMAGES_INPUT, contract_header, write_sidecar
 from .fwrf_onnx import INPUT_SIZE, OUTPUT_NAME, build_fwrf_graph

@@ -5,7 +5,7 @@ trained and untrained AlexNet (EEG, fsaverage).
 One graph per backbone serves every subject of every model on it; each subject (and variant) gets a
 folded head, its regression weights as .npy, its metadata as .npz and a sidecar. What differs
 between models (files, keys, output axes) comes from models_manifest.json. Parity against the
-torch + scikit-learn reference (``vit_torch``, ``alexnet_torch``) is checked as parity.py
+torch + scikit-learn reference (each backbone's file in backbones/, head_reference.py) is checked as parity.py
 describes: the backbone's resize against torchvision's, the backbone on identical pixels and each
 head on identical features against float64, and end to end (recorded); a graph outside the
 tolerances is refused. Every graph gets its contract (contract.py).
@@ -21,12 +21,16 @@ from nest_rt import catalog
 from nest_rt.bundle import nested_value
 from nest_rt.models import BACKBONE_BATCH, HEAD_BATCH
 
-from . import toolkit
-from .artifacts import ExportError, record_sources, save_flat_npz
+from . import backbones, toolkit
+from .artifacts import record_sources, save_flat_npz
+from .backbones import Backbone
 from .checks import check_resize, refuse_network
 from .contract import (IMAGES_INPUT, contract_header, describe_graph, file_input, graph_output_input,
                        output_arrays, write_sidecar)
-from .onnx_graph import INPUT_NAME, OPSET
+from .errors import ExportError
+from .head_graph import (COEF_NAME, FEATURES_NAME, INTERCEPT_NAME, PCA_BIAS_NAME, PCA_MATRIX_NAME, RESPONSES_NAME,
+                         folded_pca, head_model)
+from .onnx_graph import INPUT_NAME, OPSET, save_with_external_data
 from .parity import compare, network_stats
 
 PARITY_SIZES = (256, 300)  # the transform's native size (no resize) and one resized size
@@ -68,36 +72,19 @@ def linear_jobs(nest_dir: Path, models: list[str], subjects: list | None,
     return jobs
 
 
-class SourceBackbone:
-    """A backbone as upstream builds it: the torch reference (upstream's feature extractor),
-    the graph to export, upstream's transform and where the weights came from."""
+class SourceBackbone(NamedTuple):
+    """A registered backbone with its network built from the weights the export was given, the
+    torch reference over that network, and the weights' provenance."""
+    backbone: Backbone
+    network: Any
+    reference: Any
+    provenance: dict[str, Any]
 
-    def __init__(self, name: str, weights: dict[str, Any], portable: bool = False):
-        self.name = name
-        if name == "vit_b_32":
-            from torchvision.models import ViT_B_32_Weights
-            from .vit_onnx import backbone_model
-            from .vit_torch import FEATURE_NODES, VitFeatures, load_vit
-            network = load_vit(weights.get(name))
-            self.reference, self.transform = VitFeatures(network), ViT_B_32_Weights.IMAGENET1K_V1.transforms()
-            self.provenance = _weights_provenance(weights.get(name))
-            self.layout = [{"node": node, "shape": [50, 768], "meaning": "class token, then the 7 x 7 patches "
-                            "row by row; 768 dimensions each"} for node in FEATURE_NODES]
-        elif name in ("alexnet", "alexnet_untrained"):
-            from . import alexnet_torch
-            from .alexnet_onnx import backbone_model
-            network = (alexnet_torch.untrained_alexnet() if name == "alexnet_untrained"
-                       else alexnet_torch.load_alexnet(weights.get(name)))
-            self.reference, self.transform = alexnet_torch.AlexNetFeatures(network), alexnet_torch.upstream_transform()
-            self.provenance = alexnet_torch.provenance(name, weights.get(name), network)
-            self.layout = [{"node": node, "shape": shape} for node, shape in
-                           zip(alexnet_torch.FEATURE_NODES, alexnet_torch.NODE_SHAPES)]
-        else:
-            raise ExportError(f"no exporter for backbone {name!r}")
-        self.graph = lambda: backbone_model(network, portable=portable)
-
-
-BACKBONE_TITLES = {"vit_b_32": "ViT-B/32", "alexnet": "AlexNet", "alexnet_untrained": "untrained AlexNet"}
+    @classmethod
+    def build(cls, name: str, weights: dict[str, Any]) -> "SourceBackbone":
+        backbone = backbones.get(name)
+        network = backbone.network(weights.get(name))
+        return cls(backbone, network, backbone.reference(network), backbone.provenance(weights.get(name), network))
 
 
 class WrittenHead(NamedTuple):
@@ -117,23 +104,23 @@ def export_linear(nest_dir: Path, staging: Path, manifest: dict, jobs: dict[str,
     ``portable`` exports the backbones in standard ONNX operators only; ``self_contained`` adds
     one graph per head joining backbone and head (self_contained.py)."""
     for name in dict.fromkeys(backbone_of(model_id) for model_id in jobs):
-        _export_backbone(nest_dir, staging, manifest, name, SourceBackbone(name, weights, portable), log, precisions,
+        _export_backbone(nest_dir, staging, manifest, name, SourceBackbone.build(name, weights), log, precisions,
                          {model_id: pairs for model_id, pairs in jobs.items() if backbone_of(model_id) == name},
-                         self_contained)
+                         self_contained, portable)
 
 
 def _export_backbone(nest_dir, staging, manifest, name, source: SourceBackbone, log, precisions, jobs,
-                     self_contained: bool) -> None:
+                     self_contained: bool, portable: bool) -> None:
     from .self_contained import export_self_contained
-    from .vit_onnx import PREPROCESSING_STEPS, RESIZE, save_with_external_data
-    title = BACKBONE_TITLES[name]
+    backbone = source.backbone
+    title = backbone.title
     log(f"exporting the {title} backbone (shared by every subject of every model on it)")
     backbone_entry = catalog.load_manifest()["backbones"][name]
     graph_path = staging / backbone_entry["graph"]
     graph_path.parent.mkdir(parents=True, exist_ok=True)
-    written = save_with_external_data(source.graph(), graph_path)
-    resize_parity = check_resize(graph_path, RESIZE, f"the {title} backbone graph")
-    probes, parity = _backbone_parity(source, graph_path, title)
+    written = save_with_external_data(backbone.graph(source.network, portable=portable), graph_path)
+    resize_parity = check_resize(graph_path, backbone.preprocessing.resize, f"the {title} backbone graph")
+    probes, parity = _backbone_parity(source.reference, backbone.transform(), graph_path, title)
     manifest.setdefault("backbones", {})[name] = {
         "graph": backbone_entry["graph"], "data": written[1].relative_to(staging).as_posix(),
         "features": backbone_entry["features"],
@@ -150,19 +137,19 @@ def _export_backbone(nest_dir, staging, manifest, name, source: SourceBackbone, 
             if self_contained:
                 log(f"joining the {title} backbone and that head into one self-contained graph")
                 record = export_self_contained(staging, backbone_entry["graph"], head.names, head.weight_files,
-                                               head.responses, probes, PREPROCESSING_STEPS, head.label)
+                                               head.responses, probes, backbone.preprocessing.steps(), head.label)
                 manifest["models"][model_id]["graphs"][str(subject)][variant]["self_contained"] = record
     for precision in precisions:
         log(f"writing the {precision} {title} backbone (opt-in) and measuring its fidelity against fp32")
         manifest["backbones"][name].setdefault("precisions", {})[precision] = _export_precision(
             staging, graph_path, probes, heads, precision)
-    _describe_backbone(staging, manifest["backbones"][name], name, source, title)
+    _describe_backbone(staging, manifest["backbones"][name], backbone)
 
 
-def _describe_backbone(staging: Path, entry: dict, name: str, source: "SourceBackbone", title: str) -> None:
+def _describe_backbone(staging: Path, entry: dict, backbone: Backbone) -> None:
     """The backbone's sidecar (what it takes and gives, where its weights came from, its parity)
     and the same contract stamped into each of its graphs (fp32 and any lower precision)."""
-    from .vit_onnx import FEATURES_NAME, PREPROCESSING_STEPS
+    name, title = backbone.name, backbone.title
     features = int(entry["features"])
     sidecar_name = f"{Path(entry['graph']).parent.as_posix()}/backbone.json"
     graphs = {"fp32": entry["graph"], **{p: v["graph"] for p, v in entry.get("precisions", {}).items()}}
@@ -171,8 +158,8 @@ def _describe_backbone(staging: Path, entry: dict, name: str, source: "SourceBac
         role="backbone", backbone=name, graph=entry["graph"], inputs=[IMAGES_INPUT],
         outputs=[{"name": FEATURES_NAME, "dtype": "float32", "shape": ["N", features],
                   "layout": "each node's output flattened in C order, the nodes concatenated in this order",
-                  "nodes": source.layout}],
-        preprocessing=PREPROCESSING_STEPS,
+                  "nodes": backbone.layout()}],
+        preprocessing=backbone.preprocessing.steps(),
         recommended_batch=BACKBONE_BATCH,
         memory={"weights_bytes": sum((staging / f).stat().st_size for f in weight_files if f),
                 "output_bytes_per_image": 4 * features},
@@ -190,28 +177,27 @@ def _describe_backbone(staging: Path, entry: dict, name: str, source: "SourceBac
             describe_graph(staging, graph, sidecar_name, {**contract, "graph": graph, "precision": precision}, doc)
 
 
-def _backbone_parity(source: SourceBackbone, graph_path: Path, title: str) -> tuple[dict, dict]:
-    """Network and end-to-end parity of the backbone graph (see parity.py); refuses it outside
-    the tolerance. Returns the probes the heads are checked on, per size: (torch features,
-    onnxruntime features, images), and the parity record."""
+def _backbone_parity(reference, transform, graph_path: Path, title: str) -> tuple[dict, dict]:
+    """Network and end-to-end parity of the backbone graph against its torch ``reference`` after
+    upstream's ``transform`` (see parity.py); refuses it outside the tolerance. Returns the probes
+    the heads are checked on, per size: (torch features, onnxruntime features, images), and the
+    parity record."""
     from .onnx_graph import RESIZED_PIXELS, probe_session
     from .synthetic import synthetic_images
-    from .torch_reference import float64_copy
-    from .vit_torch import float64_features, reference_features
-    in_float64 = float64_copy(source.reference)
+    from .torch_reference import float64_copy, float64_features, reference_features
+    in_float64 = float64_copy(reference)
     session = probe_session(graph_path, [RESIZED_PIXELS])
     probes, parity = {}, {}
     for size in PARITY_SIZES:
         images = synthetic_images(PARITY_IMAGES, size, seed=size)
         onnx_features, pixels = session.run(None, {INPUT_NAME: images})
         same_pixels = np.clip(np.round(pixels), 0, 255).astype(np.uint8)  # at 256: no resize upstream
-        on_same_pixels = reference_features(source.reference, same_pixels, transform=source.transform)
+        on_same_pixels = reference_features(reference, same_pixels, transform)
         # where the pixels are the images (the native size), the end-to-end reference is the same run
         same = np.array_equal(same_pixels, images)
-        torch_features = on_same_pixels if same else reference_features(source.reference, images,
-                                                                         transform=source.transform)
+        torch_features = on_same_pixels if same else reference_features(reference, images, transform)
         record = {**compare(torch_features, onnx_features),
-                  "network": network_stats(float64_features(in_float64, same_pixels, source.transform), on_same_pixels,
+                  "network": network_stats(float64_features(in_float64, same_pixels, transform), on_same_pixels,
                                            onnx_features)}
         refuse_network(record, f"the {title} backbone graph", size)
         probes[size], parity[f"size_{size}"] = (torch_features, onnx_features, images), record
@@ -225,7 +211,7 @@ def _export_precision(staging: Path, graph_path: Path, probes: dict, heads: list
     fp16 is measured on the CPU provider with graph optimisations off (the CUDA provider, where
     it is meant to run, is not needed for the measurement)."""
     import onnxruntime as ort
-    from .vit_onnx import PRECISION_WRITERS
+    from .precisions import PRECISION_WRITERS
     path = graph_path.with_name(f"backbone.{precision}.onnx")
     PRECISION_WRITERS[precision](graph_path, path)
     options = ort.SessionOptions()
@@ -248,13 +234,6 @@ def _export_precision(staging: Path, graph_path: Path, probes: dict, heads: list
     if data.is_file():
         record["data"] = data.relative_to(staging).as_posix()
     return record
-
-
-def _weights_provenance(vit_weights) -> dict[str, Any]:
-    from nest_rt.bundle import sha256_file
-    if vit_weights is None:
-        return {"source": "torchvision ViT_B_32_Weights.IMAGENET1K_V1 (vit_b_32-d86f8d99.pth)"}
-    return {"source": str(Path(vit_weights).resolve()), "sha256": sha256_file(Path(vit_weights))}
 
 
 def _check_head(model_id: str, where: str, scaler: dict, pcas: list, regressions: list,
@@ -296,20 +275,10 @@ def _check_head(model_id: str, where: str, scaler: dict, pcas: list, regressions
     return used
 
 
-def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes) -> WrittenHead:
-    """Write one subject's (and variant's) head and check it against the reference."""
-    import onnx
-    import onnxruntime as ort
-    from .vit_onnx import (COEF_NAME, FEATURES_NAME, INTERCEPT_NAME, PCA_BIAS_NAME, PCA_MATRIX_NAME,
-                           RESPONSES_NAME, folded_pca, head_model)
-    from .vit_torch import float64_head, reference_head
-    files = toolkit.head_files(nest_dir, model_id, subject, variant)
-    where = f"{model_id} subject {subject}" + ("" if variant == "all" else f" {variant}") + \
-        f" ({', '.join(str(f) for f in files.values())})"
-    weights, found_format = toolkit.load_head(nest_dir, model_id, subject, variant)
-    metadata = toolkit.load_npy_dict(files["metadata"])
-    scaler, pcas, regressions, per_block = toolkit.head_blocks(weights, model_id, where)
-    used = _check_head(model_id, where, scaler, pcas, regressions, metadata)
+def _folded_head(scaler: dict, pcas: list, regressions: list, per_block: bool,
+                 used: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The head graph's four weight inputs: pca_matrix, pca_bias (folded_pca), coef [P, K, O]
+    and intercept [P, O]."""
     if per_block:  # [P, K, rows]: each block after its own PCA
         coef = np.stack([np.asarray(r["coef_"], np.float32).T for r in regressions])
         intercept = np.stack([np.asarray(r["intercept_"], np.float32) for r in regressions])
@@ -318,7 +287,66 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes
         coef = np.concatenate([np.asarray(r["coef_"], np.float32) for r in regressions]).T[None]
         intercept = np.concatenate([np.asarray(r["intercept_"], np.float32) for r in regressions])[None]
         pca_matrix, pca_bias = folded_pca(scaler, pcas[:1], used)
-    coef = np.ascontiguousarray(coef)
+    return pca_matrix, pca_bias, np.ascontiguousarray(coef), intercept
+
+
+def _head_sidecar(model_id: str, subject, variant: str, names: dict, inputs: dict, weight_files: dict,
+                  metadata: dict, per_block: bool, used: int, toolkit_format: dict, source_records: list,
+                  parity: dict) -> dict[str, Any]:
+    """A head's sidecar: its contract (what it takes and gives), its toolkit format, sources and parity."""
+    pca_matrix, pca_bias, coef, intercept = (inputs[name] for name in
+                                             (PCA_MATRIX_NAME, PCA_BIAS_NAME, COEF_NAME, INTERCEPT_NAME))
+    blocks, outputs = coef.shape[0], coef.shape[2]
+    backbone_graph = catalog.load_manifest()["backbones"][backbone_of(model_id)]["graph"]
+    contract = contract_header(
+        role="head", model_id=model_id, subject=subject, variant=variant, backbone=backbone_of(model_id),
+        graph=names["head"],
+        inputs=[graph_output_input(FEATURES_NAME, "float32", ["N", int(pca_matrix.shape[0])], backbone_graph,
+                                   FEATURES_NAME),
+                *[file_input(name, "float32", list(inputs[name].shape), path) for name, path in weight_files.items()]],
+        outputs=[{"name": RESPONSES_NAME, "dtype": "float32", "shape": ["N", int(blocks * coef.shape[2])],
+                  "arrays": output_arrays(model_id, metadata, blocks)}],
+        selection=("output column j is block p = j // O, column o = j % O (O = coef.shape[2]): components of "
+                   "block p @ coef[p, :, o] + intercept[p, o]. To compute fewer outputs, feed coef[:, :, J] and "
+                   "intercept[:, J] for the columns J you want: with P = 1 any J (columns of the arrays, C order "
+                   "over each array's shape); with P > 1 the same o in every block, and the output holds "
+                   "block after block"),
+        recommended_batch=HEAD_BATCH,
+        memory={"weights_bytes": int(pca_matrix.nbytes + pca_bias.nbytes + coef.nbytes + intercept.nbytes),
+                "working_bytes_per_image": int(4 * (pca_matrix.shape[0] + pca_matrix.shape[1]
+                                                    + blocks * coef.shape[2]))})
+    sidecar = {
+        "contract": contract,
+        "model_id": model_id, "subject": subject, "variant": variant, "backbone": backbone_of(model_id),
+        "toolkit_format": toolkit_format,
+        "features": backbone_features(backbone_of(model_id)),
+        "components": int(used), "pca_blocks": int(blocks), "outputs": int(outputs),
+        "output_arrays": catalog.model_entry(model_id)["outputs"],
+        "output_layout": ("responses[:, p*O + o] = block p's regression row o" if per_block else
+                          "responses: the regression blocks' rows one after the other"),
+        "inputs": {FEATURES_NAME: ["N", "features"], PCA_MATRIX_NAME: ["features", int(blocks * used)],
+                   PCA_BIAS_NAME: [int(blocks * used)], COEF_NAME: [int(blocks), int(used), "O"],
+                   INTERCEPT_NAME: [int(blocks), "O"]},
+        "opset": OPSET,
+        "provenance": {"sources": source_records},
+        "parity": parity,
+    }
+    return sidecar
+
+
+def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes) -> WrittenHead:
+    """Write one subject's (and variant's) head and check it against the reference."""
+    import onnx
+    import onnxruntime as ort
+    from .head_reference import float64_head, reference_head
+    files = toolkit.head_files(nest_dir, model_id, subject, variant)
+    where = f"{model_id} subject {subject}" + ("" if variant == "all" else f" {variant}") + \
+        f" ({', '.join(str(f) for f in files.values())})"
+    weights, found_format = toolkit.load_head(nest_dir, model_id, subject, variant)
+    metadata = toolkit.load_npy_dict(files["metadata"])
+    scaler, pcas, regressions, per_block = toolkit.head_blocks(weights, model_id, where)
+    used = _check_head(model_id, where, scaler, pcas, regressions, metadata)
+    pca_matrix, pca_bias, coef, intercept = _folded_head(scaler, pcas, regressions, per_block, used)
     blocks = coef.shape[0]
     label = catalog.subject_label(subject)
     names = {key: pattern.format(subject_label=label, variant=variant)
@@ -353,39 +381,9 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes
     source_records = record_sources(nest_dir, list(files.values()), manifest)
     outputs = coef.shape[2]
     backbone_graph = catalog.load_manifest()["backbones"][backbone_of(model_id)]["graph"]
-    contract = contract_header(
-        role="head", model_id=model_id, subject=subject, variant=variant, backbone=backbone_of(model_id),
-        graph=names["head"],
-        inputs=[graph_output_input(FEATURES_NAME, "float32", ["N", int(pca_matrix.shape[0])], backbone_graph,
-                                   FEATURES_NAME),
-                *[file_input(name, "float32", list(inputs[name].shape), path) for name, path in weight_files.items()]],
-        outputs=[{"name": RESPONSES_NAME, "dtype": "float32", "shape": ["N", int(blocks * coef.shape[2])],
-                  "arrays": output_arrays(model_id, metadata, blocks)}],
-        selection=("output column j is block p = j // O, column o = j % O (O = coef.shape[2]): components of "
-                   "block p @ coef[p, :, o] + intercept[p, o]. To compute fewer outputs, feed coef[:, :, J] and "
-                   "intercept[:, J] for the columns J you want: with P = 1 any J (columns of the arrays, C order "
-                   "over each array's shape); with P > 1 the same o in every block, and the output holds "
-                   "block after block"),
-        recommended_batch=HEAD_BATCH,
-        memory={"weights_bytes": int(pca_matrix.nbytes + pca_bias.nbytes + coef.nbytes + intercept.nbytes),
-                "working_bytes_per_image": int(4 * (pca_matrix.shape[0] + pca_matrix.shape[1]
-                                                    + blocks * coef.shape[2]))})
-    sidecar = {
-        "contract": contract,
-        "model_id": model_id, "subject": subject, "variant": variant, "backbone": backbone_of(model_id),
-        "toolkit_format": {**found_format, "pca": "one per block" if per_block else "one shared"},
-        "features": backbone_features(backbone_of(model_id)),
-        "components": int(used), "pca_blocks": int(blocks), "outputs": int(outputs),
-        "output_arrays": catalog.model_entry(model_id)["outputs"],
-        "output_layout": ("responses[:, p*O + o] = block p's regression row o" if per_block else
-                          "responses: the regression blocks' rows one after the other"),
-        "inputs": {FEATURES_NAME: ["N", "features"], PCA_MATRIX_NAME: ["features", int(blocks * used)],
-                   PCA_BIAS_NAME: [int(blocks * used)], COEF_NAME: [int(blocks), int(used), "O"],
-                   INTERCEPT_NAME: [int(blocks), "O"]},
-        "opset": OPSET,
-        "provenance": {"sources": source_records},
-        "parity": parity,
-    }
+    sidecar = _head_sidecar(model_id, subject, variant, names, inputs, weight_files, metadata, per_block, used,
+                            {**found_format, "pca": "one per block" if per_block else "one shared"},
+                            source_records, parity)
     write_sidecar(staging, names["head"], names["sidecar"], sidecar,
                    f"nest_rt head of {catalog.model_entry(model_id)['description']}; {where.split(' (')[0]}. "
                    f"Features of {backbone_graph} -> responses; its weights are inputs, read from the .npy "

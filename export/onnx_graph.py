@@ -181,3 +181,12 @@ def probe_session(graph_path: Path, extra_outputs: Sequence[str]):
         return ort.InferenceSession(temporary, providers=["CPUExecutionProvider"])
     finally:
         os.unlink(temporary)
+
+
+def save_with_external_data(model: onnx.ModelProto, path: Path) -> list[Path]:
+    """Save with all weights in ``<name>.data`` beside the graph (memory-mappable, no 2 GB cap).
+    Returns the files written."""
+    data = path.with_name(path.name + ".data")
+    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    return [path, data]

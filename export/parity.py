@@ -1,4 +1,4 @@
-"""How exported graphs are checked against the torch reference (numpy only).
+"""How exported graphs are checked against the torch reference (numpy only, torch-free to import).
 
 Every NEST pipeline starts with an antialiased resize of integer images, rounded back to
 integers. onnxruntime's Resize and torchvision's agree to float32 rounding, but where the exact
@@ -18,6 +18,8 @@ toolkit. The export therefore checks them apart:
 from __future__ import annotations
 
 import numpy as np
+
+from . import backbones
 
 # The resize of an integer image: torchvision rounds a float32 result, so a correct graph can
 # differ where that result lies within float32 error of x.5. Measured over sizes 64..1000 onto
@@ -40,19 +42,12 @@ NON_SQUARE_PROBE_SIZES = ((200, 300), (333, 500), (640, 427), (257, 256))
 NETWORK_TOLERANCE = {"float32_noise_factor": 10.0, "relative_error_floor": 1e-6}
 
 # End to end (images -> responses, resize rounding included), held by the tests on the project's
-# synthetic toolkits only: what the resize's rounding does there. Not an export gate.
-END_TO_END_TOLERANCE = {
-    "fwrf": {"native": {"relative_error": 1e-5, "min_correlation": 0.99999},   # S = 227: no resize
-             "resized": {"relative_error": 5e-4, "min_correlation": 0.99999}},
-    # Upsampling small images (224 -> 256) creates many near ties: up to 6.6e-4, correlation 0.99997.
-    "vit": {"native": {"relative_error": 1e-5, "min_correlation": 0.99999},    # S = 256: no resize
-            "resized": {"relative_error": 1e-3, "min_correlation": 0.9999}},
-    # AlexNet's 11x11 stride-4 conv1 and its max pools carry the resize's 1-grey-level
-    # differences further than the ViT's patch embedding: upsampled 224 -> 256, up to 1.09e-3
-    # (correlation 0.99994) on the trained stand-in's fsaverage head; 300 -> 256 up to 1.4e-4.
-    "alexnet": {"native": {"relative_error": 1e-5, "min_correlation": 0.99999},  # S = 256: no resize
-                "resized": {"relative_error": 2e-3, "min_correlation": 0.9999}},
-}
+# synthetic toolkits only: what the resize's rounding does there. Not an export gate. The fwRF's
+# is here; each backbone's models' is in its file (backbones/), under the backbone's name.
+FWRF_END_TO_END_TOLERANCE = {"native": {"relative_error": 1e-5, "min_correlation": 0.99999},   # S = 227: no resize
+                             "resized": {"relative_error": 5e-4, "min_correlation": 0.99999}}
+END_TO_END_TOLERANCE = {"fwrf": FWRF_END_TO_END_TOLERANCE,
+                        **{name: backbones.get(name).end_to_end_tolerance for name in backbones.names()}}
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:

@@ -12,7 +12,8 @@ from typing import Any
 from nest_rt import responses
 from nest_rt.bundle import sha256_file
 
-from .artifacts import ExportError, save_flat_npz
+from .artifacts import save_flat_npz
+from .errors import ExportError
 from .toolkit import load_npy_dict
 
 

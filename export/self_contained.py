@@ -19,8 +19,8 @@ import numpy as np
 
 from nest_rt.models import BACKBONE_BATCH
 
-from .artifacts import ExportError
 from .contract import IMAGES_INPUT, contract_header, write_sidecar
+from .errors import ExportError
 from .onnx_graph import INPUT_NAME
 from .parity import compare
 
@@ -49,7 +49,8 @@ def joined_model(backbone_path: Path, head_path: Path, weights: dict[str, np.nda
     import onnx
     from onnx import compose, numpy_helper
 
-    from .vit_onnx import FEATURES_NAME, RESPONSES_NAME, rename_value
+    from .backbone_graph import rename_value
+    from .head_graph import FEATURES_NAME, RESPONSES_NAME
     model = onnx.load(str(backbone_path))
     head = compose.add_prefix(onnx.load(str(head_path)), _HEAD_PREFIX)
     graph = model.graph
@@ -76,7 +77,8 @@ def export_self_contained(staging: Path, backbone_graph: str, head_names: dict[s
     ``weight_files`` maps the head's weight inputs to their .npy files (relative to ``staging``)."""
     import onnxruntime as ort
 
-    from .vit_onnx import RESPONSES_NAME, save_with_external_data
+    from .head_graph import RESPONSES_NAME
+    from .onnx_graph import save_with_external_data
     names = self_contained_names(head_names["head"])
     weights = {name: np.load(staging / path) for name, path in weight_files.items()}
     model = joined_model(staging / backbone_graph, staging / head_names["head"], weights)

@@ -41,11 +41,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.decomposition import PCA
-from torchvision.models import alexnet, vit_b_32
+from torchvision.models import alexnet
 
-from . import alexnet_torch, synthetic_vit
+from . import backbones, synthetic_vit
 from .synthetic_vit import _eeg_metadata, _pca, _regression, _save, _scaler
-from .vit_torch import VitFeatures, reference_features
+from .torch_reference import reference_features
 
 ROOT = "encoding_models"
 EEG_DIR = f"{ROOT}/modality-eeg/train_dataset-things_eeg_2/model-vit_b_32"
@@ -139,13 +139,13 @@ def write_berg_toolkit(berg_dir: Path, *, eeg_subjects=(), eeg_pca_form: str = "
         raise ValueError(f"unknown AlexNet backbones {unknown}; known: {list(ALEXNET_BACKBONES)}")
     berg_dir = Path(berg_dir)
     vit_subjects = (eeg_subjects, meg_subjects, things_fmri_subjects, tvsd_subjects)
-    features = _calibration_features(berg_dir, seed) if any(vit_subjects) else None
+    features = _calibration_features(berg_dir, "vit_b_32", seed) if any(vit_subjects) else None
     rng = np.random.default_rng(seed)
     dtype = np.dtype(coef_dtype)
     for subject in eeg_subjects:
         _write_eeg(eeg_paths(berg_dir, int(subject)), int(subject), eeg_pca_form, components, features, rng, dtype)
     for backbone in alexnet_backbones if (alexnet_eeg_subjects or alexnet_fsaverage_subjects) else ():
-        alexnet_features = _alexnet_calibration_features(berg_dir, backbone, seed)
+        alexnet_features = _calibration_features(berg_dir, backbone, seed)
         for subject in alexnet_eeg_subjects:
             _write_eeg(alexnet_eeg_paths(berg_dir, backbone, int(subject)), int(subject), eeg_pca_form, components,
                        alexnet_features, rng, dtype)
@@ -160,15 +160,6 @@ def write_berg_toolkit(berg_dir: Path, *, eeg_subjects=(), eeg_pca_form: str = "
     for monkey in tvsd_subjects:
         _write_tvsd(berg_dir, monkey, components, features, rng, dtype)
     return berg_dir
-
-
-def _calibration_features(berg_dir: Path, seed: int) -> np.ndarray:
-    """Features of the random ViT on a few synthetic images, as write_vit_toolkit measures them."""
-    weights_path = synthetic_vit.write_vit_weights(berg_dir, seed)
-    vit = vit_b_32()
-    vit.load_state_dict(torch.load(weights_path, weights_only=True))
-    images = synthetic_vit.synthetic_images(synthetic_vit._CALIBRATION_IMAGES, 256, seed)
-    return reference_features(VitFeatures(vit.eval()), images)
 
 
 # ImageNet-trained AlexNet's activations are far larger than a default initialisation's (its
@@ -191,14 +182,18 @@ def write_alexnet_weights(berg_dir: Path, seed: int = 0) -> Path:
     return path
 
 
-def _alexnet_calibration_features(berg_dir: Path, backbone: str, seed: int) -> np.ndarray:
-    if backbone == "alexnet":
-        network = alexnet_torch.load_alexnet(write_alexnet_weights(berg_dir, seed))
-    else:
-        network = alexnet_torch.untrained_alexnet()
+def _calibration_features(berg_dir: Path, backbone_name: str, seed: int) -> np.ndarray:
+    """Features of a backbone on a few synthetic images, as write_vit_toolkit measures them: the
+    backbone with the random stand-in weights written beside the toolkit (_STAND_IN_WEIGHTS), or,
+    for one that takes no weights file (the untrained AlexNet), as upstream builds it."""
+    backbone = backbones.get(backbone_name)
+    weights_path = _STAND_IN_WEIGHTS[backbone_name](berg_dir, seed) if backbone.takes_weights else None
     images = synthetic_vit.synthetic_images(synthetic_vit._CALIBRATION_IMAGES, 256, seed)
-    return reference_features(alexnet_torch.AlexNetFeatures(network), images,
-                              transform=alexnet_torch.upstream_transform())
+    return reference_features(backbone.reference(backbone.network(weights_path)), images, backbone.transform())
+
+
+# what --weights NAME=PATH is given for each backbone's models in the synthetic toolkits
+_STAND_IN_WEIGHTS = {"vit_b_32": synthetic_vit.write_vit_weights, "alexnet": write_alexnet_weights}
 
 
 def _head(features, rng, components: int, samples: int, outputs: int, dtype) -> dict:

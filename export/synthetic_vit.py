@@ -16,9 +16,10 @@ from torchvision.models import vit_b_32
 
 from nest_rt import catalog
 
+from .backbones.vit_b_32 import VIT_B_32
 from .synthetic import check_pregenerated, synthetic_images, write_pregenerated
 from .toolkit import LAYOUT_CURRENT, LAYOUT_LEGACY, eeg_files, head_files
-from .vit_torch import FEATURES, VitFeatures, reference_features
+from .torch_reference import reference_features
 
 VIT_WEIGHTS_NAME = "vit_b_32_synthetic.pth"
 EEG = "eeg-things_eeg_2-vit_b_32"
@@ -43,9 +44,8 @@ def write_vit_toolkit(nest_dir: Path, eeg_subjects: list[int] = (), fsaverage_su
     nest_dir = Path(nest_dir)
     check_pregenerated(pregenerated_images, layout)
     weights_path = write_vit_weights(nest_dir, seed)
-    vit = vit_b_32()
-    vit.load_state_dict(torch.load(weights_path, weights_only=True))
-    features = reference_features(VitFeatures(vit.eval()), synthetic_images(_CALIBRATION_IMAGES, 256, seed))
+    features = reference_features(VIT_B_32.reference(VIT_B_32.network(weights_path)),
+                                  synthetic_images(_CALIBRATION_IMAGES, 256, seed), VIT_B_32.transform())
     rng = np.random.default_rng(seed)
     if eeg_subjects:
         _write_eeg(nest_dir, list(eeg_subjects), layout, components, legacy_components, features, rng,
@@ -69,7 +69,7 @@ def _scaler(features: np.ndarray, rng) -> dict:
             "n_samples_seen_": np.int64(16540)}
 
 
-def _pca(rng, components: int, samples: int, features: int = FEATURES) -> dict:
+def _pca(rng, components: int, samples: int, features: int = VIT_B_32.features) -> dict:
     # Fitted on float32 features (the scaler returns float32 for float32 input), scikit-learn's
     # PCA keeps float32 for components_, mean_ and the variances. A float64 mean_ here would make
     # scikit-learn upcast the components on every transform and slow the upstream benchmark path.

@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
                     "'nest-rt[demo]'): a torch-free demo bundle of random fwRF models, then encoded.")
     demo.add_argument("--out", type=Path, default=Path("demo_output"), help="working folder")
     demo.add_argument("--nest-dir", type=Path, help="export and use this toolkit instead of a synthetic one")
-    demo.add_argument("--vit-weights", type=Path, help="with --nest-dir: torchvision vit_b_32 weights (as for export)")
+    _add_weights_options(demo, "with --nest-dir: ")
     demo.add_argument("--rois", nargs="+", default=["V1", "FFA-1", "lateral"])
     demo.add_argument("--images", type=int, default=12, help="number of generated images")
     demo.add_argument("--runtime-only", action="store_true",
@@ -101,13 +101,7 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"model ids or short names (default: every model found): {', '.join(catalog.models())}")
     export.add_argument("--subjects", nargs="+", help="default: every subject found (TVSD: N, F)")
     export.add_argument("--rois", nargs="+", help="fwRF ROIs (default: every ROI found)")
-    export.add_argument("--vit-weights", type=Path,
-                        help="torchvision vit_b_32 state dict for the ViT-B/32 models "
-                             "(default: torchvision's ImageNet weights, downloaded or cached as upstream)")
-    export.add_argument("--alexnet-weights", type=Path,
-                        help="torchvision alexnet state dict for the trained AlexNet models (default: "
-                             "torchvision's ImageNet weights, as upstream; the untrained AlexNet needs none: "
-                             "it is built from upstream's seed)")
+    _add_weights_options(export, "")
     export.add_argument("--precisions", nargs="+", choices=["int8", "fp16"], default=[],
                         help="also write these backbones: int8 (CPU) and/or fp16 (CUDA only); "
                              "their fidelity against fp32 is measured and recorded in bundle.json")
@@ -329,10 +323,39 @@ def _chosen_subjects(args, families: dict[str, str]) -> dict[str, list]:
     return chosen
 
 
+def _add_weights_options(command, prefix: str) -> None:
+    """--weights NAME=PATH (repeatable) and its older aliases, all into args.weights as pairs."""
+    backbones = ", ".join(catalog.load_manifest()["backbones"])
+    command.add_argument("--weights", action="append", default=[], type=_backbone_weights, metavar="NAME=PATH",
+                         help=f"{prefix}a torchvision state dict for the backbone NAME ({backbones}); repeatable. "
+                              "Default: the backbone's own weights (torchvision's ImageNet weights, downloaded or "
+                              "cached as upstream; the untrained AlexNet is built from upstream's seed)")
+    for alias, name in (("--vit-weights", "vit_b_32"), ("--alexnet-weights", "alexnet")):
+        command.add_argument(alias, dest="weights", action="append", metavar="PATH",
+                             type=lambda path, name=name: (name, Path(path)), help=f"the same as --weights {name}=PATH")
+
+
+def _backbone_weights(text: str) -> tuple[str, Path]:
+    name, equals, path = text.partition("=")
+    if not equals or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, Path(path)
+
+
+def _weights(args) -> dict[str, Path]:
+    """args.weights as backbone -> path; a backbone given twice is refused."""
+    weights: dict[str, Path] = {}
+    for name, path in args.weights:
+        if name in weights and weights[name] != path:
+            raise InvalidParameterError(f"--weights: two files for the {name} backbone: {weights[name]} and {path}")
+        weights[name] = path
+    return weights
+
+
 def _export(args) -> None:
     exporter, _ = _export_stage()
     exporter.export_bundle(args.nest_dir, args.out, models=args.models, subjects=args.subjects,
-                           rois=args.rois, vit_weights=args.vit_weights, alexnet_weights=args.alexnet_weights,
+                           rois=args.rois, weights=_weights(args),
                            precisions=args.precisions, overwrite=args.overwrite, pregenerated=args.pregenerated,
                            portable=args.portable, self_contained=args.self_contained)
 
@@ -342,7 +365,7 @@ def _demo(args) -> None:
     if args.images < 1:
         raise InvalidParameterError(f"--images must be >= 1, got {args.images}")
     run_demo(args.out, args.nest_dir, args.rois, args.images, runtime_only=args.runtime_only,
-             vit_weights=args.vit_weights)
+             weights=_weights(args))
 
 
 if __name__ == "__main__":

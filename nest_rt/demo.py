@@ -36,7 +36,7 @@ def missing(modules) -> list[str]:
 
 
 def run_demo(out: Path, nest_dir: Path | None, rois: list[str], images: int, runtime_only: bool = False,
-             vit_weights: Path | None = None, log: Callable[[str], None] = print) -> dict:
+             weights: dict[str, Path] | None = None, log: Callable[[str], None] = print) -> dict:
     from .run_files import RUN_RECORD
     from .runs import RunInputs, encode_run
     with_export = not runtime_only and not missing(EXPORT_MODULES)
@@ -45,7 +45,7 @@ def run_demo(out: Path, nest_dir: Path | None, rois: list[str], images: int, run
                                 f"({', '.join(missing(EXPORT_MODULES))} missing): pip install 'nest-rt[export]'")
     bundle_dir = out / "bundle"
     if with_export:
-        specs = _export_demo(out, nest_dir, bundle_dir, rois, vit_weights, log)
+        specs = _export_demo(out, nest_dir, bundle_dir, rois, weights, log)
     else:
         specs = _runtime_only_demo(bundle_dir, rois, log)
     steps = 4 if with_export else 3
@@ -115,7 +115,7 @@ def _runtime_only_demo(bundle_dir: Path, rois: list[str], log) -> list[str]:
     return [f"fwrf:subjects=1:roi={','.join(rois)}"]
 
 
-def _export_demo(out: Path, nest_dir: Path | None, bundle_dir: Path, rois: list[str], vit_weights, log) -> list[str]:
+def _export_demo(out: Path, nest_dir: Path | None, bundle_dir: Path, rois: list[str], weights, log) -> list[str]:
     exporter = importlib.import_module("nest_rt_export.exporter")
     if nest_dir is None:
         synthetic = importlib.import_module("nest_rt_export.synthetic")
@@ -126,10 +126,10 @@ def _export_demo(out: Path, nest_dir: Path | None, bundle_dir: Path, rois: list[
         synthetic.write_toolkit(nest_dir, subjects=[1], rois=rois)
         synthetic_vit.write_vit_toolkit(nest_dir, eeg_subjects=[1], fsaverage_subjects=[1],
                                         components=DEMO_COMPONENTS)
-        vit_weights = nest_dir / synthetic_vit.VIT_WEIGHTS_NAME
+        weights = {"vit_b_32": nest_dir / synthetic_vit.VIT_WEIGHTS_NAME}
     log(f"2/4 exporting to {bundle_dir} (every graph is checked against the torch reference)")
     _replace(bundle_dir)
-    exporter.export_bundle(nest_dir, bundle_dir, subjects=[1], rois=rois, vit_weights=vit_weights,
+    exporter.export_bundle(nest_dir, bundle_dir, subjects=[1], rois=rois, weights=weights,
                            log=lambda message: log("    " + message))
     from .bundle import Bundle
     exported = Bundle(bundle_dir).manifest["models"]

@@ -7,8 +7,9 @@ the AlexNet ones: eeg/things_eeg2_alexnet[_untrained].py, fmri/nsd_fsaverage_ale
 in their order of operations, with scikit-learn's StandardScaler, PCA and LinearRegression rebuilt
 from the stored attributes (or, for the current EEG files, the pickled PCA objects themselves).
 File paths, selections and heads are written here from upstream's loaders, independently of
-nest_rt and of the exporter: the ViT backbone comes from nest_rt_export.vit_torch; the AlexNet
-backbones are built here from torchvision, as upstream's loaders build them.
+nest_rt and of the exporter: the ViT backbone comes from the exporter's registry
+(nest_rt_export.backbones); the AlexNet backbones are built here from torchvision, as upstream's
+loaders build them.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import contextlib
 from pathlib import Path
 
 import numpy as np
-from nest_rt_export.vit_torch import VitFeatures, load_vit, reference_features
+from nest_rt_export import backbones
+from nest_rt_export.torch_reference import reference_features
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LinearRegression
 from sklearn.preprocessing import StandardScaler
@@ -32,9 +34,23 @@ _PCA_KEYS = ("components_", "mean_", "explained_variance_", "explained_variance_
              "n_components_", "n_samples_", "noise_variance_", "n_features_in_")
 
 
+VIT = backbones.get("vit_b_32")
+
+
+def vit_extractor(vit_weights_path):
+    """upstream's ViT-B/32 feature extractor with the state dict at ``vit_weights_path``."""
+    return VIT.reference(VIT.network(vit_weights_path))
+
+
+def vit_features(extractor, images: np.ndarray) -> np.ndarray:
+    """[N, 460800] float32 features of uint8 images [N, 3, H, W] from a ``vit_extractor``, after
+    upstream's transform, in batches of 100 as upstream."""
+    return reference_features(extractor, images, VIT.transform())
+
+
 def upstream_features(vit_weights_path, images: np.ndarray) -> np.ndarray:
     """[N, 460800] float32 ViT features of uint8 images [N, 3, H, W], as upstream extracts them."""
-    return reference_features(VitFeatures(load_vit(vit_weights_path)), images)
+    return vit_features(vit_extractor(vit_weights_path), images)
 
 
 # upstream's AlexNet return nodes, in its order

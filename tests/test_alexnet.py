@@ -24,7 +24,8 @@ from berg_reference import alexnet_extractor, upstream_alexnet, upstream_alexnet
 
 from nest_rt import BERG, catalog
 from nest_rt.runs import RunInputs, encode_run
-from nest_rt_export import alexnet_torch, exporter, synthetic, synthetic_berg, synthetic_vit
+from nest_rt_export import backbones, exporter, synthetic, synthetic_berg, synthetic_vit
+from nest_rt_export.backbones.alexnet import weights_checksum
 from nest_rt_export.parity import END_TO_END_TOLERANCE, compare, within
 
 from conftest import assert_nest_error, count_backbone_calls, quiet, write_png_folder
@@ -173,8 +174,7 @@ def test_untrained_backbone_is_upstreams_seeded_alexnet(alexnet_bundle, networks
     record = json.loads((alexnet_bundle / "bundle.json").read_text())["backbones"]
     assert record["alexnet_untrained"]["weights"]["torch"] == torch.__version__
     assert "manual_seed(20200220)" in record["alexnet_untrained"]["weights"]["source"]
-    assert record["alexnet_untrained"]["weights"]["weights_sha256"] == alexnet_torch.weights_checksum(
-        upstream_alexnet(None))
+    assert record["alexnet_untrained"]["weights"]["weights_sha256"] == weights_checksum(upstream_alexnet(None))
     assert record["alexnet"]["weights"]["weights_sha256"] != record["alexnet_untrained"]["weights"]["weights_sha256"]
 
 
@@ -182,7 +182,7 @@ def test_building_the_untrained_backbone_keeps_the_callers_random_state():
     """Upstream's loader reseeds the global torch generator; the exporter's does not."""
     torch.manual_seed(123)
     before = torch.random.get_rng_state()
-    alexnet_torch.untrained_alexnet()
+    backbones.get("alexnet_untrained").network(None)
     assert torch.equal(before, torch.random.get_rng_state())
 
 

@@ -6,7 +6,7 @@ documentation (not read from models_manifest.json), and every expected response 
 tests/berg_reference.py: scikit-learn objects and upstream's selection rules, written apart from
 nest_rt. The backbone is the real ViT-B/32 architecture with random weights; heads have 8 PCA
 components instead of 250 (the count does not change the code path), every output size is the
-real one. Tolerance end to end: export/parity.py END_TO_END_TOLERANCE['vit'] (relative error
+real one. Tolerance end to end: export/parity.py END_TO_END_TOLERANCE['vit_b_32'] (relative error
 <= 1e-5 and correlation per output >= 0.99999 at S = 256, where nothing is resized; <= 1e-3 and
 >= 0.9999 for resized images), as for the NEST models.
 """
@@ -23,7 +23,7 @@ from berg_reference import upstream_features, upstream_responses
 from nest_rt import BERG, NEST, BERGError, NESTError
 from nest_rt.runs import RunInputs, encode_run
 from nest_rt_export import exporter, synthetic, synthetic_berg, synthetic_vit, toolkit
-from nest_rt_export.artifacts import ExportError
+from nest_rt_export.errors import ExportError
 from nest_rt_export.parity import END_TO_END_TOLERANCE, compare, within
 
 from conftest import assert_nest_error, count_backbone_calls, quiet, write_png_folder
@@ -73,7 +73,7 @@ def features(berg_toolkit):
 def assert_parity(expected, got, size):
     assert got.dtype == np.float32 and got.shape == expected.shape and np.isfinite(got).all()
     stats = compare(expected, got)
-    assert within(stats, END_TO_END_TOLERANCE["vit"]["native" if size == 256 else "resized"]), stats
+    assert within(stats, END_TO_END_TOLERANCE["vit_b_32"]["native" if size == 256 else "resized"]), stats
     assert expected.reshape(len(expected), -1).std(axis=0).min() > 1e-3  # responses vary across images
 
 

@@ -179,14 +179,14 @@ def test_a_client_selects_by_slicing_the_regression_columns(vit_bundle):
 def test_backbone_graph_treats_non_square_images_as_upstream(vit_bundle, vit_toolkit):
     """Upstream's transform on non-square images (shorter side to 256, centre crop 224), which
     the graph does itself for embedders; the Python runtime keeps refusing them."""
-    from nest_rt_export.vit_torch import VitFeatures, load_vit, reference_features
+    from berg_reference import vit_extractor, vit_features
     from nest_rt_export.parity import compare
     from nest_rt_export.synthetic_vit import VIT_WEIGHTS_NAME
     session = ort.InferenceSession(str(vit_bundle / "vit_b_32/backbone.onnx"), providers=["CPUExecutionProvider"])
-    extractor = VitFeatures(load_vit(vit_toolkit / VIT_WEIGHTS_NAME))
+    extractor = vit_extractor(vit_toolkit / VIT_WEIGHTS_NAME)
     for height, width in ((256, 341), (300, 225), (480, 640)):
         images = np.ascontiguousarray(synthetic.synthetic_images(4, max(height, width), seed=height)[:, :, :height, :width])
-        stats = compare(reference_features(extractor, images), session.run(None, {"images": images})[0])
+        stats = compare(vit_features(extractor, images), session.run(None, {"images": images})[0])
         # (256, 341): nothing resized, so as exact as at 256 x 256; otherwise the resize's rounding
         # (the ViT's end-to-end tolerance; the correlation per feature over 4 images is noisy there)
         exact = height == 256

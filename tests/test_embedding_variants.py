@@ -20,7 +20,7 @@ from onnx.reference import ReferenceEvaluator
 
 from nest_rt import NEST, cli
 from nest_rt_export import exporter, synthetic, synthetic_vit
-from nest_rt_export.artifacts import ExportError
+from nest_rt_export.errors import ExportError
 from nest_rt_export.contract import IMAGES_INPUT, STANDARD_DOMAIN
 from nest_rt_export.parity import END_TO_END_TOLERANCE, compare, within
 from nest_rt_export.self_contained import SPLIT_TOLERANCE
@@ -85,7 +85,7 @@ def test_openvino_runs_the_portable_vit_backbone(variants_bundle, variants_toolk
                                              {"INFERENCE_PRECISION_HINT": "f32"})
     got = compiled({"images": images})[0]
     stats = compare(upstream_features(variants_toolkit / synthetic_vit.VIT_WEIGHTS_NAME, images), got)
-    assert within(stats, tolerance("vit", shape == (256, 256))), stats
+    assert within(stats, tolerance("vit_b_32", shape == (256, 256))), stats
 
 
 @pytest.mark.parametrize("size", [227, 300])
@@ -109,7 +109,7 @@ def test_onnx_reference_evaluator_runs_a_four_block_head(variants_bundle, varian
     assert feeds["coef"].shape[0] == 4
     got = ReferenceEvaluator(str(variants_bundle / contract["graph"])).run(None, feeds)[0]
     expected = upstream_responses(variants_toolkit, EEG, SUBJECT, features).reshape(3, -1)
-    assert within(compare(expected, got), END_TO_END_TOLERANCE["vit"]["native"])
+    assert within(compare(expected, got), END_TO_END_TOLERANCE["vit_b_32"]["native"])
 
 
 # -- self-contained -------------------------------------------------------------------------
@@ -139,7 +139,7 @@ def test_self_contained_eeg_graph_matches_upstream(variants_bundle, variants_too
     features = upstream_features(variants_toolkit / synthetic_vit.VIT_WEIGHTS_NAME, images)
     expected = upstream_responses(variants_toolkit, EEG, SUBJECT, features)
     assert expected.shape == (3, 4, 63, 140)
-    assert within(compare(expected.reshape(3, -1), got), END_TO_END_TOLERANCE["vit"]["native"])
+    assert within(compare(expected.reshape(3, -1), got), END_TO_END_TOLERANCE["vit_b_32"]["native"])
 
 
 def test_verify_checks_the_self_contained_graphs(variants_bundle):

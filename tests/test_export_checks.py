@@ -122,7 +122,8 @@ def test_vit_heads_of_other_dtypes_and_scales(vit_toolkit, tmp_path):
     components and regressions (their stored dtype is not known for sure), features far from unit scale,
     a large intercept. The head is checked on identical features against float64 and exports."""
     from nest_rt_export.synthetic_vit import VIT_WEIGHTS_NAME
-    from nest_rt_export.vit_torch import VitFeatures, load_vit, reference_eeg, reference_features
+    from berg_reference import upstream_features
+    from head_responses import reference_eeg
     source = toolkit.eeg_files(vit_toolkit, 1, toolkit.LAYOUT_CURRENT)
     nest_dir = tmp_path / "toolkit"
     target = toolkit.eeg_files(nest_dir, 1, toolkit.LAYOUT_CURRENT)
@@ -144,8 +145,7 @@ def test_vit_heads_of_other_dtypes_and_scales(vit_toolkit, tmp_path):
     for record in manifest["models"]["eeg-things_eeg_2-vit_b_32"]["graphs"]["1"]["all"]["parity"].values():
         assert network_problems(record) == [] and record["network"]["error_vs_float64"] > 0
     images = synthetic.synthetic_images(3, 256, seed=9)  # the native size: no resize on either side
-    expected = reference_eeg(reference_features(VitFeatures(load_vit(vit_toolkit / VIT_WEIGHTS_NAME)), images),
-                             weights)
+    expected = reference_eeg(upstream_features(vit_toolkit / VIT_WEIGHTS_NAME, images), weights)
     got = NEST(bundle).encode(NEST(bundle).get_encoding_model("eeg-things_eeg_2-vit_b_32", subject=1),
                               stimulus=images)
     stats = compare(expected, got)

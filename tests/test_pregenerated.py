@@ -15,7 +15,7 @@ from nest_rt import (NEST, BundleIntegrityError, InvalidParameterError, MissingE
 from nest_rt.bundle import BUNDLE_FORMAT, read_nested_npz, write_nested_npz
 from nest_rt.responses import load_insilico_neural_responses
 from nest_rt_export import exporter, synthetic, synthetic_vit, toolkit
-from nest_rt_export.artifacts import ExportError
+from nest_rt_export.errors import ExportError
 from nest_rt_export.pregenerated import convert_pregenerated_metadata
 
 from conftest import assert_nest_error, quiet

@@ -3,7 +3,7 @@
 The backbone is the real ViT-B/32 architecture (random weights, full 460,800 features, exported
 once per session); heads use 12 PCA components instead of 250 to keep toolkits small.
 Tolerance end to end, on the project's synthetic toolkits: export/parity.py
-END_TO_END_TOLERANCE['vit'] (relative error <= 1e-5 and correlation per output >= 0.99999 at
+END_TO_END_TOLERANCE['vit_b_32'] (relative error <= 1e-5 and correlation per output >= 0.99999 at
 S = 256 where no resize happens; <= 1e-3 and >= 0.9999 for resized images).
 """
 from __future__ import annotations
@@ -19,7 +19,9 @@ import pytest
 from nest_rt import NEST
 from nest_rt_export import exporter, synthetic, synthetic_vit, toolkit
 from nest_rt_export.parity import END_TO_END_TOLERANCE, compare, within
-from nest_rt_export.vit_torch import VitFeatures, load_vit, reference_eeg, reference_features, reference_fsaverage
+
+from berg_reference import vit_extractor, vit_features
+from head_responses import reference_eeg, reference_fsaverage
 
 from conftest import assert_nest_error, count_backbone_calls, quiet
 
@@ -35,14 +37,14 @@ def nest(vit_bundle):
 @pytest.fixture(scope="module")
 def features(vit_toolkit):
     """features(images) -> the torch reference's backbone features."""
-    extractor = VitFeatures(load_vit(vit_toolkit / synthetic_vit.VIT_WEIGHTS_NAME))
-    return lambda images: reference_features(extractor, images)
+    extractor = vit_extractor(vit_toolkit / synthetic_vit.VIT_WEIGHTS_NAME)
+    return lambda images: vit_features(extractor, images)
 
 
 def assert_parity(expected, got, size):
     assert got.dtype == np.float32 and got.shape == expected.shape and np.isfinite(got).all()
     stats = compare(expected, got)
-    assert within(stats, END_TO_END_TOLERANCE["vit"]["native" if size == 256 else "resized"]), stats
+    assert within(stats, END_TO_END_TOLERANCE["vit_b_32"]["native" if size == 256 else "resized"]), stats
     assert expected.reshape(len(expected), -1).std(axis=0).min() > 1e-3
 
 
@@ -359,7 +361,7 @@ def test_head_width_must_match_backbone(bundle_copy):
     """A head built for another feature width (here: a re-exported head of 1000 inputs)."""
     import onnx
     from nest_rt.bundle import sha256_file
-    from nest_rt_export.vit_onnx import head_model
+    from nest_rt_export.head_graph import head_model
     folder = bundle_copy / "eeg-things_eeg_2-vit_b_32"
     onnx.save(head_model(1000, 12, 1, doc=""), folder / "sub-01.head.onnx")
     np.save(folder / "sub-01.pca_matrix.npy", np.zeros((1000, 12), np.float32))

@@ -14,7 +14,6 @@ import numpy as np
 
 from nest_rt_export import exporter, synthetic, synthetic_berg, synthetic_vit, toolkit
 from nest_rt_export.fwrf_torch import FwrfReference
-from nest_rt_export.vit_torch import VitFeatures, load_vit, reference_eeg, reference_features, reference_fsaverage
 
 SUBJECT = 2
 ROIS = ["V1", "FFA-1", "lateral"]
@@ -25,7 +24,8 @@ ALEXNET_SELECTION = {"channels": ["O1", "Oz", "O2"]}
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from berg_reference import (alexnet_extractor, upstream_alexnet,  # noqa: E402  (tests/, found through the path above)
-                            upstream_alexnet_features, upstream_responses)
+                            upstream_alexnet_features, upstream_responses, vit_extractor, vit_features)
+from head_responses import reference_eeg, reference_fsaverage  # noqa: E402
 
 
 def main(work: Path) -> None:
@@ -38,7 +38,7 @@ def main(work: Path) -> None:
                                       alexnet_backbones=("alexnet_untrained",), components=8, seed=5)
     vit_weights = nest_dir / synthetic_vit.VIT_WEIGHTS_NAME
     exporter.export_bundle(nest_dir, work / "bundle", vit_weights=vit_weights, overwrite=True)
-    features = VitFeatures(load_vit(vit_weights))
+    features = vit_extractor(vit_weights)
     eeg_weights = toolkit.load_head(nest_dir, "eeg-things_eeg_2-vit_b_32", SUBJECT)[0]
     fsaverage_weights = toolkit.load_npy_dict(toolkit.head_files(nest_dir, "fmri-nsd_fsaverage-vit_b_32", SUBJECT)["weights"])
     rois = toolkit.load_npy_dict(toolkit.head_files(nest_dir, "fmri-nsd_fsaverage-vit_b_32", SUBJECT)["metadata"])["fmri"]
@@ -52,14 +52,14 @@ def main(work: Path) -> None:
             reference = FwrfReference.from_checkpoints(
                 [toolkit.load_checkpoint(p) for p in files["weights"]], SUBJECT)
             arrays[f"expected_{size}_{roi}"] = reference(images)
-        vit_features = reference_features(features, images)
-        arrays[f"expected_{size}_eeg"] = reference_eeg(vit_features, eeg_weights)
-        lh, rh = reference_fsaverage(vit_features, fsaverage_weights,
+        on_vit = vit_features(features, images)
+        arrays[f"expected_{size}_eeg"] = reference_eeg(on_vit, eeg_weights)
+        lh, rh = reference_fsaverage(on_vit, fsaverage_weights,
                                      rois["lh_fsaverage_rois"][FSAVERAGE_ROI], rois["rh_fsaverage_rois"][FSAVERAGE_ROI])
         arrays[f"expected_{size}_fsaverage_lh"], arrays[f"expected_{size}_fsaverage_rh"] = lh, rh
         # 8 images: over 5 the per-output correlation of a resized size is too noisy for 0.9999
         arrays[f"berg_images_{size}"] = berg_images = synthetic.synthetic_images(8, size, seed=size + 1)
-        berg_features = reference_features(features, berg_images)
+        berg_features = vit_features(features, berg_images)
         arrays[f"expected_{size}_meg"] = upstream_responses(nest_dir, "meg-things_meg_1-vit_b_32", SUBJECT,
                                                             berg_features, MEG_SELECTION)
         arrays[f"expected_{size}_tvsd"] = upstream_responses(nest_dir, "utah_array-tvsd-vit_b_32", "F",

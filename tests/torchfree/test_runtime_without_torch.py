@@ -74,11 +74,11 @@ def test_vit_models_like_the_torch_reference(expected, size, kind):
                                         selection={"roi": "V1v"})  # FSAVERAGE_ROI of prepare_bundle.py
     eeg, (lh, rh) = nest.encode_many([eeg_legacy, fsaverage], images)
     assert eeg.shape == (5, 4, 63, 140)
-    assert within(compare(expected[f"expected_{size}_eeg"], eeg), END_TO_END_TOLERANCE["vit"][kind])
+    assert within(compare(expected[f"expected_{size}_eeg"], eeg), END_TO_END_TOLERANCE["vit_b_32"][kind])
     got = np.concatenate([lh, rh], axis=1)
     reference = np.concatenate([expected[f"expected_{size}_fsaverage_lh"],
                                 expected[f"expected_{size}_fsaverage_rh"]], axis=1)
-    assert within(compare(reference, got), END_TO_END_TOLERANCE["vit"][kind])
+    assert within(compare(reference, got), END_TO_END_TOLERANCE["vit_b_32"][kind])
 
 
 @pytest.mark.parametrize("size, kind", [(227, "resized"), (256, "native"), (300, "resized")])
@@ -93,7 +93,7 @@ def test_berg_meg_and_utah_array_models_like_the_reference(expected, size, kind)
     for name, responses in zip(("meg", "tvsd"), berg.encode_many([meg, tvsd], images, show_progress=False)):
         reference = expected[f"expected_{size}_{name}"]
         assert responses.shape == reference.shape and responses.shape[-1] == {"meg": 281, "tvsd": 300}[name]
-        assert within(compare(reference, responses), END_TO_END_TOLERANCE["vit"][kind]), name
+        assert within(compare(reference, responses), END_TO_END_TOLERANCE["vit_b_32"][kind]), name
 
 
 @pytest.mark.parametrize("size, kind", [(256, "native"), (300, "resized")])
