@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MAX_DEPTH = 32  # records nest_rt writes are at most about 8 levels deep
+MAX_DEPTH = 64  # records nest_rt writes nest about 8 levels deep
 
 
 def read_json(path: Path, what: str, error: type[Exception]) -> Any:
