@@ -172,8 +172,9 @@ def check_manifest(manifest: dict[str, Any], where: Path) -> None:
 _PARITY_KEYS = ("min_correlation", "relative_error")
 
 # What ``info`` and ``list`` print of the manifest besides its models (checked by check_manifest).
-MANIFEST_SHAPE = {"source": Optional({"nest_dir": Optional(str), "layout": Optional(str)}),
-                  "tools": Optional(MapOf((str, int, float))), "created_utc": Optional(str), "opset": Optional(int)}
+MANIFEST_SHAPE = {"source": Optional({"nest_dir": Optional(str), "layout": Optional(str)}, null=False),
+                  "tools": Optional(MapOf((str, int, float)), null=False), "created_utc": Optional(str),
+                  "opset": Optional(int)}
 
 
 def _is_number(value: Any) -> bool:

@@ -9,7 +9,7 @@ the check can trust its keys and types.
 A shape is: a type or tuple of types (an int is never a bool; a float may be an int); ``[shape]``
 a list of such items; ``{key: shape}`` an object with those keys (others allowed); ``MapOf(shape)``
 an object whose every value has the shape; ``Optional(shape)`` a key that may be missing or
-null; ``OneOf(*values)`` one of the values given.
+null (``Optional(shape, null=False)``: missing, not null); ``OneOf(*values)`` one of the values given.
 """
 from __future__ import annotations
 
@@ -34,8 +34,10 @@ def read_json(path: Path, what: str, error: type[Exception]) -> Any:
             content = json.loads(handle.read().decode("utf-8"))
     except RecursionError:
         raise error(f"{what}: {path} is nested too deeply to be a record nest-rt wrote") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise error(f"{what}: cannot read {path} ({exc.strerror if isinstance(exc, OSError) else exc})") from None
+    except OSError as exc:
+        raise error(f"{what}: cannot read {path} ({exc.strerror or exc})") from None
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise error(f"{what}: {path} is not valid JSON ({exc})") from None
     if _depth(content) > MAX_DEPTH:
         raise error(f"{what}: {path} is nested deeper than {MAX_DEPTH} levels; not a record nest-rt wrote")
     return content
@@ -57,6 +59,7 @@ def _depth(value: Any) -> int:
 @dataclass(frozen=True)
 class Optional:
     shape: Any
+    null: bool = True  # False: the key may be missing, but if present it has the shape
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ def check_shape(value: Any, shape: Any, where: str, error: type[Exception], at: 
         raise error(f"{where}: {at or 'the record'} must be {expected}, got "
                     f"{shown if len(shown) <= 60 else shown[:57] + '...'}")
     if isinstance(shape, Optional):
-        if value is not None:
+        if value is not None or not shape.null:
             check_shape(value, shape.shape, where, error, at)
     elif isinstance(shape, OneOf):
         if not any(type(value) is type(choice) and value == choice for choice in shape.values):
@@ -90,9 +93,11 @@ def check_shape(value: Any, shape: Any, where: str, error: type[Exception], at: 
         if not isinstance(value, dict):
             refuse("an object")
         for key, item_shape in shape.items():
-            if key not in value and not isinstance(item_shape, Optional):
+            if key not in value:
+                if isinstance(item_shape, Optional):
+                    continue
                 raise error(f"{where}: {f'{at}.{key}' if at else key} is missing")
-            check_shape(value.get(key), item_shape, where, error, f"{at}.{key}" if at else key)
+            check_shape(value[key], item_shape, where, error, f"{at}.{key}" if at else key)
     elif isinstance(shape, list):
         if not isinstance(value, list):
             refuse("a list")

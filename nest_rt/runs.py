@@ -662,7 +662,7 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, log=print) -> dict
                 info = entry["arrays"][array]
                 info["shape"][0] = total
                 info["sha256"] = _copy_rows(sources, staging / info["file"], tuple(info["shape"]))
-            if entry["h5"]:
+            if entry.get("h5"):
                 write_h5({array: staging / info["file"] for array, info in entry["arrays"].items()},
                          staging / entry["h5"])
         write_json_atomically(staging / RUN_RECORD, merged)
@@ -743,7 +743,7 @@ def _merge_plan(folders: list[Path], records: list[dict], order: list[int], merg
     plan = []
     for position, entry in enumerate(merged["outputs"]):
         # a record may name no metadata (read_run_record allows that), a merge needs it
-        metadata = [confined(folders[i], records[i]["outputs"][position]["metadata"], "merge: metadata",
+        metadata = [confined(folders[i], records[i]["outputs"][position].get("metadata"), "merge: metadata",
                              RunStateError) for i in order]
         if len({sha256_file(path) for path in metadata}) != 1:
             raise RunStateError(f"merge: the shards' metadata files {metadata[0].name} differ")

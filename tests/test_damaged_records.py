@@ -27,8 +27,9 @@ SPECS = ["fwrf:roi=V1"]
 DEEP = "[" * 100_000 + "]" * 100_000  # deeper than Python's recursion limit
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nest_rt.cli", *args], capture_output=True, text=True, timeout=600)
+def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nest_rt.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
@@ -121,15 +122,32 @@ def test_merge_clears_and_reuses_its_own_interrupted_staging(runs, tmp_path):
 
 
 # -- item 1: an encode run's own file names are never written through links planted there ---------
-@pytest.mark.parametrize("name", ["run.json.tmp", "progress.json.tmp"])
-def test_encode_removes_a_link_planted_under_its_temporary_names(bundle_dir, images, tmp_path, name):
+def unfinished_copy(runs, out: Path) -> Path:
+    """The unsharded run as if killed after its first chunk (its rows are all there: same bytes)."""
+    shutil.copytree(runs["single"], out)
+    edit_json(out / "run.json", lambda r: r.update(status="running"))
+    (out / "progress.json").write_text(json.dumps({"chunks_done": [0], "failed": []}))
+    for final in out.rglob("*.npy"):
+        final.rename(final.with_name(final.name + ".partial"))
+    return out
+
+
+@pytest.mark.parametrize("name", ["run.json.tmp", "progress.json.tmp", "metadata.npz.tmp"])
+def test_a_resumed_encode_never_writes_through_links_planted_under_its_temporary_names(
+        runs, bundle_dir, images, tmp_path, name):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / name).symlink_to(victim)
+    out = unfinished_copy(runs, tmp_path / "out")
+    if name == "metadata.npz.tmp":  # the metadata file is written again when it is missing
+        metadata = next(out.rglob("*metadata*.npz"))
+        metadata.unlink()
+        planted = metadata.with_name(metadata.name + ".tmp")
+    else:
+        planted = out / name
+    planted.symlink_to(victim)
     assert encode(bundle_dir, images, out)["status"] == "complete"
-    assert victim.read_text() == "precious" and not os.path.lexists(out / name)
+    assert victim.read_text() == "precious" and not os.path.lexists(planted)
+    assert (out / "progress.json").read_bytes() == (runs["single"] / "progress.json").read_bytes()
 
 
 @pytest.mark.parametrize("kind", ["symlink", "fifo"])
@@ -139,22 +157,20 @@ def test_encode_refuses_a_lock_it_did_not_create(bundle_dir, images, tmp_path, k
     out = tmp_path / "out"
     out.mkdir()
     (out / ".lock").symlink_to(victim) if kind == "symlink" else os.mkfifo(out / ".lock")
-    with pytest.raises(RunStateError, match="not nest-rt's lock file"):
-        encode(bundle_dir, images, out)
+    result = cli("encode", str(images), "--bundle", str(bundle_dir), "--model", SPECS[0], "--out", str(out),
+                 "--skip-bad-images", "--no-progress", timeout=120)  # a named pipe used to block for ever
+    one_line_error(result, "not nest-rt's lock file")
     assert victim.read_text() == "precious"
 
 
 def test_encode_never_writes_through_a_linked_partial_file(runs, bundle_dir, images, tmp_path):
     """An unfinished run whose .partial response file has become a link: refused, target untouched."""
-    out = tmp_path / "out"
-    shutil.copytree(runs["single"], out)
-    edit_json(out / "run.json", lambda r: r.update(status="running"))
-    (out / "progress.json").write_text(json.dumps({"chunks_done": [0], "failed": []}))
-    final = next(out.rglob("*roi-V1.npy"))
+    out = unfinished_copy(runs, tmp_path / "out")
+    partial = next(out.rglob("*roi-V1.npy.partial"))
     victim = tmp_path / "victim.npy"
-    final.rename(victim)
+    partial.rename(victim)
     before = victim.read_bytes()
-    final.with_name(final.name + ".partial").symlink_to(victim)
+    partial.symlink_to(victim)
     with pytest.raises(RunStateError, match="symbolic link"):
         encode(bundle_dir, images, out)
     assert victim.read_bytes() == before
@@ -242,9 +258,7 @@ PROGRESS_DAMAGE = {
 
 @pytest.mark.parametrize("case", list(PROGRESS_DAMAGE))
 def test_encode_refuses_a_damaged_progress_record(runs, bundle_dir, images, tmp_path, case):
-    out = tmp_path / "out"
-    shutil.copytree(runs["single"], out)
-    edit_json(out / "run.json", lambda r: r.update(status="running"))
+    out = unfinished_copy(runs, tmp_path / "out")
     content = PROGRESS_DAMAGE[case]
     (out / "progress.json").unlink()
     if content is None:

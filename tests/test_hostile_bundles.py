@@ -226,7 +226,7 @@ def loop_sidecar(bundle: Path) -> None:
     (nest_deeply, "nested too deeply", ["list", "info", "verify"]),
     (lambda b: edit_manifest(b, lambda m: m.update(x=json.loads("[" * 100 + "]" * 100))), "nested deeper than",
      ["list", "info"]),
-    (lambda b: (b / "bundle.json").write_bytes(b"\xff\xfe{}"), "cannot read", ["list"]),
+    (lambda b: (b / "bundle.json").write_bytes(b"\xff\xfe{}"), "not valid JSON", ["list"]),
     (lambda b: edit_manifest(b, lambda m: m.update(source="x")), "source must be an object", ["list", "info"]),
     (lambda b: edit_manifest(b, lambda m: m["source"].update(nest_dir=3)), "source.nest_dir must be", ["info"]),
     (lambda b: edit_manifest(b, lambda m: m.update(tools=["torch"])), "tools must be an object", ["info"]),
