@@ -25,19 +25,22 @@ MAX_DEPTH = 64  # records nest_rt writes nest about 8 levels deep
 
 def read_json(path: Path, what: str, error: type[Exception]) -> Any:
     """The parsed content of the JSON file ``path``, or ``error`` naming ``what`` and the file."""
-    try:
-        # O_NONBLOCK: a named pipe planted under a record's name fails below instead of waiting
+    try:  # O_NONBLOCK: a named pipe planted under a record's name is refused below instead of waited on
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise error(f"{what}: {path} is not a regular file")
-            content = json.loads(handle.read().decode("utf-8"))
-    except RecursionError:
-        raise error(f"{what}: {path} is nested too deeply to be a record nest-rt wrote") from None
     except OSError as exc:
         raise error(f"{what}: cannot read {path} ({exc.strerror or exc})") from None
-    except ValueError as exc:  # UnicodeDecodeError too
-        raise error(f"{what}: {path} is not valid JSON ({exc})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise error(f"{what}: {path} is not a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            content = json.loads(handle.read().decode("utf-8"))
+        except RecursionError:
+            raise error(f"{what}: {path} is nested too deeply to be a record nest-rt wrote") from None
+        except OSError as exc:
+            raise error(f"{what}: cannot read {path} ({exc.strerror or exc})") from None
+        except ValueError as exc:  # UnicodeDecodeError too
+            raise error(f"{what}: {path} is not valid JSON ({exc})") from None
     if _depth(content) > MAX_DEPTH:
         raise error(f"{what}: {path} is nested deeper than {MAX_DEPTH} levels; not a record nest-rt wrote")
     return content

@@ -206,6 +206,7 @@ RECORD_DAMAGE = {
     "kind": (lambda r: r["inputs"].update(kind="folder"), "inputs.kind must be"),
     "rejected text": (lambda r: r["inputs"].update(rejected="img_7.png"), "inputs.rejected must be a list"),
     "record list": (lambda r: None, "not a run record"),
+    "record folder": (lambda r: None, "not a regular file"),
 }
 
 
@@ -215,6 +216,9 @@ def test_merge_refuses_a_damaged_shard_record(runs, tmp_path, case):
     folders = copies(runs, tmp_path / "copies")
     if case == "record list":
         (folders[1] / "run.json").write_text("[]")
+    elif case == "record folder":
+        (folders[1] / "run.json").unlink()
+        (folders[1] / "run.json").mkdir()
     else:
         edit_json(folders[1] / "run.json", change)
     with pytest.raises(RunStateError, match=words.replace("(", r"\(").replace(".", r"\.")):
@@ -252,7 +256,9 @@ PROGRESS_DAMAGE = {
     "not json": "{",
     "too deep": '{"chunks_done": [0], "x": ' + "[" * 100 + "]" * 100 + "}",
     "recursion": '{"chunks_done": ' + DEEP + "}",
-    "loop": None,
+    "loop": "LINK TO ITSELF",
+    "named pipe": "FIFO",  # opened for reading, it would wait for a writer for ever
+    "folder": "FOLDER",
 }
 
 
@@ -261,8 +267,12 @@ def test_encode_refuses_a_damaged_progress_record(runs, bundle_dir, images, tmp_
     out = unfinished_copy(runs, tmp_path / "out")
     content = PROGRESS_DAMAGE[case]
     (out / "progress.json").unlink()
-    if content is None:
+    if content == "LINK TO ITSELF":
         (out / "progress.json").symlink_to("progress.json")
+    elif content == "FIFO":
+        os.mkfifo(out / "progress.json")
+    elif content == "FOLDER":
+        (out / "progress.json").mkdir()
     else:
         (out / "progress.json").write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(RunStateError, match="progress.json"):
