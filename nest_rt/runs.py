@@ -745,6 +745,9 @@ def _merge_plan(folders: list[Path], records: list[dict], order: list[int], merg
         # a record may name no metadata (read_run_record allows that), a merge needs it
         metadata = [confined(folders[i], records[i]["outputs"][position].get("metadata"), "merge: metadata",
                              RunStateError) for i in order]
+        missing = [str(path) for path in metadata if not path.is_file()]  # (a named pipe would block)
+        if missing:
+            raise RunStateError(f"merge: {missing[0]} is missing or not a regular file")
         if len({sha256_file(path) for path in metadata}) != 1:
             raise RunStateError(f"merge: the shards' metadata files {metadata[0].name} differ")
         arrays = {}

@@ -239,6 +239,16 @@ def test_merge_refuses_a_response_file_of_another_shape(runs, tmp_path):
         merge_runs(folders, tmp_path / "merged", log=quiet)
 
 
+def test_merge_refuses_a_named_pipe_for_a_metadata_file(runs, tmp_path):
+    """Hashing it would wait for a writer for ever."""
+    folders = copies(runs, tmp_path / "copies")
+    metadata = next(folders[1].rglob("*metadata*.npz"))
+    metadata.unlink()
+    os.mkfifo(metadata)
+    with pytest.raises(RunStateError, match="not a regular file"):
+        merge_runs(folders, tmp_path / "merged", log=quiet)
+
+
 def test_a_deeply_nested_run_record_is_one_line(runs, tmp_path):
     folders = copies(runs, tmp_path / "copies")
     text = (folders[1] / "run.json").read_text()
