@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import numpy as np
 from . import catalog
 from .errors import BundleFileNotFoundError, BundleIntegrityError, NotExportedError
 from .paths import confined
+from .records import MapOf, Optional, check_shape, read_json
 
 BUNDLE_MANIFEST = "bundle.json"
 BUNDLE_FORMAT = "nest_rt.bundle/3"  # 2: the ViT heads take their PCA matrix as an input; 3: PCA blocks
@@ -42,10 +42,7 @@ class Bundle:
             raise BundleFileNotFoundError(
                 f"bundle_dir {str(self.root)!r} has no {BUNDLE_MANIFEST}: it is not an exported bundle. "
                 "Create one with: nest-rt export --nest-dir TOOLKIT --out BUNDLE")
-        try:
-            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleIntegrityError(f"{manifest_path} is not valid JSON ({exc})") from exc
+        self.manifest: dict[str, Any] = read_json(manifest_path, "bundle", BundleIntegrityError)
         if not isinstance(self.manifest, dict) or self.manifest.get("format") != BUNDLE_FORMAT:
             found = self.manifest.get("format") if isinstance(self.manifest, dict) else self.manifest
             raise BundleIntegrityError(f"{manifest_path} has format {found!r}; this nest_rt reads {BUNDLE_FORMAT!r}")
@@ -88,10 +85,7 @@ class Bundle:
 
     def read_json(self, relative: str) -> dict[str, Any]:
         path = self.path(relative)
-        try:
-            content = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleIntegrityError(f"bundle file {path} is not valid JSON ({exc})") from exc
+        content = read_json(path, "bundle file", BundleIntegrityError)
         if not isinstance(content, dict):
             raise BundleIntegrityError(f"bundle file {path} holds a JSON {type(content).__name__}, expected an object")
         return content
@@ -117,6 +111,7 @@ def check_manifest(manifest: dict[str, Any], where: Path) -> None:
     def listed(name: Any) -> bool:
         return isinstance(name, str) and name in files
 
+    check_shape(manifest, MANIFEST_SHAPE, str(where), BundleIntegrityError)
     files = manifest.get("files")
     require(isinstance(files, dict), "'files' must map file names to their sha256")
     for name, record in files.items():
@@ -148,9 +143,13 @@ def check_manifest(manifest: dict[str, Any], where: Path) -> None:
                 require(joined is None or (isinstance(joined, dict) and all(
                     listed(joined.get(key)) for key in ("graph", "data", "sidecar"))),
                     f"{what}: its self-contained graph's files are not listed in 'files'")
+                joined_tolerance = (joined or {"tolerance": 0}).get("tolerance")
+                require(isinstance(joined_tolerance, (int, float)) and not isinstance(joined_tolerance, bool),
+                        f"{what}: its self-contained graph's tolerance is not a number")
                 parity = entry.get("parity")  # empty only in demo bundles built without torch
                 require(isinstance(parity, dict) and all(
-                    isinstance(p, dict) and all(isinstance(p.get(k), (int, float)) for k in _PARITY_KEYS)
+                    isinstance(p, dict) and all(_is_number(p.get(k)) for k in _PARITY_KEYS)
+                    and (not isinstance(p.get("network"), dict) or _is_number(p["network"].get("error_vs_float64")))
                     for p in parity.values()), f"{what}: no parity record")
     pregenerated = manifest.get("pregenerated", {"metadata": {}})
     require(isinstance(pregenerated, dict) and isinstance(pregenerated.get("metadata"), dict)
@@ -161,7 +160,8 @@ def check_manifest(manifest: dict[str, Any], where: Path) -> None:
         require(isinstance(backbone, dict) and isinstance(backbone.get("precisions", {}), dict),
                 f"backbone {name!r} is not an object")
         require(listed(backbone.get("graph")) and listed(backbone.get("data"))
-                and isinstance(backbone.get("features"), int) and backbone["features"] >= 1,
+                and _is_number(backbone.get("features")) and isinstance(backbone["features"], int)
+                and backbone["features"] >= 1,
                 f"backbone {name!r} lacks its graph, data file or feature count")
         for precision, variant in backbone.get("precisions", {}).items():
             require(isinstance(variant, dict) and listed(variant.get("graph"))
@@ -170,6 +170,15 @@ def check_manifest(manifest: dict[str, Any], where: Path) -> None:
 
 
 _PARITY_KEYS = ("min_correlation", "relative_error")
+
+# What ``info`` and ``list`` print of the manifest besides its models (checked by check_manifest).
+MANIFEST_SHAPE = {"source": Optional({"nest_dir": Optional(str), "layout": Optional(str)}, null=False),
+                  "tools": Optional(MapOf((str, int, float)), null=False), "created_utc": Optional(str),
+                  "opset": Optional(int)}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def nested_value(tree: Any, path: str | None) -> Any:

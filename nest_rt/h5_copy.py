@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
     import h5py
     target, sources = Path(argv[0]), {name: Path(path) for name, path in json.loads(argv[1]).items()}
     try:
-        handle = h5py.File(target, "w")
+        handle = h5py.File(target, "w-")  # a new file: never written through a link left at its name
         fill_h5(handle, sources)
         handle.close()
     except Exception as exc:

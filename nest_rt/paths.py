@@ -19,6 +19,10 @@ def confined(root: Path, relative: Any, what: str, error: type[Exception]) -> Pa
     if parts.is_absolute() or relative.startswith("\\") or ".." in parts.parts or ":" in parts.parts[0]:
         raise error(f"{what}: {relative!r} is not a plain relative path inside {root}; refusing to use it")
     full = Path(root) / relative
-    if not full.resolve().is_relative_to(Path(root).resolve()):
+    try:
+        resolved = full.resolve()
+    except (RuntimeError, OSError) as exc:  # a symbolic link loop (RuntimeError before Python 3.13)
+        raise error(f"{what}: {relative!r} cannot be resolved ({exc})") from None
+    if not resolved.is_relative_to(Path(root).resolve()):
         raise error(f"{what}: {relative!r} leads outside {root} (through a symbolic link); refusing to use it")
     return full

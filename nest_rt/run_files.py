@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -18,6 +19,7 @@ import numpy as np
 
 from .errors import MissingExtraError, OutputWriteError, RunStateError
 from .paths import confined
+from .records import MapOf, OneOf, Optional, check_shape, read_json
 
 RUN_FORMAT = "nest_rt.run/1"
 RUN_RECORD, PROGRESS, LOCK = "run.json", "progress.json", ".lock"
@@ -29,31 +31,97 @@ _COPY_BLOCK_BYTES = 64 * 2**20
 def read_run_record(folder: Path, what: str, error: type[Exception] = RunStateError,
                     complete: bool = True) -> dict[str, Any]:
     """The run record of an encode output ``folder``, checked before anything is read through it:
-    its format, that it is complete (with ``complete``), and that every file name in it stays
-    inside ``folder``. Refusals are ``error``, prefixed with ``what`` (the argument's name)."""
+    its format and structure (``RUN_RECORD_SHAPE``), that the counts it declares agree, that it
+    is complete (with ``complete``), and that every file name in it stays inside ``folder``.
+    Refusals are ``error``, prefixed with ``what`` (the argument's name)."""
     path = Path(folder) / RUN_RECORD
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise error(f"{what}: expected a folder written by 'nest-rt encode --out', but {path} does not exist")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise error(f"{what}: cannot read {path} ({exc})") from None
+    record = read_json(path, what, error)
     if not isinstance(record, dict) or record.get("format") != RUN_FORMAT:
         found = record.get("format") if isinstance(record, dict) else type(record).__name__
         raise error(f"{what}: {path} has format {found!r}, not a run record of format {RUN_FORMAT!r}")
-    if complete and record.get("status") != "complete":
-        raise error(f"{what}: the run in {folder} is {record.get('status')!r}, not 'complete'; "
+    check_shape(record, RUN_RECORD_SHAPE, f"{what}: {path}", error)
+    _check_counts(record, f"{what}: {path}", error)
+    if complete and record["status"] != "complete":
+        raise error(f"{what}: the run in {folder} is {record['status']!r}, not 'complete'; "
                     "resume it with its 'nest-rt encode' command first")
-    outputs = record.get("outputs")
-    if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("arrays"), dict)
-                                                for o in outputs):
-        raise error(f"{what}: {path} lists no outputs")
-    for output in outputs:
-        names = [info.get("file") if isinstance(info, dict) else None for info in output["arrays"].values()]
+    for output in record["outputs"]:
+        names = [info["file"] for info in output["arrays"].values()]
         names += [output[key] for key in ("metadata", "h5") if output.get(key) is not None]
         for name in names:
             confined(Path(folder), name, f"{what}: {path}", error)
     return record
+
+
+_COUNT = int
+_SHARD = {"index": _COUNT, "count": _COUNT, "start": _COUNT, "stop": _COUNT}
+RUN_RECORD_SHAPE = {
+    "status": OneOf("running", "complete"),
+    "identity": {"total": _COUNT, "chunk_size": _COUNT, "shard": _SHARD, "outputs": [list]},
+    "imageset": str, "shard": _SHARD, "chunk_size": _COUNT,
+    "inputs": {"kind": OneOf("files", "array"), "total": _COUNT, "count": _COUNT, "items": Optional([str]),
+               "rejected": Optional([{"path": str, "reason": str, "row": Optional(_COUNT)}]),
+               "array": Optional({"path": str, "dataset": Optional(str), "shape": [_COUNT],
+                                  "layout": OneOf("NHWC", "NCHW")})},
+    "outputs": [{"name": str, "model_id": str, "subject": (int, str), "selection": dict,
+                 "arrays": MapOf({"file": str, "shape": [_COUNT], "sha256": Optional(str)}),
+                 "metadata": Optional(str), "h5": Optional(str)}],
+}
+
+
+def _check_counts(record: dict, where: str, error: type[Exception]) -> None:
+    """Every count the record declares agrees with what it describes: its shard's rows are the
+    chunks of ``chunk_size`` that --shard gives, its inputs and every array have that many rows."""
+    identity, shard, inputs = record["identity"], record["shard"], record["inputs"]
+    total, chunk_size = identity["total"], record["chunk_size"]
+    expected_shard = dict(shard)
+    if chunk_size >= 1 and total >= 1 and 0 <= shard["index"] < shard["count"]:
+        chunks = shard_chunks(total, chunk_size, shard["index"], shard["count"])
+        expected_shard.update(start=chunks.start * chunk_size, stop=min(chunks.stop * chunk_size, total))
+    facts = [(identity["shard"] == shard, "identity.shard differs from shard"),
+             (identity["chunk_size"] == chunk_size and chunk_size >= 1, "chunk_size differs from identity's or is < 1"),
+             (total >= 1 and inputs["total"] == total, "inputs.total differs from identity.total or is < 1"),
+             (shard == expected_shard and shard["start"] < shard["stop"],
+              f"shard {shard} is not the rows --shard {shard['index']}/{shard['count']} gives with {total} images "
+              f"in chunks of {chunk_size}"),
+             (inputs["count"] == shard["stop"] - shard["start"], f"inputs.count {inputs['count']} is not the "
+              f"shard's {shard['stop'] - shard['start']} rows"),
+             (len(identity["outputs"]) == len(record["outputs"]), "identity.outputs and outputs differ in length")]
+    if inputs["kind"] == "files":
+        items = inputs.get("items") or []
+        facts.append((len(items) == inputs["count"], f"inputs.items lists {len(items)} files for "
+                                                      f"{inputs['count']} rows"))
+    else:
+        shape = (inputs.get("array") or {}).get("shape", [])
+        facts.append((shape[:1] == [total], f"inputs.array.shape {shape} does not hold {total} images"))
+    rows = [item["row"] for item in inputs.get("rejected") or [] if item.get("row") is not None]
+    facts.append((all(shard["start"] <= row < shard["stop"] for row in rows),
+                  f"inputs.rejected names rows {rows} outside the shard's rows"))
+    for output in record["outputs"]:
+        for name, info in output["arrays"].items():
+            facts.append((info["shape"][:1] == [inputs["count"]] and all(n >= 0 for n in info["shape"]),
+                          f"{output['name']} {name} has shape {info['shape']}, not {inputs['count']} rows"))
+    for holds, problem in facts:
+        if not holds:
+            raise error(f"{where}: {problem}; the record is damaged")
+
+
+def shard_chunks(total: int, chunk_size: int, index: int, count: int) -> range:
+    """The chunk indices of shard ``index`` of ``count``: shards are runs of whole chunks."""
+    chunks = -(-total // chunk_size)
+    return range(index * chunks // count, (index + 1) * chunks // count)
+
+
+PROGRESS_SHAPE = {"chunks_done": [_COUNT], "failed": Optional([{"row": _COUNT, "path": str, "reason": str}])}
+
+
+def read_progress(out: Path) -> tuple[set[int], list[dict]]:
+    """The finished chunks and the images that failed in them, from ``out``'s progress.json."""
+    where = f"--out {out}: damaged {PROGRESS} (remove the folder to start again)"
+    progress = read_json(out / PROGRESS, where, RunStateError)
+    check_shape(progress, PROGRESS_SHAPE, where, RunStateError)
+    return set(progress["chunks_done"]), list(progress.get("failed") or [])
 
 
 class NpyRows:
@@ -63,22 +131,31 @@ class NpyRows:
     def __init__(self, path: Path, shape: tuple, create: bool):
         self.path, self.shape = path, tuple(int(n) for n in shape)
         if create:
+            fd = create_new_file(path)
             try:
-                with open(path, "wb") as handle:
+                with os.fdopen(os.dup(fd), "wb") as handle:
                     np.lib.format.write_array_header_1_0(
                         handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
                                  "fortran_order": False, "shape": self.shape})
                     self.offset = handle.tell()
                     handle.truncate(self.offset + int(np.prod(self.shape, dtype=np.int64)) * 4)
             except OSError as exc:
+                os.close(fd)
                 raise write_failure(path, exc) from exc
         else:
-            found, self.offset = npy_header(path)
-            if found != tuple(shape):
-                raise RunStateError(f"{path} has shape {found}, this run needs {tuple(shape)}; "
+            fd = open_own_file(path, os.O_RDWR)
+            try:
+                with os.fdopen(os.dup(fd), "rb") as handle:
+                    found, self.offset = _read_npy_header(handle, path)
+            except BaseException:
+                os.close(fd)
+                raise
+            if found != self.shape:
+                os.close(fd)
+                raise RunStateError(f"{path} has shape {found}, this run needs {self.shape}; "
                                     "remove the output folder to start again")
         self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * 4
-        self._fd = os.open(path, os.O_RDWR)
+        self._fd = fd
 
     def write(self, row: int, block: np.ndarray) -> None:
         if block.shape[1:] != self.shape[1:] or not 0 <= row <= row + len(block) <= self.shape[0]:
@@ -108,13 +185,51 @@ def _write_all(fd: int, data: memoryview, offset: int, path: Path) -> None:
 def npy_header(path: Path) -> tuple[tuple, int]:
     """(shape, data offset) of a float32 C-order .npy file."""
     with open(path, "rb") as handle:
+        return _read_npy_header(handle, path)
+
+
+def _read_npy_header(handle, path: Path) -> tuple[tuple, int]:
+    try:
         version = np.lib.format.read_magic(handle)
         reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                   else np.lib.format.read_array_header_2_0)
         shape, fortran, dtype = reader(handle)
-        if fortran or dtype != np.float32:
-            raise RunStateError(f"{path} is not a float32 C-order array")
-        return tuple(shape), handle.tell()
+    except ValueError as exc:
+        raise RunStateError(f"{path} is not a readable .npy file ({exc})") from None
+    if fortran or dtype != np.float32:
+        raise RunStateError(f"{path} is not a float32 C-order array")
+    return tuple(shape), handle.tell()
+
+
+def create_new_file(path: Path) -> int:
+    """A new, empty file at ``path`` opened for writing (a descriptor), replacing what a run of
+    nest-rt may have left under that name. Whatever is there is unlinked first, never followed:
+    a symbolic link planted under a run's own file name is removed, not written through."""
+    try:
+        path.unlink(missing_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666)
+    except IsADirectoryError as exc:
+        raise RunStateError(f"{path} is a folder where nest-rt keeps one of its files; remove it") from exc
+    except OSError as exc:
+        raise write_failure(path, exc) from exc
+
+
+def open_own_file(path: Path, flags: int) -> int:
+    """A descriptor of the regular file ``path`` that a run wrote earlier; a symbolic link (never
+    followed) or anything else under that name is refused."""
+    try:
+        fd = os.open(path, flags | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        if os.path.islink(path):
+            raise RunStateError(f"{path} is a symbolic link, not a file nest-rt wrote; remove it") from None
+        raise write_failure(path, exc) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunStateError(f"{path} is not a regular file, not one nest-rt wrote; remove it")
+    return fd
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def iter_npy_blocks(path: Path, max_bytes: int = _COPY_BLOCK_BYTES,
@@ -154,6 +269,7 @@ def write_h5(arrays: dict[str, Path], target: Path) -> None:
     if importlib.util.find_spec("h5py") is None:
         raise MissingExtraError("--h5 needs h5py: pip install 'nest-rt[h5]'")
     temporary = target.with_name(target.name + PARTIAL)
+    temporary.unlink(missing_ok=True)  # an earlier try's, or a planted link: removed, never followed
     sources = json.dumps({name: str(path) for name, path in arrays.items()})
     child = subprocess.run([sys.executable, "-m", "nest_rt.h5_copy", str(temporary), sources],
                            capture_output=True, text=True)
@@ -186,8 +302,9 @@ def fill_h5(handle, arrays: dict[str, Path]) -> None:
 def write_json_atomically(path: Path, data: dict) -> None:
     temporary = path.with_name(path.name + TEMPORARY)
     text = json.dumps(data, indent=1)
+    fd = create_new_file(temporary)  # never written through a planted symbolic link
     try:
-        with open(temporary, "w", encoding="utf-8") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
@@ -217,11 +334,18 @@ def _fsync_folder(folder: Path) -> None:
 def locked(out: Path, activity: str = "writing"):
     """Refuse a second process writing the same output folder at the same time. Creating the
     lock file is also the check that the folder is writable."""
-    try:
-        handle = open(out / LOCK, "a")
+    path = out / LOCK
+    try:  # O_NONBLOCK: a named pipe under the lock's name fails at once instead of waiting
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0), 0o666)
     except OSError as exc:
+        if os.path.islink(path) or (os.path.lexists(path) and not os.path.isfile(path)):
+            raise RunStateError(f"--out {out}: {LOCK} is not a regular file (not nest-rt's lock file); "
+                                "remove it") from None
         raise OutputWriteError(f"--out {out} is not writable ({exc.strerror or exc})") from exc
-    with handle:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunStateError(f"--out {out}: {LOCK} is not a regular file (not nest-rt's lock file); remove it")
+    with os.fdopen(fd, "a") as handle:
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock

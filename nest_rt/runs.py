@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,9 @@ from .images import MAX_PIXELS_VARIABLE, Stimulus, is_channels_last
 from .models import EncodingModel, as_arrays, iter_responses
 from .responses import file_stem, metadata_file, model_dir, responses_file
 from .paths import confined
-from .run_files import (LOCK, PARTIAL, PROGRESS, RUN_FORMAT, RUN_RECORD, TEMPORARY, NpyRows, iter_npy_blocks,
-                        locked, read_run_record, write_failure, write_h5, write_json_atomically)
+from .run_files import (LOCK, PARTIAL, PROGRESS, RUN_FORMAT, RUN_RECORD, TEMPORARY, NpyRows, create_new_file,
+                        iter_npy_blocks, locked, npy_header, read_progress, read_run_record, shard_chunks,
+                        write_failure, write_h5, write_json_atomically)
 
 DEFAULT_CHUNK_SIZE = 256
 # A chunk is the unit that is redone after an interruption; larger than any image list needs.
@@ -347,12 +349,12 @@ class RunInputs:
 def chunk_ranges(total: int, chunk_size: int, shard: tuple[int, int]) -> list[tuple[int, int, int]]:
     """(chunk index, start, stop) of this shard's chunks; shards are runs of whole chunks."""
     index, count = shard
-    chunks = -(-total // chunk_size)
-    first, last = index * chunks // count, (index + 1) * chunks // count
-    if first == last:
-        raise InvalidParameterError(f"--shard {index}/{count} gets no images: {total} images make {chunks} "
-                                    f"chunks of {chunk_size}; use fewer shards or a smaller --chunk-size")
-    return [(k, k * chunk_size, min((k + 1) * chunk_size, total)) for k in range(first, last)]
+    chunks = shard_chunks(total, chunk_size, index, count)
+    if not chunks:
+        raise InvalidParameterError(f"--shard {index}/{count} gets no images: {total} images make "
+                                    f"{-(-total // chunk_size)} chunks of {chunk_size}; use fewer shards or a "
+                                    "smaller --chunk-size")
+    return [(k, k * chunk_size, min((k + 1) * chunk_size, total)) for k in chunks]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -428,7 +430,7 @@ def encode_run(bundle_dir: str | Path, inputs: RunInputs, model_specs: list[str]
         if todo:  # (none left: an earlier process was interrupted while finishing)
             files = _open_files(out, outputs, stop - start, create=not done)
             if not done:
-                write_json_atomically(out / PROGRESS, {"chunks_done": [], "failed": []})
+                write_json_atomically(out / PROGRESS, progress_record([], []))
             rejected = len(inputs.images.rejected) if inputs.images else 0
             log(f"encoding {stop - start} images ({len(todo)} of {len(chunks)} chunks to do"
                 + (f", {rejected} rejected images listed in run.json" if rejected else "")
@@ -530,7 +532,7 @@ _OWN_LEFTOVERS = (LOCK, RUN_RECORD + TEMPORARY, PROGRESS + TEMPORARY)
 
 def _check_folder(out: Path) -> None:
     """A new run needs an empty folder: anything but a run's own leftovers is someone else's."""
-    if (out / RUN_RECORD).exists():
+    if os.path.lexists(out / RUN_RECORD):
         return
     foreign = sorted(p.name for p in out.iterdir() if p.name not in _OWN_LEFTOVERS)
     if foreign:
@@ -544,22 +546,18 @@ def _resume_state(out: Path, identity: dict) -> tuple[set[int], list[dict]] | No
     """Finished chunk indices of a matching earlier run and the images that failed to decode in
     them (empty for a new run), or None if that run is complete. A different earlier run is
     refused, never mixed with this one."""
-    if not (out / RUN_RECORD).exists():
+    if not os.path.lexists(out / RUN_RECORD):
         return set(), []
     previous = read_run_record(out, "--out", complete=False)
-    if previous.get("identity") != identity:
-        differing = sorted(key for key in identity if previous.get("identity", {}).get(key) != identity[key])
+    if previous["identity"] != identity:
+        differing = sorted(key for key in identity if previous["identity"].get(key) != identity[key])
         raise RunStateError(f"--out {out} holds a different run (differs in: {', '.join(differing)}); "
                             "use a new --out folder, or repeat the original command to resume it")
-    if previous.get("status") == "complete":
+    if previous["status"] == "complete":
         return None
-    if not (out / PROGRESS).exists():
+    if not os.path.lexists(out / PROGRESS):
         return set(), []
-    try:
-        progress = json.loads((out / PROGRESS).read_text(encoding="utf-8"))
-        return set(progress["chunks_done"]), list(progress.get("failed", []))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RunStateError(f"--out {out}: {PROGRESS} is damaged ({exc}); remove {out} and run again") from None
+    return read_progress(out)
 
 
 def _open_files(out: Path, outputs: list[Output], rows: int, create: bool) -> list[dict[str, NpyRows]]:
@@ -572,8 +570,9 @@ def _open_files(out: Path, outputs: list[Output], rows: int, create: bool) -> li
         metadata_path = out / output.metadata_file
         if not metadata_path.exists():
             temporary = metadata_path.with_name(metadata_path.name + TEMPORARY)
+            fd = create_new_file(temporary)  # never written through a planted symbolic link
             try:
-                with open(temporary, "wb") as handle:  # a handle: np.savez would append .npz to the name
+                with os.fdopen(fd, "wb") as handle:  # a handle: np.savez would append .npz to the name
                     write_nested_npz(handle, output.metadata)
                 os.replace(temporary, metadata_path)
             except OSError as exc:
@@ -631,7 +630,12 @@ def _record_chunk(item: ChunkDone, files: list[dict[str, NpyRows]], done: set[in
             handle.sync()
     done.add(item.chunk)
     failed.extend(item.failed)
-    write_json_atomically(out / PROGRESS, {"chunks_done": sorted(done), "failed": failed})
+    write_json_atomically(out / PROGRESS, progress_record(done, failed))
+
+
+def progress_record(done, failed: list[dict]) -> dict[str, Any]:
+    """progress.json: the same bytes however the chunks were run (in any order, sharded and merged)."""
+    return {"chunks_done": sorted(done), "failed": sorted(failed, key=lambda failure: failure["row"])}
 
 
 @dataclass
@@ -675,6 +679,9 @@ def _finish(out: Path, outputs: list[Output], record: dict, h5: bool) -> dict[st
         for array, info in entry["arrays"].items():
             final = out / info["file"]
             partial = final.with_name(final.name + PARTIAL)
+            if os.path.islink(partial):
+                raise RunStateError(f"{partial} is a symbolic link, not a file nest-rt wrote; remove {out} "
+                                    "and run again")
             if partial.exists():
                 os.replace(partial, final)
             elif not final.exists():
@@ -703,14 +710,13 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, log=print) -> dict
     total = records[0]["identity"]["total"]
     merged = json.loads(json.dumps(records[order[0]]))
     outputs = _merge_plan(folders, records, order, merged)
-    if out.exists():
+    if os.path.lexists(out):
         raise RunStateError(f"merge: --out {out} exists; choose a new folder")
-    staging = out.with_name(out.name + PARTIAL)
-    _make_folder(staging)
+    staging = _staging_folder(out)
     with locked(staging, "merging into"):
-        for leftover in staging.iterdir():  # an interrupted merge's files: only ever our own staging folder
-            if leftover.name != LOCK:
-                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        for leftover in staging.iterdir():  # an interrupted merge's files, in a folder merge created
+            if leftover.name not in (LOCK, STAGING_MARKER):
+                shutil.rmtree(leftover) if leftover.is_dir() and not leftover.is_symlink() else leftover.unlink()
         merged["identity"]["shard"] = merged["shard"] = {"index": 0, "count": 1, "start": 0, "stop": total}
         merged["inputs"]["count"] = total
         if merged["inputs"]["kind"] == "files":
@@ -727,17 +733,50 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, log=print) -> dict
                 info = entry["arrays"][array]
                 info["shape"][0] = total
                 info["sha256"] = _copy_rows(sources, staging / info["file"], tuple(info["shape"]))
-            if entry["h5"]:
+            if entry.get("h5"):
                 write_h5({array: staging / info["file"] for array, info in entry["arrays"].items()},
                          staging / entry["h5"])
         write_json_atomically(staging / RUN_RECORD, merged)
-        write_json_atomically(staging / PROGRESS, {"chunks_done": list(range(-(-total // merged["chunk_size"])))})
+        failed = [item for i in order for item in records[i]["inputs"].get("rejected") or [] if "row" in item]
+        write_json_atomically(staging / PROGRESS, progress_record(range(-(-total // merged["chunk_size"])), failed))
         (staging / LOCK).unlink()
-        if out.exists():
+        if os.path.lexists(out):
             raise RunStateError(f"merge: --out {out} appeared while merging; the merged run is left in {staging}")
         os.replace(staging, out)
+        (out / STAGING_MARKER).unlink()
     log(f"merged {len(folders)} shards ({total} images, {len(merged['outputs'])} outputs) into {out}")
     return merged
+
+
+# Written into OUT.partial when merge creates it: only a folder holding it is ever emptied or reused.
+STAGING_MARKER = ".nest-rt-merge-staging"
+
+
+def _staging_folder(out: Path) -> Path:
+    """OUT.partial: created here (with its marker), or left by an interrupted merge. Any other
+    folder (or link, or file) under that name is someone else's: refused, never emptied or followed."""
+    staging = out.with_name(out.name + PARTIAL)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(staging)
+    except FileExistsError:
+        if not _is_own_staging(staging):
+            raise RunStateError(f"merge: {staging} exists and was not created by nest-rt merge; move it away "
+                                "or choose another --out") from None
+        return staging
+    except OSError as exc:
+        raise OutputWriteError(f"merge: --out {out}: {staging} cannot be created ({exc.strerror or exc})") from exc
+    os.close(create_new_file(staging / STAGING_MARKER))
+    return staging
+
+
+def _is_own_staging(staging: Path) -> bool:
+    """Whether ``staging`` is a real folder (not a link) holding merge's marker file (not a link)."""
+    try:
+        return (stat.S_ISDIR(os.lstat(staging).st_mode)
+                and stat.S_ISREG(os.lstat(staging / STAGING_MARKER).st_mode))
+    except OSError:
+        return False
 
 
 def _shard_order(folders: list[Path], records: list[dict]) -> list[int]:
@@ -775,11 +814,18 @@ def _merge_plan(folders: list[Path], records: list[dict], order: list[int], merg
     plan = []
     for position, entry in enumerate(merged["outputs"]):
         # a record may name no metadata (read_run_record allows that), a merge needs it
-        metadata = [confined(folders[i], records[i]["outputs"][position]["metadata"], "merge: metadata",
+        metadata = [confined(folders[i], records[i]["outputs"][position].get("metadata"), "merge: metadata",
                              RunStateError) for i in order]
+        missing = [str(path) for path in metadata if not path.is_file()]  # (a named pipe would block)
+        if missing:
+            raise RunStateError(f"merge: {missing[0]} is missing or not a regular file")
         if len({sha256_file(path) for path in metadata}) != 1:
             raise RunStateError(f"merge: the shards' metadata files {metadata[0].name} differ")
         arrays = {}
+        for i in order:  # the identity check covers the outputs' names, not their arrays
+            if records[i]["outputs"][position]["arrays"].keys() != entry["arrays"].keys():
+                raise RunStateError(f"merge: {folders[i]} and {folders[order[0]]} list different arrays for "
+                                    f"{entry['name']}")
         for array in entry["arrays"]:
             sources = []
             for i in order:
@@ -788,6 +834,10 @@ def _merge_plan(folders: list[Path], records: list[dict], order: list[int], merg
                 if not source.is_file() or sha256_file(source) != info.get("sha256"):
                     raise RunStateError(f"merge: {source} does not match the sha256 in its run.json "
                                         "(modified, damaged or missing)")
+                found = npy_header(source)[0]
+                if list(found) != info["shape"] or info["shape"][1:] != entry["arrays"][array]["shape"][1:]:
+                    raise RunStateError(f"merge: {source} has shape {list(found)}; its run.json says "
+                                        f"{info['shape']} and the first shard's {entry['arrays'][array]['shape']}")
                 sources.append((source, info["sha256"]))
             arrays[array] = sources
         plan.append((metadata, arrays))
@@ -822,7 +872,7 @@ def _merged_rejections(records: list[dict], order: list[int]) -> list:
     during a shard's run are its own: the merged list has each once."""
     seen, merged = set(), []
     for i in order:
-        for item in records[i]["inputs"].get("rejected", []):
+        for item in records[i]["inputs"].get("rejected") or []:
             key = json.dumps(item, sort_keys=True)
             if key not in seen:
                 seen.add(key)

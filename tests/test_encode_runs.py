@@ -173,6 +173,8 @@ def test_two_shards_merge_into_the_single_run(vit_bundle, images, complete_run, 
     assert output_files(tmp_path / "merged") == output_files(complete_run)
     single = json.loads((complete_run / "run.json").read_text())
     assert json.loads((tmp_path / "merged" / "run.json").read_text()) == single
+    for name in ("run.json", "progress.json"):  # the README: identical to an unsharded run
+        assert (tmp_path / "merged" / name).read_bytes() == (complete_run / name).read_bytes(), name
 
     def refused(folders, words, out_name):
         with pytest.raises(RunStateError) as info:

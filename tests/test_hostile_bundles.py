@@ -201,3 +201,47 @@ def test_list_into_a_closed_pipe_is_quiet(bundle_dir):
     result = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True, timeout=300)
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
     assert result.returncode == 141  # 128 + SIGPIPE, as other Unix tools
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # deeper than Python's recursion limit
+
+
+def nest_deeply(bundle: Path) -> None:
+    text = (bundle / "bundle.json").read_text()
+    (bundle / "bundle.json").write_text(text[:-1] + ', "x": ' + DEEP + "}")
+
+
+def nest_sidecar_deeply(bundle: Path) -> None:
+    replace_with_matching_hash(bundle, v1_entry(json.loads((bundle / "bundle.json").read_text()))["sidecar"],
+                               DEEP.encode())
+
+
+def loop_sidecar(bundle: Path) -> None:
+    sidecar = bundle / v1_entry(json.loads((bundle / "bundle.json").read_text()))["sidecar"]
+    sidecar.unlink()
+    sidecar.symlink_to(sidecar.name)
+
+
+@pytest.mark.parametrize("damage, words, commands", [
+    (nest_deeply, "nested too deeply", ["list", "info", "verify"]),
+    (lambda b: edit_manifest(b, lambda m: m.update(x=json.loads("[" * 100 + "]" * 100))), "nested deeper than",
+     ["list", "info"]),
+    (lambda b: (b / "bundle.json").write_bytes(b"\xff\xfe{}"), "not valid JSON", ["list"]),
+    (lambda b: edit_manifest(b, lambda m: m.update(source="x")), "source must be an object", ["list", "info"]),
+    (lambda b: edit_manifest(b, lambda m: m["source"].update(nest_dir=3)), "source.nest_dir must be", ["info"]),
+    (lambda b: edit_manifest(b, lambda m: m.update(tools=["torch"])), "tools must be an object", ["info"]),
+    (lambda b: edit_manifest(b, lambda m: m.update(opset="18")), "opset must be an integer", ["info"]),
+    (lambda b: edit_manifest(b, lambda m: v1_entry(m).update(
+        parity={"size_227": {"min_correlation": 1.0, "relative_error": 0.0, "network": {}}})),
+     "no parity record", ["list"]),
+    (nest_sidecar_deeply, "nested too deeply", ["verify"]),
+    (loop_sidecar, "cannot be resolved", ["verify"]),
+])
+def test_hand_damaged_bundles_are_one_line_errors(bundle, damage, words, commands):
+    """Whatever the damage, BundleIntegrityError: never RecursionError, RuntimeError (a symlink
+    loop) or an AttributeError once the manifest check has passed."""
+    damage(bundle)
+    with pytest.raises(BundleIntegrityError, match=words):
+        load_v1(bundle)
+    for command in commands:
+        one_line_error(cli(command, *(["fwrf"] if command == "info" else []), "--bundle", str(bundle)), words)

@@ -40,9 +40,11 @@ def write_run(out, rows=ROWS, status="complete", inputs=None):
             Image.fromarray(generator.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
             items.append(str(path))
         inputs = {"kind": "files", "total": rows, "count": rows, "items": items}
+    # rows 0..rows-1 as one chunk: the whole run, or the first of two shards of a larger one
+    shard = {"index": 0, "count": 1 if inputs["total"] == rows else 2, "start": 0, "stop": rows}
     run = {
         "format": "nest_rt.run/1", "status": status, "imageset": "test", "inputs": inputs,
-        "shard": {"index": 0, "count": 1, "start": 0, "stop": rows},
+        "shard": shard, "chunk_size": rows,
         "outputs": [
             _output(EEG, "eeg-things_eeg_2-vit_b_32", {}, {"responses": spec["eeg"]},
                     {"repetitions": 4, "channels": ["Fp1", "Fz", "Cz", "Pz", "Oz"],
@@ -52,6 +54,8 @@ def write_run(out, rows=ROWS, status="complete", inputs=None):
                     {"lh": spec["lh"], "rh": spec["rh"]}, {"vertices": {"lh": 20, "rh": 25}}),
         ],
     }
+    run["identity"] = {"total": inputs["total"], "chunk_size": rows, "shard": shard,
+                       "outputs": [[output["name"], output["selection"]] for output in run["outputs"]]}
     (out / "run.json").write_text(json.dumps(run))
     return out
 

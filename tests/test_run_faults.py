@@ -120,6 +120,7 @@ def test_two_merges_into_one_output(shards, tmp_path):
     out = tmp_path / "merged"
     staging = out.with_name("merged.partial")
     staging.mkdir()
+    (staging / ".nest-rt-merge-staging").write_text("")  # what merge writes into the staging folder it creates
     with open(staging / ".lock", "w") as held:  # as a merge in progress holds it
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(RunStateError, match="another nest-rt process is merging into"):
