@@ -1,7 +1,7 @@
 """The ``BERG`` class: current upstream's model-ID API (BERG, formerly NEST) over an exported bundle.
 
 It is the ``NEST`` class's model-ID half under upstream's new name and signatures. Where
-upstream has a bug, this does what upstream meant (each difference is listed in the README):
+upstream has a bug, this does what upstream meant (each difference is listed in docs/parity.md):
 
 - ``encode(..., return_metadata=True)`` always returns ``(responses, metadata)``; upstream
   printed a warning and returned the responses alone when the metadata could not be read;

@@ -202,7 +202,7 @@ Each --model gives a model and what to encode with it:
 Keys: subjects, roi, the model's list selections (channels, region, sensors), its 0/1 masks given as
 indices and ranges (timepoints=0-69, electrodes=0-99, sensor_index, voxel_index), train_split(s).
 Images are decoded once per batch for all models, and the ViT backbone runs once per batch
-for every model on it. Output layout and run record: see README ("Encoding at scale").
+for every model on it. Output layout and run record: see docs/encoding.md.
 Interrupted runs resume when the same command is run again; a different command on the same
 --out is refused.
 """

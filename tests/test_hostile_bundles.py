@@ -3,7 +3,7 @@ reads nothing outside the bundle folder, never returns data of the wrong shape, 
 fault as the documented BundleIntegrityError (exit code 2 with one line from the command line).
 
 Tampered files here usually come with their sha256 in bundle.json edited to match: the hashes
-detect corruption, not deliberate changes (README "Safety"); only --expect-sha256 anchors them.
+detect corruption, not deliberate changes (docs/safety.md); only --expect-sha256 anchors them.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """nest_rt (onnxruntime) against the independent torch reference of upstream's pipeline, end to
 end, on the project's synthetic toolkits.
 
-Tolerances (export/parity.py END_TO_END_TOLERANCE, stated in the README): with S = 227 there is
+Tolerances (export/parity.py END_TO_END_TOLERANCE, stated in docs/parity.md): with S = 227 there is
 no resize and the two agree to float32 rounding: max abs error <= 1e-5 x the response scale
 (max |response|). Other sizes go through the antialiased resize, where ONNX Resize and
 torchvision round about 0.002-0.2 % of pixels differently by one grey level: max abs error
