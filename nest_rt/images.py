@@ -26,7 +26,6 @@ import errno
 import functools
 import os
 import re
-import stat
 import struct
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -34,6 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from .errors import InvalidParameterError, StimulusError, StimulusFileNotFoundError, StimulusTypeError
+from .paths import NotARegularFile, not_regular_kind, open_regular
 
 _EXPECTED = "expected uint8 (or integer 0..255) images shaped [N, 3, S, S] or [N, S, S, 3] with S x S square"
 
@@ -248,10 +248,6 @@ def _require_square(size: Sequence[int], name: str, center_crop: bool) -> None:
 # The largest image, in pixels, that is read: Pillow's decompression-bomb limit (twice
 # PIL.Image.MAX_IMAGE_PIXELS, 178,956,970 pixels by default), which this variable replaces.
 MAX_PIXELS_VARIABLE = "NEST_RT_MAX_IMAGE_PIXELS"
-_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"),
-                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
 def shown_path(path: str) -> str:
     """A path as it can be printed and stored in JSON: the bytes of a name that is not valid
     UTF-8 are shown as \\xNN escapes."""
@@ -264,13 +260,6 @@ def _problem(kind: type, message: str, reason: str) -> Exception:
     error = kind(message)
     error.reason = reason
     return error
-
-
-def _not_regular(mode: int) -> str | None:
-    """What a file is, when it is not a regular file."""
-    if stat.S_ISREG(mode):
-        return None
-    return next((kind for test, kind in _NOT_REGULAR if test(mode)), "not a regular file")
 
 
 def _os_reason(error: OSError) -> str:
@@ -286,26 +275,23 @@ def open_regular_file(path: str, name: str):
     open would wait for a writer forever, a device, a folder) is refused before it is opened, and
     O_NONBLOCK with a second check on the open file covers one swapped in between."""
     try:
-        kind = _not_regular(os.stat(path).st_mode)
+        kind = not_regular_kind(os.stat(path).st_mode)  # a device is not even opened
         if kind is None:
-            descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-            kind = _not_regular(os.fstat(descriptor).st_mode)
-            if kind is not None:
-                os.close(descriptor)
+            return os.fdopen(open_regular(path, os.O_RDONLY), "rb")
+    except NotARegularFile as exc:
+        kind = exc.kind
     except OSError as exc:
         raise _problem(StimulusFileNotFoundError, f"{name}: cannot open {shown_path(path)}: {_os_reason(exc)}",
                        f"cannot open it: {_os_reason(exc)}") from exc
-    if kind is not None:
-        raise _problem(StimulusFileNotFoundError, f"{name}: {shown_path(path)} is {kind}, not a regular file; "
-                       "only regular files are read", f"{kind}, not a regular file: not read")
-    return os.fdopen(descriptor, "rb")
+    raise _problem(StimulusFileNotFoundError, f"{name}: {shown_path(path)} is {kind}, not a regular file; "
+                   "only regular files are read", f"{kind}, not a regular file: not read")
 
 
 def regular_file_problem(path: str) -> str | None:
     """Why ``path`` is not a readable regular file (a FIFO, a folder, a loop of symbolic links),
     from its status alone; None when it is one."""
     try:
-        kind = _not_regular(os.stat(path).st_mode)
+        kind = not_regular_kind(os.stat(path).st_mode)
     except OSError as exc:
         return _os_reason(exc)
     return None if kind is None else f"{kind}, not a regular file"

@@ -15,23 +15,23 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .paths import NotARegularFile, open_regular
 
 MAX_DEPTH = 64  # records nest_rt writes nest about 8 levels deep
 
 
 def read_json(path: Path, what: str, error: type[Exception]) -> Any:
     """The parsed content of the JSON file ``path``, or ``error`` naming ``what`` and the file."""
-    try:  # O_NONBLOCK: a named pipe planted under a record's name is refused below instead of waited on
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        fd = open_regular(path, os.O_RDONLY)
+    except NotARegularFile:
+        raise error(f"{what}: {path} is not a regular file") from None
     except OSError as exc:
         raise error(f"{what}: cannot read {path} ({exc.strerror or exc})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise error(f"{what}: {path} is not a regular file")
     with os.fdopen(fd, "rb") as handle:
         try:
             content = json.loads(handle.read().decode("utf-8"))

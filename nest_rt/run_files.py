@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -18,7 +17,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .errors import MissingExtraError, OutputWriteError, RunStateError
-from .paths import confined
+from .paths import NotARegularFile, confined, open_regular
 from .records import MapOf, OneOf, Optional, check_shape, read_json
 
 RUN_FORMAT = "nest_rt.run/1"
@@ -218,15 +217,13 @@ def open_own_file(path: Path, flags: int) -> int:
     """A descriptor of the regular file ``path`` that a run wrote earlier; a symbolic link (never
     followed) or anything else under that name is refused."""
     try:
-        fd = os.open(path, flags | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+        return open_regular(path, flags | _NOFOLLOW)
+    except NotARegularFile:
+        raise RunStateError(f"{path} is not a regular file, not one nest-rt wrote; remove it") from None
     except OSError as exc:
         if os.path.islink(path):
             raise RunStateError(f"{path} is a symbolic link, not a file nest-rt wrote; remove it") from None
         raise write_failure(path, exc) from exc
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise RunStateError(f"{path} is not a regular file, not one nest-rt wrote; remove it")
-    return fd
 
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -335,16 +332,15 @@ def locked(out: Path, activity: str = "writing"):
     """Refuse a second process writing the same output folder at the same time. Creating the
     lock file is also the check that the folder is writable."""
     path = out / LOCK
-    try:  # O_NONBLOCK: a named pipe under the lock's name fails at once instead of waiting
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0), 0o666)
+    not_ours = f"--out {out}: {LOCK} is not a regular file (not nest-rt's lock file); remove it"
+    try:
+        fd = open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _NOFOLLOW)
+    except NotARegularFile:
+        raise RunStateError(not_ours) from None
     except OSError as exc:
         if os.path.islink(path) or (os.path.lexists(path) and not os.path.isfile(path)):
-            raise RunStateError(f"--out {out}: {LOCK} is not a regular file (not nest-rt's lock file); "
-                                "remove it") from None
+            raise RunStateError(not_ours) from None
         raise OutputWriteError(f"--out {out} is not writable ({exc.strerror or exc})") from exc
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise RunStateError(f"--out {out}: {LOCK} is not a regular file (not nest-rt's lock file); remove it")
     with os.fdopen(fd, "a") as handle:
         try:
             import fcntl
