@@ -24,7 +24,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from .base import Backbone, FeatureNode, ImageClassificationPreprocessing, file_provenance
+from .base import Backbone, FeatureNode, ImageClassificationPreprocessing, file_provenance, torchvision_network
 from .registry import register
 
 UNTRAINED_SEED = 20200220
@@ -51,13 +51,8 @@ class AlexNet(Backbone):
     """The trained AlexNet: torchvision's ImageNet weights, or a state dict given by path."""
 
     def network(self, weights_path: str | Path | None):
-        import torch
         from torchvision.models import AlexNet_Weights, alexnet
-        if weights_path is None:
-            return alexnet(weights=AlexNet_Weights.DEFAULT).eval()
-        model = alexnet()
-        model.load_state_dict(torch.load(Path(weights_path), map_location="cpu", weights_only=True), strict=True)
-        return model.eval()
+        return torchvision_network(alexnet, AlexNet_Weights.DEFAULT, weights_path)
 
     def transform(self):
         from torchvision.models import AlexNet_Weights

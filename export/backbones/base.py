@@ -111,3 +111,15 @@ def file_provenance(weights_path: str | Path) -> dict[str, Any]:
     """The provenance of a weights file given by path: where it is and its sha256."""
     from nest_rt.bundle import sha256_file
     return {"source": str(Path(weights_path).resolve()), "sha256": sha256_file(Path(weights_path))}
+
+
+def torchvision_network(build, default_weights, weights_path: str | Path | None):
+    """A torchvision network in eval mode: ``build(weights=default_weights)`` (torchvision's
+    download or cache, as upstream gets it), or ``build()`` given the state dict at
+    ``weights_path`` (loaded with ``weights_only``: tensors, nothing else unpickled)."""
+    import torch
+    if weights_path is None:
+        return build(weights=default_weights).eval()
+    model = build()
+    model.load_state_dict(torch.load(Path(weights_path), map_location="cpu", weights_only=True), strict=True)
+    return model.eval()

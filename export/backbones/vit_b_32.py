@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .base import Backbone, FeatureNode, ImageClassificationPreprocessing, file_provenance
+from .base import Backbone, FeatureNode, ImageClassificationPreprocessing, file_provenance, torchvision_network
 from .registry import register
 
 DEFAULT_WEIGHTS = "torchvision ViT_B_32_Weights.IMAGENET1K_V1 (vit_b_32-d86f8d99.pth)"
@@ -26,13 +26,8 @@ DEFAULT_WEIGHTS = "torchvision ViT_B_32_Weights.IMAGENET1K_V1 (vit_b_32-d86f8d99
 
 class VitB32(Backbone):
     def network(self, weights_path: str | Path | None):
-        import torch
         from torchvision.models import ViT_B_32_Weights, vit_b_32
-        if weights_path is None:
-            return vit_b_32(weights=ViT_B_32_Weights.DEFAULT).eval()
-        model = vit_b_32()
-        model.load_state_dict(torch.load(Path(weights_path), map_location="cpu", weights_only=True), strict=True)
-        return model.eval()
+        return torchvision_network(vit_b_32, ViT_B_32_Weights.DEFAULT, weights_path)
 
     def transform(self):
         from torchvision.models import ViT_B_32_Weights
