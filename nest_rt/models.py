@@ -14,7 +14,7 @@ from .bundle import Bundle
 from .errors import BundleIntegrityError, InvalidParameterError, NonFiniteOutputError, NotExportedError
 from .images import Stimulus
 from .selection import OutputPlan
-from .sessions import create_session, resolve_device
+from .sessions import Sessions, resolve_device
 
 # The fwRF readout holds a few float32 [n, 256, V] temporaries at once. Small batches keep
 # them near the CPU caches: measured on 2 cores, V1 (1350 voxels) ran fastest at 8-11 images
@@ -57,22 +57,6 @@ def check_graph_contract(session, input_name: str, input_type: str, output_width
     if list(graph_output.shape[1:]) != output_width:
         raise BundleIntegrityError(f"{what}: the graph gives {graph_output.shape[1:]} values per image but the "
                                    f"bundle declares {output_width}; re-export the bundle")
-
-
-class Sessions:
-    """onnxruntime sessions of one graph, created on first use per device; ``check(session)``
-    runs on each new session before it is used."""
-
-    def __init__(self, path, num_threads: int | None, check: Callable[[Any], None] | None = None):
-        self._path, self._num_threads, self._by_device, self._check = path, num_threads, {}, check
-
-    def get(self, device: str):
-        if device not in self._by_device:
-            session = create_session(self._path, device, self._num_threads)
-            if self._check is not None:
-                self._check(session)
-            self._by_device[device] = session
-        return self._by_device[device]
 
 
 class EncodingModel:

@@ -1,7 +1,9 @@
-"""onnxruntime sessions: map NEST's ``device`` argument to execution providers."""
+"""onnxruntime sessions: NEST's ``device`` argument mapped to execution providers, and
+``Sessions``, the sessions of one graph, one per device."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 from .errors import InvalidParameterError, ModelLoadError, ParameterTypeError
 
@@ -50,3 +52,19 @@ def create_session(graph_path: Path, device: str, num_threads: int | None = None
             f"{session.get_providers()}); check the CUDA and cuDNN libraries that onnxruntime-gpu needs, "
             "and that the CPU wheel onnxruntime is not installed beside it")
     return session
+
+
+class Sessions:
+    """onnxruntime sessions of one graph, created on first use per device; ``check(session)``
+    runs on each new session before it is used."""
+
+    def __init__(self, path, num_threads: int | None, check: Callable[[Any], None] | None = None):
+        self._path, self._num_threads, self._by_device, self._check = path, num_threads, {}, check
+
+    def get(self, device: str):
+        if device not in self._by_device:
+            session = create_session(self._path, device, self._num_threads)
+            if self._check is not None:
+                self._check(session)
+            self._by_device[device] = session
+        return self._by_device[device]
