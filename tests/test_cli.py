@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -58,6 +59,33 @@ def test_help_lists_the_commands():
     assert result.returncode == 0
     for command in ("demo", "synthetic-toolkit", "export"):
         assert command in result.stdout
+
+
+@pytest.mark.parametrize("verb", ["", "encode", "list", "export", "synthetic-toolkit", "demo"])
+def test_help_imports_nothing_heavy(verb):
+    """nest-rt --help and nest-rt VERB --help load no numpy, onnxruntime, PIL or torch: each verb
+    imports the runtime inside its run."""
+    script = (
+        "import runpy, sys\n"
+        f"sys.argv = ['nest-rt', *{[verb] if verb else []!r}, '--help']\n"
+        "try:\n"
+        "    runpy.run_module('nest_rt.cli', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "heavy = [m for m in ('numpy', 'onnxruntime', 'PIL', 'tqdm', 'torch') if m in sys.modules]\n"
+        "print('heavy:', heavy, file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "usage: nest-rt" in result.stdout
+    assert "heavy: []" in result.stderr, result.stderr
+
+
+def test_the_limits_encode_help_shows_are_those_a_run_checks():
+    """nest_rt.limits holds them for the help, which must not import the runs module (numpy)."""
+    from nest_rt import limits, ray, runs
+    assert (limits.DEFAULT_CHUNK_SIZE, limits.MAX_CHUNK_SIZE, limits.MAX_THREADS) == (
+        runs.DEFAULT_CHUNK_SIZE, runs.MAX_CHUNK_SIZE, runs.MAX_THREADS)
+    assert ray.CONNECT_TIMEOUT_S == limits.CONNECT_TIMEOUT_S
 
 
 def test_runtime_never_imports_torch(bundle_dir):
