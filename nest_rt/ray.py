@@ -31,6 +31,7 @@ import numpy as np
 
 from . import interrupts
 from .errors import InvalidParameterError, MissingExtraError, ResourceError, RunStateError
+from .limits import CONNECT_TIMEOUT_S
 
 # A chunk whose worker died is given to another worker at most this many times: a chunk that
 # kills every worker it meets (an image that crashes the decoder) must stop the run, not loop.
@@ -45,9 +46,6 @@ WORKER_START_TIMEOUT_S = 600
 # Workers (and threads per worker) of a run: more than any cluster's CPUs, so a typo, not a plan
 # (each worker is an actor that loads every model of the run).
 MAX_WORKERS = 1024
-# How long joining a cluster may wait for its address to accept a connection. Ray itself retries an
-# address that does not answer for about 12 minutes (20 tries of its GCS client, each ~35 s).
-CONNECT_TIMEOUT_S = 10
 
 
 def _import_ray():

@@ -1,10 +1,12 @@
 """The nest-rt command line: the demo job, export, and one-line errors."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -60,18 +62,47 @@ def test_help_lists_the_commands():
         assert command in result.stdout
 
 
+def modules_imported(script: str, names: tuple[str, ...]) -> tuple[list[str], str]:
+    """Run script in a new interpreter: which of names it imported, and what else it printed."""
+    check = f"\nimport json, sys\nprint(json.dumps([name for name in {names!r} if name in sys.modules]))\n"
+    result = subprocess.run([sys.executable, "-c", script + check], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    *printed, imported = result.stdout.splitlines()
+    return json.loads(imported), "\n".join(printed)
+
+
+@pytest.mark.parametrize("verb", ["", "encode", "list", "export", "synthetic-toolkit", "demo"])
+def test_help_imports_nothing_heavy(verb):
+    """nest-rt --help and nest-rt VERB --help load no numpy, onnxruntime, PIL or torch: each verb
+    imports the runtime inside its run."""
+    script = (
+        "import runpy, sys\n"
+        f"sys.argv = ['nest-rt', *{[verb] if verb else []!r}, '--help']\n"
+        "try:\n"
+        "    runpy.run_module('nest_rt.cli', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n")
+    heavy, printed = modules_imported(script, ("numpy", "onnxruntime", "PIL", "tqdm", "torch"))
+    assert heavy == [] and "usage: nest-rt" in printed
+
+
+def test_the_limits_encode_help_shows_are_those_a_run_checks():
+    """nest_rt.limits holds them for the help, which must not import the runs module (numpy)."""
+    from nest_rt import limits, ray, runs
+    assert (limits.DEFAULT_CHUNK_SIZE, limits.MAX_CHUNK_SIZE, limits.MAX_THREADS) == (
+        runs.DEFAULT_CHUNK_SIZE, runs.MAX_CHUNK_SIZE, runs.MAX_THREADS)
+    assert ray.CONNECT_TIMEOUT_S == limits.CONNECT_TIMEOUT_S
+
+
 def test_runtime_never_imports_torch(bundle_dir):
     """In the export venv torch is installed; the runtime must still not import it."""
     script = (
-        "import sys, numpy as np\n"
+        "import numpy as np\n"
         "from nest_rt import NEST\n"
         f"nest = NEST({str(bundle_dir)!r})\n"
         "model = nest.get_encoding_model('fmri', 'nsd', 'fwrf', 1, 'lateral')\n"
-        "nest.encode(model, np.zeros((2, 3, 64, 64), np.uint8), show_progress=False)\n"
-        "heavy = [m for m in ('torch', 'torchvision', 'onnx', 'sklearn') if m in sys.modules]\n"
-        "assert not heavy, heavy\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+        "nest.encode(model, np.zeros((2, 3, 64, 64), np.uint8), show_progress=False)\n")
+    assert modules_imported(script, ("torch", "torchvision", "onnx", "sklearn"))[0] == []
 
 
 def test_corrupt_toolkit_file_is_a_one_line_error(tmp_path):
