@@ -45,10 +45,11 @@ from .image_files import ARRAY_SUFFIXES, ImageList, find_image_files, load_image
 from .images import MAX_PIXELS_VARIABLE, Stimulus, is_channels_last
 from .models import EncodingModel, as_arrays, iter_responses
 from .responses import file_stem, metadata_file, model_dir, responses_file
+from .h5_copy import write_h5
 from .paths import confined
 from .run_files import (LOCK, PARTIAL, PROGRESS, RUN_FORMAT, RUN_RECORD, TEMPORARY, NpyRows, create_new_file,
                         iter_npy_blocks, locked, npy_header, read_progress, read_run_record, shard_chunks,
-                        write_failure, write_h5, write_json_atomically)
+                        write_failure, write_json_atomically)
 
 DEFAULT_CHUNK_SIZE = 256
 # A chunk is the unit that is redone after an interruption; larger than any image list needs.
