@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MissingExtraError
+from .response_files import h5_dataset
 from .run_files import PARTIAL, iter_npy_blocks, npy_header, write_failure
 
 REASON_PREFIX = "nest_rt.h5_copy: "
@@ -51,8 +52,7 @@ def fill_h5(handle, arrays: dict[str, Path]) -> None:
     datasets = []
     for name, source in arrays.items():
         shape, _ = npy_header(source)
-        datasets.append(handle.create_dataset("synthetic_neural_responses" if name == "responses" else name,
-                                              shape=shape, dtype=np.float32,
+        datasets.append(handle.create_dataset(h5_dataset(name), shape=shape, dtype=np.float32,
                                               chunks=(min(shape[0], 64), *shape[1:]) if all(shape) else None))
         row = 0
         for block in iter_npy_blocks(source):

@@ -2,8 +2,6 @@
 axis labels and metadata, with the requested models loaded."""
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +12,7 @@ from ..api import NEST
 from ..bundle import nested_value
 from ..errors import InvalidParameterError
 from ..models import EncodingModel
-from ..responses import file_stem, metadata_file, model_dir, responses_file
+from ..response_files import SINGLE_ARRAY, imageset_dir, metadata_file, npy_suffix, output_stem, responses_file
 from .model_specs import ModelRequest, parse_model_spec
 
 
@@ -32,7 +30,7 @@ class Output:
     metadata: dict[str, Any]
 
     def array_file(self, array: str) -> str:
-        return f"{self.folder}/" + responses_file(self.stem, ".npy" if array == "responses" else f"_{array}.npy")
+        return f"{self.folder}/" + responses_file(self.stem, npy_suffix(array))
 
     @property
     def metadata_file(self) -> str:
@@ -57,21 +55,16 @@ def plan_outputs(nest: NEST, requests: list[ModelRequest], imageset: str, device
     for request in requests:
         model = nest.get_encoding_model(request.model_id, subject=request.subject,
                                         selection=request.selection or None, device=device, **request.variant)
-        roi = request.selection.get("roi")
-        stem = file_stem(request.subject, roi if isinstance(roi, str) or roi is None else "+".join(roi))
-        stem += "".join(f"_{key.replace('_', '-')}-{value}" for key, value in request.variant.items())
-        other = {key: value for key, value in request.selection.items() if key != "roi"}
-        if other:
-            stem += "_sel-" + hashlib.sha256(json.dumps(other, sort_keys=True).encode()).hexdigest()[:8]
+        stem = output_stem(request.subject, request.selection, request.variant)
         empty = model.allocate(0)
         shapes = ({plan.name: array.shape[1:] for plan, array in zip(model.plans, empty)} if isinstance(empty, tuple)
-                  else {"responses": empty.shape[1:]})
+                  else {SINGLE_ARRAY: empty.shape[1:]})
         metadata = model.metadata()
         axes, chosen = _axes(request, model, shapes, metadata)
         name = f"{request.model_id}_{stem}"
         if any(output.name == name for output in outputs):
             raise InvalidParameterError(f"--model: {name} is asked for twice")
-        outputs.append(Output(request, model, name, f"{model_dir(request.model_id)}/imageset-{imageset}",
+        outputs.append(Output(request, model, name, imageset_dir(request.model_id, imageset),
                               stem, shapes, axes, {**metadata, "selection": chosen}))
     return outputs
 
