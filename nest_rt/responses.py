@@ -1,17 +1,7 @@
 """Read in silico responses stored on disk: upstream's pregenerated ones (legacy toolkit) and
-those written by ``nest-rt encode``, which use the same directory layout.
-
-::
-
-    ROOT/modality-M/train_dataset-D/model-X/imageset-I/
-        synthetic_neural_responses_<stem>.h5            dataset 'synthetic_neural_responses'
-                                                        (fsaverage: datasets 'lh' and 'rh')
-        synthetic_neural_responses_<stem>.npy           nest-rt encode only (fsaverage: _lh/_rh.npy)
-        synthetic_neural_responses_metadata_<stem>.npz  pickle-free metadata (bundle or encode output)
-        synthetic_neural_responses_metadata_<stem>.npy  upstream's pickled metadata: never read here
-
-where ``<stem>`` is ``sub-SS`` plus ``_roi-R`` for an ROI. The runtime never unpickles, so
-upstream's metadata is read only after ``nest-rt export --pregenerated`` converted it to npz.
+those written by ``nest-rt encode``, which use the same directory layout (its file names: see
+response_files). The runtime never unpickles, so upstream's metadata is read only after
+``nest-rt export --pregenerated`` converted it to npz.
 """
 from __future__ import annotations
 
@@ -25,36 +15,12 @@ from . import catalog
 from .bundle import Bundle, read_nested_npz
 from .errors import (BundleIntegrityError, InvalidParameterError, MissingExtraError,
                      NESTError, ParameterTypeError, ResponsesNotFoundError, RunStateError)
+from .response_files import (DATASET, PREGENERATED_DIR, SINGLE_ARRAY, file_stem, h5_dataset, imageset_dir,
+                             metadata_file, model_dir, npy_suffix, responses_file)
 from .run_files import RUN_RECORD, read_run_record
 from .selection import EEG, FWRF
 
-PREGENERATED_DIR = "pregenerated_insilico_neural_responses"
 UPSTREAM_IMAGESETS = ["nsd", "imagenet_val", "things"]
-DATASET = "synthetic_neural_responses"
-
-
-def model_triple(model_id: str) -> tuple[str, str, str]:
-    """(modality, train_dataset, model) naming a model's response folders: its legacy triple
-    where it has one, else the parts of its id (upstream's toolkit folder names)."""
-    legacy = catalog.model_entry(model_id)["legacy"]
-    return (legacy["modality"], legacy["train_dataset"], legacy["model"]) if legacy else catalog.model_triple(model_id)
-
-
-def model_dir(model_id: str) -> str:
-    modality, train_dataset, model = model_triple(model_id)
-    return f"modality-{modality}/train_dataset-{train_dataset}/model-{model}"
-
-
-def file_stem(subject: int | str, roi: str | None = None) -> str:
-    return f"sub-{catalog.subject_label(subject)}" + (f"_roi-{roi}" if roi else "")
-
-
-def responses_file(stem: str, suffix: str) -> str:
-    return f"{DATASET}_{stem}{suffix}"
-
-
-def metadata_file(stem: str, suffix: str) -> str:
-    return f"{DATASET}_metadata_{stem}{suffix}"
 
 
 class Request(NamedTuple):
@@ -65,7 +31,7 @@ class Request(NamedTuple):
 
     @property
     def directory(self) -> str:
-        return f"{model_dir(self.model_id)}/imageset-{self.imageset}"
+        return imageset_dir(self.model_id, self.imageset)
 
 
 def parse_request(modality: Any, train_dataset: Any, model: Any, imageset: Any, subject: Any,
@@ -122,7 +88,7 @@ def find_responses(roots: Sequence[Path], request: Request) -> Path:
     """The first root's .h5 (upstream's format, preferred) or .npy of the request."""
     _check_imageset(roots, request)
     arrays = catalog.array_names(request.model_id)
-    suffixes = [".h5", f"_{arrays[0]}.npy" if arrays else ".npy"]
+    suffixes = [".h5", npy_suffix(arrays[0] if arrays else SINGLE_ARRAY)]
     for root in roots:
         for suffix in suffixes:
             path = root / request.directory / responses_file(request.stem, suffix)
@@ -157,11 +123,10 @@ def open_responses(path: Path, request: Request):
     memory-mapped array; a model of several arrays gives a tuple (fsaverage: (lh, rh))."""
     arrays = catalog.array_names(request.model_id)
     if path.suffix == ".h5":
-        datasets = _open_h5(path, arrays or [DATASET])
+        datasets = _open_h5(path, [h5_dataset(name) for name in arrays or [SINGLE_ARRAY]])
         return tuple(datasets) if arrays else datasets[0]
     if arrays:
-        stem_path = str(path)[:-len(f"_{arrays[0]}.npy")]
-        return tuple(_open_npy(Path(f"{stem_path}_{name}.npy")) for name in arrays)
+        return tuple(_open_npy(path.with_name(responses_file(request.stem, npy_suffix(name)))) for name in arrays)
     return _open_npy(path)
 
 

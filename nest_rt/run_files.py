@@ -3,7 +3,6 @@
 - ``NpyRows``: a float32 .npy filled block by block with positioned writes and fsync'ed on demand;
 - ``write_json_atomically``: a JSON file replaced in one rename (temporary file, fsync, rename,
   fsync of the folder), so readers see the old or the new version, never a mix;
-- ``write_h5``: an HDF5 copy in upstream's pregenerated layout, renamed into place when whole;
 - ``locked``: one writer per output folder.
 """
 from __future__ import annotations
@@ -16,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .errors import MissingExtraError, OutputWriteError, RunStateError
+from .errors import OutputWriteError, RunStateError
 from .paths import NotARegularFile, confined, open_regular
 from .records import MapOf, OneOf, Optional, check_shape, read_json
 
@@ -250,50 +249,6 @@ def iter_npy_blocks(path: Path, max_bytes: int = _COPY_BLOCK_BYTES,
             yield block.reshape(rows, *shape[1:])
         if on_bytes is not None:
             on_bytes(handle.read())  # anything after the rows (nothing, in files nest-rt writes)
-
-
-def write_h5(arrays: dict[str, Path], target: Path) -> None:
-    """Copy finished .npy arrays into one HDF5 file laid out like upstream's pregenerated
-    responses: dataset 'synthetic_neural_responses' (or 'lh' and 'rh'). Written to a temporary
-    name first, so an interrupted copy leaves no .h5 behind.
-
-    The copy runs in a child process: after a failed write (a full disk) the HDF5 library cannot
-    close its file, and the process that tried crashes at its next HDF5 call or at exit. In a
-    child, that failure becomes this process's one-line OutputWriteError."""
-    import importlib.util
-    import subprocess
-    import sys
-    if importlib.util.find_spec("h5py") is None:
-        raise MissingExtraError("--h5 needs h5py: pip install 'nest-rt[h5]'")
-    temporary = target.with_name(target.name + PARTIAL)
-    temporary.unlink(missing_ok=True)  # an earlier try's, or a planted link: removed, never followed
-    sources = json.dumps({name: str(path) for name, path in arrays.items()})
-    child = subprocess.run([sys.executable, "-m", "nest_rt.h5_copy", str(temporary), sources],
-                           capture_output=True, text=True)
-    if child.returncode != 0:
-        temporary.unlink(missing_ok=True)
-        from .h5_copy import REASON_PREFIX
-        reasons = [line[len(REASON_PREFIX):] for line in child.stderr.splitlines() if line.startswith(REASON_PREFIX)]
-        reason = reasons[-1] if reasons else f"the HDF5 writer failed (exit {child.returncode})"
-        raise write_failure(target, OSError(reason))
-    os.replace(temporary, target)
-
-
-def fill_h5(handle, arrays: dict[str, Path]) -> None:
-    """Write the arrays into an open h5py File and flush it (run by nest_rt.h5_copy, see write_h5).
-    The datasets stay referenced until the flush: a write failure then surfaces here, as an
-    exception, rather than when a dataset is released."""
-    datasets = []
-    for name, source in arrays.items():
-        shape, _ = npy_header(source)
-        datasets.append(handle.create_dataset("synthetic_neural_responses" if name == "responses" else name,
-                                              shape=shape, dtype=np.float32,
-                                              chunks=(min(shape[0], 64), *shape[1:]) if all(shape) else None))
-        row = 0
-        for block in iter_npy_blocks(source):
-            datasets[-1][row:row + len(block)] = block
-            row += len(block)
-    handle.flush()
 
 
 def write_json_atomically(path: Path, data: dict) -> None:

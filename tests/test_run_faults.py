@@ -173,12 +173,12 @@ def test_disk_full_on_the_run_record(bundle_dir, stack, tmp_path, monkeypatch, s
 
 
 def test_disk_full_on_the_metadata(bundle_dir, stack, tmp_path, monkeypatch):
-    from nest_rt import runs
+    from nest_rt.runs import encode as run_encode
 
     def full(handle, nested):
         handle.write(b"PK")
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(runs, "write_nested_npz", full)
+    monkeypatch.setattr(run_encode, "write_nested_npz", full)
     out = tmp_path / "out"
     with pytest.raises(OutputWriteError, match="metadata_sub-01_roi-V1.npz failed"):
         encode(bundle_dir, stack, out)
@@ -244,7 +244,8 @@ def test_a_stop_swallowed_by_a_finaliser_still_stops_the_run(bundle_dir, stack, 
     dropped by Python. The noted signal still stops the run after its next block, or, when the
     last chunk was done already, gives the signal's exit code at the end; the dropped exception is
     not printed as an error."""
-    from nest_rt import cli, runs
+    from nest_rt import cli
+    from nest_rt.runs import chunks as run_chunks
 
     finalisers_interrupted = []
 
@@ -254,15 +255,15 @@ def test_a_stop_swallowed_by_a_finaliser_still_stops_the_run(bundle_dir, stack, 
             signal.raise_signal(signal_number)  # the handler runs here, inside __del__
             finalisers_interrupted[-1] = False  # not reached when the handler raised in __del__
 
-    real_chunk_items = runs.chunk_items
+    real_chunk_items = run_chunks.chunk_items
 
     def chunk_items(*args, **kwargs):
         for item in real_chunk_items(*args, **kwargs):
             yield item
-            if isinstance(item, runs.ChunkDone) and item.chunk == after_chunk:
+            if isinstance(item, run_chunks.ChunkDone) and item.chunk == after_chunk:
                 SignalledInFinaliser()
 
-    monkeypatch.setattr(runs, "chunk_items", chunk_items)
+    monkeypatch.setattr(run_chunks, "chunk_items", chunk_items)
     monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # Python's own, which prints, not pytest's
     out = tmp_path / "out"
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), sys.unraisablehook
@@ -276,7 +277,7 @@ def test_a_stop_swallowed_by_a_finaliser_still_stops_the_run(bundle_dir, stack, 
     assert json.loads((out / "progress.json").read_text())["chunks_done"] == list(range(after_chunk + 1))
     assert json.loads((out / "run.json").read_text())["status"] == ("complete" if after_chunk == 2 else "running")
     assert before == (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), sys.unraisablehook)
-    monkeypatch.setattr(runs, "chunk_items", real_chunk_items)
+    monkeypatch.setattr(run_chunks, "chunk_items", real_chunk_items)
     assert encode(bundle_dir, stack, tmp_path / "later")["status"] == "complete"  # the stop ended with main()
 
 
