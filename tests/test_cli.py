@@ -86,14 +86,6 @@ def test_help_imports_nothing_heavy(verb):
     assert heavy == [] and "usage: nest-rt" in printed
 
 
-def test_the_limits_encode_help_shows_are_those_a_run_checks():
-    """nest_rt.limits holds them for the help, which must not import the runs module (numpy)."""
-    from nest_rt import limits, ray, runs
-    assert (limits.DEFAULT_CHUNK_SIZE, limits.MAX_CHUNK_SIZE, limits.MAX_THREADS) == (
-        runs.DEFAULT_CHUNK_SIZE, runs.MAX_CHUNK_SIZE, runs.MAX_THREADS)
-    assert ray.CONNECT_TIMEOUT_S == limits.CONNECT_TIMEOUT_S
-
-
 def test_runtime_never_imports_torch(bundle_dir):
     """In the export venv torch is installed; the runtime must still not import it."""
     script = (

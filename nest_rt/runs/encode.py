@@ -15,19 +15,13 @@ from ..api import NEST
 from ..bundle import Bundle, sha256_file, write_nested_npz
 from ..errors import InvalidParameterError, OutputWriteError, RunStateError
 from ..h5_copy import write_h5
+from ..limits import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_THREADS
 from ..run_files import (LOCK, PARTIAL, PROGRESS, RUN_FORMAT, RUN_RECORD, TEMPORARY, NpyRows, create_new_file, locked,
                          read_progress, read_run_record, write_failure, write_json_atomically)
 from .chunks import encode_chunks, progress_record
 from .inputs import RunInputs, chunk_ranges
 from .outputs import Output, planned_outputs
 
-
-DEFAULT_CHUNK_SIZE = 256
-# A chunk is the unit that is redone after an interruption; larger than any image list needs.
-MAX_CHUNK_SIZE = 1_000_000
-# onnxruntime threads per session. Beyond the cores of the largest machines, a typo (--threads 3000
-# started 3000 OS threads per graph, for minutes); above this machine's cores only a warning.
-MAX_THREADS = 1024
 
 
 def versions() -> dict[str, str]:
