@@ -48,7 +48,7 @@ def is_linear(model_id: str) -> bool:
     return "head" in model_entry(model_id)
 
 
-def model_triple(model_id: str) -> tuple[str, str, str]:
+def id_parts(model_id: str) -> tuple[str, str, str]:
     """(modality, train_dataset, model): the parts of the id, and of upstream's folder names."""
     modality, train_dataset, model = canonical_id(model_id).split("-")
     return modality, train_dataset, model

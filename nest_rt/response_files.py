@@ -24,15 +24,15 @@ DATASET = "synthetic_neural_responses"
 SINGLE_ARRAY = "responses"  # the array name of a model with one output array
 
 
-def model_triple(model_id: str) -> tuple[str, str, str]:
+def folder_triple(model_id: str) -> tuple[str, str, str]:
     """(modality, train_dataset, model) naming a model's response folders: its legacy triple
     where it has one, else the parts of its id (upstream's toolkit folder names)."""
     legacy = catalog.model_entry(model_id)["legacy"]
-    return (legacy["modality"], legacy["train_dataset"], legacy["model"]) if legacy else catalog.model_triple(model_id)
+    return (legacy["modality"], legacy["train_dataset"], legacy["model"]) if legacy else catalog.id_parts(model_id)
 
 
 def model_dir(model_id: str) -> str:
-    modality, train_dataset, model = model_triple(model_id)
+    modality, train_dataset, model = folder_triple(model_id)
     return f"modality-{modality}/train_dataset-{train_dataset}/model-{model}"
 
 
