@@ -48,15 +48,14 @@ def output_arrays(model_id: str, metadata: dict, pca_blocks: int) -> list[dict[s
     One PCA: the arrays take consecutive column ranges in this order, each reshaped to
     [N, (blocks,) *axes]. One PCA per block: the single array is [N, blocks, *axes]."""
     arrays, start = [], 0
-    for output in catalog.model_entry(model_id)["outputs"]:
-        axes = [{"name": axis["name"], "size": int(axis["size"]), "labels": _labels(metadata, axis.get("labels"))}
-                for axis in output["axes"]]
-        blocks = len(output["blocks"])
+    for output in catalog.model_entry(model_id).outputs:
+        axes = [{"name": axis.name, "size": axis.size, "labels": _labels(metadata, axis.labels)}
+                for axis in output.axes]
+        blocks = len(output.blocks)
         width = blocks * int(np.prod([axis["size"] for axis in axes]))
-        shape = ["N", *([blocks] if output.get("block_axis") else []), *[axis["size"] for axis in axes]]
-        block_axis = ([{"name": output["block_axis"], "size": blocks, "labels": None}]
-                      if output.get("block_axis") else [])
-        arrays.append({"name": output["name"], "columns": [start, start + width], "shape": shape,
+        shape = ["N", *([blocks] if output.block_axis else []), *[axis["size"] for axis in axes]]
+        block_axis = [{"name": output.block_axis, "size": blocks, "labels": None}] if output.block_axis else []
+        arrays.append({"name": output.name, "columns": [start, start + width], "shape": shape,
                        "axes": block_axis + axes})
         start += width
     if pca_blocks > 1 and len(arrays) != 1:

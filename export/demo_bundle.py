@@ -32,13 +32,13 @@ _BATCHNORMS = {"enc.bn1": 192, **{f"enc.conv{block}.bn1": 128 for block in ("4a"
 def write_demo_bundle(out: str | Path, rois: list[str], subject: int = 1, seed: int = 0) -> Path:
     """A bundle with fwRF models of ``subject`` for ``rois`` (subject 1's real voxel counts)."""
     out = Path(out).resolve()
-    voxels = catalog.model_entry(FWRF)["voxels_subject_1"]
+    voxels = catalog.model_entry(FWRF).voxels_subject_1
     manifest = new_manifest({"nest_dir": None, "layout": SOURCE}, base_tools())
     with staged_bundle(out, manifest) as staging:
         for roi in rois:
             rng = np.random.default_rng([seed, subject, catalog.rois(FWRF).index(roi)])
             count = voxels[catalog.validate_roi(FWRF, roi)]
-            splits = [math.ceil(count / 2), count // 2] if roi in catalog.model_entry(FWRF)["split_rois"] else [count]
+            splits = [math.ceil(count / 2), count // 2] if roi in catalog.model_entry(FWRF).split_rois else [count]
             parts = [(_encoder(rng), _readout(size, rng)) for size in splits]
             write_fwrf_model(staging, manifest, subject, roi, parts, _metadata(count, rng),
                              provenance={"sources": [], "note": SOURCE}, check=None)

@@ -19,7 +19,7 @@ from .fwrf_onnx import INPUT_SIZE, OUTPUT_NAME, build_fwrf_graph
 from .onnx_graph import INPUT_NAME, OPSET
 from .parity import compare, network_stats
 
-FWRF = "fmri-nsd-fwrf"
+FWRF = catalog.fwrf_model().id
 PARITY_SIZES = (227, 256)  # the native size (no resize) and one resized size
 PARITY_IMAGES = 8
 
@@ -75,7 +75,7 @@ def write_fwrf_model(staging: Path, manifest: dict, subject: int, roi: str, part
     ``portable``: see build_fwrf_graph."""
     import onnx
     names = {key: pattern.format(subject=subject, roi=roi)
-             for key, pattern in catalog.model_entry(FWRF)["bundle_files"].items()}
+             for key, pattern in catalog.model_entry(FWRF).bundle_files.items()}
     split_voxels = [len(readout["b"]) for _, readout in parts]
     graph_path = staging / names["graph"]
     graph_path.parent.mkdir(parents=True, exist_ok=True)

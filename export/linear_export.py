@@ -43,11 +43,11 @@ def linear_models() -> list[str]:
 
 
 def backbone_of(model_id: str) -> str:
-    return catalog.model_entry(model_id)["backbone"]
+    return catalog.model_entry(model_id).backbone
 
 
 def backbone_features(name: str) -> int:
-    return int(catalog.load_manifest()["backbones"][name]["features"])
+    return catalog.backbone(name).features
 
 
 def linear_jobs(nest_dir: Path, models: list[str], subjects: list | None,
@@ -115,15 +115,15 @@ def _export_backbone(nest_dir, staging, manifest, name, source: SourceBackbone, 
     backbone = source.backbone
     title = backbone.title
     log(f"exporting the {title} backbone (shared by every subject of every model on it)")
-    backbone_entry = catalog.load_manifest()["backbones"][name]
-    graph_path = staging / backbone_entry["graph"]
+    backbone_entry = catalog.backbone(name)
+    graph_path = staging / backbone_entry.graph
     graph_path.parent.mkdir(parents=True, exist_ok=True)
     written = save_with_external_data(backbone.graph(source.network, portable=portable), graph_path)
     resize_parity = check_resize(graph_path, backbone.preprocessing.resize, f"the {title} backbone graph")
     probes, parity = _backbone_parity(source.reference, backbone.transform(), graph_path, title)
     manifest.setdefault("backbones", {})[name] = {
-        "graph": backbone_entry["graph"], "data": written[1].relative_to(staging).as_posix(),
-        "features": backbone_entry["features"],
+        "graph": backbone_entry.graph, "data": written[1].relative_to(staging).as_posix(),
+        "features": backbone_entry.features,
         "weights": source.provenance,
         "parity": parity,
         "resize_parity": resize_parity,
@@ -136,7 +136,7 @@ def _export_backbone(nest_dir, staging, manifest, name, source: SourceBackbone, 
             heads.append(head)
             if self_contained:
                 log(f"joining the {title} backbone and that head into one self-contained graph")
-                record = export_self_contained(staging, backbone_entry["graph"], head.names, head.weight_files,
+                record = export_self_contained(staging, backbone_entry.graph, head.names, head.weight_files,
                                                head.responses, probes, backbone.preprocessing.steps(), head.label)
                 manifest["models"][model_id]["graphs"][str(subject)][variant]["self_contained"] = record
     for precision in precisions:
@@ -241,21 +241,21 @@ def _check_head(model_id: str, where: str, scaler: dict, pcas: list, regressions
     """Shapes the folded head relies on, and the metadata labels the runtime reads; returns K,
     the number of components used."""
     entry = catalog.model_entry(model_id)
-    features = backbone_features(entry["backbone"])
+    features = backbone_features(entry.backbone)
     used = np.shape(regressions[0]["coef_"])[1] if np.ndim(regressions[0]["coef_"]) == 2 else 0
     problems = []
-    for output in entry["outputs"]:
-        rows = int(np.prod([axis["size"] for axis in output["axes"]]))
-        for block in output["blocks"]:
+    for output in entry.outputs:
+        rows = int(np.prod([axis.size for axis in output.axes]))
+        for block in output.blocks:
             coef, intercept = np.shape(regressions[block]["coef_"]), np.shape(regressions[block]["intercept_"])
             if coef != (rows, used) or intercept != (rows,):
-                problems.append(f"regression {entry['head']['blocks'][block]['regression']} has coef_ {coef} and "
+                problems.append(f"regression {entry.head.blocks[block].regression} has coef_ {coef} and "
                                 f"intercept_ {intercept}, expected ({rows}, {used}) and ({rows},)")
-        for axis in output["axes"]:
-            labels = nested_value(metadata, axis.get("labels"))
-            if "labels" in axis and (labels is None or len(labels) != axis["size"]):
-                problems.append(f"metadata {axis['labels']} has {None if labels is None else len(labels)} "
-                                f"values, expected {axis['size']}")
+        for axis in output.axes:
+            labels = nested_value(metadata, axis.labels)
+            if axis.labels and (labels is None or len(labels) != axis.size):
+                problems.append(f"metadata {axis.labels} has {None if labels is None else len(labels)} "
+                                f"values, expected {axis.size}")
     for index, pca in enumerate(pcas):
         components = np.shape(pca["components_"])
         if len(components) != 2 or components[0] < used or components[1] != features or used < 1:
@@ -264,12 +264,12 @@ def _check_head(model_id: str, where: str, scaler: dict, pcas: list, regressions
     for key in ("mean_", "scale_"):
         if np.shape(scaler.get(key)) != (features,):
             problems.append(f"StandardScaler {key} has shape {np.shape(scaler.get(key))}")
-    for spec in entry["selection"].values():
-        if spec["kind"] == "names":  # the runtime selects by the manifest's names: they must be these
-            axis = next(a for o in entry["outputs"] for a in o["axes"] if a["name"] == spec["axis"])
-            labels = nested_value(metadata, axis["labels"])
-            if labels is None or [str(v) for v in labels] != entry[spec["names"]]:
-                problems.append(f"metadata {axis['labels']} differ from the manifest's {spec['names']} in their order")
+    for rule in entry.selection.values():
+        if rule.kind == "names":  # the runtime selects by the manifest's names: they must be these
+            axis = next(o.axis(rule.axis) for o in entry.outputs if o.axis(rule.axis))
+            labels = nested_value(metadata, axis.labels)
+            if labels is None or [str(v) for v in labels] != list(entry.names(rule.names)):
+                problems.append(f"metadata {axis.labels} differ from the manifest's {rule.names} in their order")
     if problems:
         raise ExportError(f"{where}: " + "; ".join(problems))
     return used
@@ -297,7 +297,7 @@ def _head_sidecar(model_id: str, subject, variant: str, names: dict, inputs: dic
     pca_matrix, pca_bias, coef, intercept = (inputs[name] for name in
                                              (PCA_MATRIX_NAME, PCA_BIAS_NAME, COEF_NAME, INTERCEPT_NAME))
     blocks, outputs = coef.shape[0], coef.shape[2]
-    backbone_graph = catalog.load_manifest()["backbones"][backbone_of(model_id)]["graph"]
+    backbone_graph = catalog.backbone(backbone_of(model_id)).graph
     contract = contract_header(
         role="head", model_id=model_id, subject=subject, variant=variant, backbone=backbone_of(model_id),
         graph=names["head"],
@@ -321,7 +321,7 @@ def _head_sidecar(model_id: str, subject, variant: str, names: dict, inputs: dic
         "toolkit_format": toolkit_format,
         "features": backbone_features(backbone_of(model_id)),
         "components": int(used), "pca_blocks": int(blocks), "outputs": int(outputs),
-        "output_arrays": catalog.model_entry(model_id)["outputs"],
+        "output_arrays": [output.as_json() for output in catalog.model_entry(model_id).outputs],
         "output_layout": ("responses[:, p*O + o] = block p's regression row o" if per_block else
                           "responses: the regression blocks' rows one after the other"),
         "inputs": {FEATURES_NAME: ["N", "features"], PCA_MATRIX_NAME: ["features", int(blocks * used)],
@@ -350,7 +350,7 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes
     blocks = coef.shape[0]
     label = catalog.subject_label(subject)
     names = {key: pattern.format(subject_label=label, variant=variant)
-             for key, pattern in catalog.model_entry(model_id)["bundle_files"].items()}
+             for key, pattern in catalog.model_entry(model_id).bundle_files.items()}
     head_path = staging / names["head"]
     head_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(head_model(pca_matrix.shape[0], used, blocks, doc=f"NEST {model_id} subject {subject} {variant}"),
@@ -380,12 +380,12 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes
         parity[f"size_{size}"] = record
     source_records = record_sources(nest_dir, list(files.values()), manifest)
     outputs = coef.shape[2]
-    backbone_graph = catalog.load_manifest()["backbones"][backbone_of(model_id)]["graph"]
+    backbone_graph = catalog.backbone(backbone_of(model_id)).graph
     sidecar = _head_sidecar(model_id, subject, variant, names, inputs, weight_files, metadata, per_block, used,
                             {**found_format, "pca": "one per block" if per_block else "one shared"},
                             source_records, parity)
     write_sidecar(staging, names["head"], names["sidecar"], sidecar,
-                   f"nest_rt head of {catalog.model_entry(model_id)['description']}; {where.split(' (')[0]}. "
+                   f"nest_rt head of {catalog.model_entry(model_id).description}; {where.split(' (')[0]}. "
                    f"Features of {backbone_graph} -> responses; its weights are inputs, read from the .npy "
                    f"files the contract names. Contract: metadata_props nest_rt.contract, or "
                    f"{Path(names['sidecar']).name} beside it.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nest_rt import responses
+from nest_rt import response_files
 from nest_rt.bundle import sha256_file
 
 from .artifacts import save_flat_npz
@@ -26,10 +26,10 @@ def convert_pregenerated_metadata(nest_dir: str | Path, bundle_dir: str | Path) 
     (relative to the toolkit).
     """
     nest_dir, bundle_dir = Path(nest_dir), Path(bundle_dir)
-    source = nest_dir / responses.PREGENERATED_DIR
-    pickled = sorted(source.rglob(responses.metadata_file("*", ".npy")))
+    source = nest_dir / response_files.PREGENERATED_DIR
+    pickled = sorted(source.rglob(response_files.metadata_file("*", ".npy")))
     if not pickled:
-        raise ExportError(f"--pregenerated: {source} holds no {responses.metadata_file('sub-*', '.npy')} "
+        raise ExportError(f"--pregenerated: {source} holds no {response_files.metadata_file('sub-*', '.npy')} "
                           "files (only the legacy toolkit layout has pregenerated responses)")
     converted = {}
     for path in pickled:
@@ -45,5 +45,5 @@ def convert_pregenerated_metadata(nest_dir: str | Path, bundle_dir: str | Path) 
         "metadata": converted,
         # too big to hash at every export: paths and sizes only
         "responses": {path.relative_to(nest_dir).as_posix(): {"bytes": path.stat().st_size}
-                      for path in sorted(source.rglob(responses.responses_file("*", ".h5")))},
+                      for path in sorted(source.rglob(response_files.responses_file("*", ".h5")))},
     }

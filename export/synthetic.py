@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nest_rt import catalog, responses
+from nest_rt import catalog, response_files
 from nest_rt.demo import synthetic_images  # noqa: F401  (numpy and Pillow only; the export's checks use it)
 
 from .fwrf_torch import FwrfEncoder, FwrfReadout
@@ -30,7 +30,7 @@ _CALIBRATION_IMAGES = 8
 
 def voxel_counts(voxels: int | None) -> dict[str, int]:
     """Voxels per ROI: subject 1's real counts, or ``voxels`` for every ROI."""
-    real = catalog.model_entry("fmri-nsd-fwrf")["voxels_subject_1"]
+    real = catalog.fwrf_model().voxels_subject_1
     return dict(real) if voxels is None else {roi: int(voxels) for roi in real}
 
 
@@ -43,9 +43,9 @@ def write_toolkit(nest_dir: Path, subjects: list[int] | None = None, rois: list[
     responses to that many images per image set (upstream: 73,000 / 50,000 / 26,107).
     """
     nest_dir = Path(nest_dir)
-    entry = catalog.model_entry("fmri-nsd-fwrf")
-    subjects = [catalog.validate_subject("fmri-nsd-fwrf", s) for s in (subjects or entry["subjects"])]
-    rois = [catalog.validate_roi("fmri-nsd-fwrf", r) for r in (rois or entry["rois"])]
+    entry = catalog.fwrf_model()
+    subjects = [catalog.validate_subject(entry.id, s) for s in (subjects or entry.subjects)]
+    rois = [catalog.validate_roi(entry.id, r) for r in (rois or entry.rois)]
     counts = voxel_counts(voxels)
     if layout not in (LAYOUT_CURRENT, LAYOUT_LEGACY):
         raise ValueError(f"layout must be {LAYOUT_CURRENT!r} or {LAYOUT_LEGACY!r}, got {layout!r}")
@@ -59,9 +59,9 @@ def write_toolkit(nest_dir: Path, subjects: list[int] | None = None, rois: list[
         pregenerated_rng = np.random.default_rng([seed, subject, 1])
         for roi in rois:
             metadata = _write_fwrf_roi(nest_dir, subject, roi, counts[roi], base, stim_mean, rng,
-                                       split=roi in entry["split_rois"])
+                                       split=roi in entry.split_rois)
             if pregenerated_images:
-                write_pregenerated(nest_dir, "fmri-nsd-fwrf", subject, roi, (counts[roi],), metadata,
+                write_pregenerated(nest_dir, entry.id, subject, roi, (counts[roi],), metadata,
                                    pregenerated_images, pregenerated_rng)
     return nest_dir
 
@@ -84,16 +84,16 @@ def write_pregenerated(nest_dir: Path, model_id: str, subject: int, roi: str | N
     row, the index of its image in that set.
     """
     import h5py  # the export stage needs it only for these synthetic files
-    folder = Path(nest_dir) / responses.PREGENERATED_DIR / responses.model_dir(model_id)
-    stem = responses.file_stem(subject, roi)
-    for imageset in responses.UPSTREAM_IMAGESETS:
+    folder = Path(nest_dir) / response_files.PREGENERATED_DIR / response_files.model_dir(model_id)
+    stem = response_files.file_stem(subject, roi)
+    for imageset in response_files.UPSTREAM_IMAGESETS:
         target = folder / f"imageset-{imageset}"
         target.mkdir(parents=True, exist_ok=True)
         values = rng.normal(0, 1, (images, *response_shape)).astype(np.float32)
-        with h5py.File(target / responses.responses_file(stem, ".h5"), "w") as handle:
-            handle.create_dataset(responses.DATASET, data=values)
+        with h5py.File(target / response_files.responses_file(stem, ".h5"), "w") as handle:
+            handle.create_dataset(response_files.DATASET, data=values)
         metadata = {**model_metadata, "imageset": imageset, "image_index": np.arange(images)}
-        np.save(target / responses.metadata_file(stem, ".npy"), metadata, allow_pickle=True)
+        np.save(target / response_files.metadata_file(stem, ".npy"), metadata, allow_pickle=True)
 
 
 def _write_layout_markers(nest_dir: Path, layout: str) -> None:

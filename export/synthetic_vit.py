@@ -90,11 +90,11 @@ def _regression(rng, outputs: int, components: int) -> dict:
 
 def _eeg_metadata(rng) -> dict:
     entry = catalog.model_entry(EEG)
-    times = entry["times"]
+    times = entry.times
     concepts = [f"concept_{i:05d}" for i in range(8)]
     return {
-        "eeg": {"ch_names": list(entry["channels"]),
-                "times": np.round(times["start_s"] + times["step_s"] * np.arange(times["count"]), 6)},
+        "eeg": {"ch_names": list(entry.names("channels")),
+                "times": np.round(times.start_s + times.step_s * np.arange(times.count), 6)},
         "encoding_models": {
             "correlation_averaged_repetitions": rng.uniform(-0.1, 0.6, (63, 140)),
             "correlation_single_repetitions": rng.uniform(-0.1, 0.4, (4, 63, 140)),
@@ -129,7 +129,7 @@ def _write_eeg(nest_dir, subjects, layout, components, legacy_components, featur
 
 
 def _write_fsaverage(nest_dir, subject, components, features, rng) -> None:
-    vertices = catalog.model_entry(FSAVERAGE)["vertices_per_hemisphere"]
+    vertices = catalog.model_entry(FSAVERAGE).vertices_per_hemisphere
     files = head_files(nest_dir, FSAVERAGE, subject)
     _save(files["weights"], {"scaler_param": _scaler(features, rng), "pca_param": _pca(rng, components, 9000),
                              "lh_reg_param": _regression(rng, vertices, components),

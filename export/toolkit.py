@@ -19,6 +19,7 @@ import numpy as np
 
 from nest_rt import catalog
 from nest_rt.bundle import nested_value
+from nest_rt.catalog_entries import ModelEntry
 
 LAYOUT_CURRENT = "current"
 LAYOUT_LEGACY = "legacy"
@@ -126,8 +127,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 # -- layout and paths ------------------------------------------------------------------------
 def detect_layout(nest_dir: Path) -> str:
     """'legacy' when the legacy-only EEG files or pregenerated responses exist, else 'current'."""
-    entry = catalog.model_entry("eeg-things_eeg_2-vit_b_32")
-    if (nest_dir / entry["toolkit_files"]["legacy_scaler"]).exists() or (
+    if (nest_dir / legacy_eeg_model().toolkit_files["legacy_scaler"]).exists() or (
             nest_dir / "pregenerated_insilico_neural_responses").exists():
         return LAYOUT_LEGACY
     return LAYOUT_CURRENT
@@ -135,9 +135,9 @@ def detect_layout(nest_dir: Path) -> str:
 
 def fwrf_files(nest_dir: Path, subject: int, roi: str) -> dict[str, Any]:
     """Toolkit paths of one fwRF ROI: its checkpoint(s) (split-1 first) and metadata file."""
-    entry = catalog.model_entry("fmri-nsd-fwrf")
-    patterns = entry["toolkit_files"]
-    if roi in entry["split_rois"]:
+    entry = catalog.fwrf_model()
+    patterns = entry.toolkit_files
+    if roi in entry.split_rois:
         weights = [nest_dir / patterns["weights_split"].format(subject=subject, roi=roi, split=k)
                    for k in (1, 2)]
     else:
@@ -149,17 +149,25 @@ def fwrf_files(nest_dir: Path, subject: int, roi: str) -> dict[str, Any]:
 def available_fwrf(nest_dir: Path) -> dict[int, list[str]]:
     """Subjects and ROIs whose fwRF weights and metadata are all present."""
     found: dict[int, list[str]] = {}
-    for subject in catalog.subjects("fmri-nsd-fwrf"):
-        for roi in catalog.rois("fmri-nsd-fwrf"):
+    entry = catalog.fwrf_model()
+    for subject in entry.subjects:
+        for roi in entry.rois:
             files = fwrf_files(nest_dir, subject, roi)
             if all(p.is_file() for p in files["weights"]) and files["metadata"].is_file():
                 found.setdefault(subject, []).append(roi)
     return found
 
 
+def legacy_eeg_model() -> ModelEntry:
+    """The model whose legacy toolkit layout spreads its head over separate scaler, PCA and
+    regression files (NEST's ViT-B/32 EEG)."""
+    (entry,) = [entry for entry in catalog.models().values() if "legacy_scaler" in entry.toolkit_files]
+    return entry
+
+
 def eeg_files(nest_dir: Path, subject: int, layout: str) -> dict[str, Path]:
     """EEG head and metadata paths of one subject in the given layout."""
-    patterns = catalog.model_entry("eeg-things_eeg_2-vit_b_32")["toolkit_files"]
+    patterns = legacy_eeg_model().toolkit_files
     fill = {"subject": subject}
     if layout == LAYOUT_LEGACY:
         return {"scaler": nest_dir / patterns["legacy_scaler"], "pca": nest_dir / patterns["legacy_pca"],
@@ -179,13 +187,13 @@ def head_files(nest_dir: Path, model_id: str, subject, variant: str = "all") -> 
     manifest's patterns that exists (else the first). Where some patterns name the variant, one
     without ``{variant}`` (an older file naming no training split) stands for the default
     variant only; metadata that no pattern names a variant for serves every variant."""
-    if model_id == "eeg-things_eeg_2-vit_b_32" and eeg_layout(nest_dir) == LAYOUT_LEGACY:
+    if model_id == legacy_eeg_model().id and eeg_layout(nest_dir) == LAYOUT_LEGACY:
         return eeg_files(nest_dir, subject, LAYOUT_LEGACY)
     entry = catalog.model_entry(model_id)
-    default = (entry.get("variants") or {}).get("default", "all")
+    default = entry.variants.default if entry.variants else "all"
     found = {}
     for key in ("weights", "metadata"):
-        patterns = entry["toolkit_files"][key]
+        patterns = entry.toolkit_files[key]
         per_variant = any("{variant}" in pattern for pattern in patterns)
         candidates = [nest_dir / pattern.format(subject=subject, variant=variant) for pattern in patterns
                       if "{variant}" in pattern or variant == default or not per_variant]
@@ -235,21 +243,21 @@ def head_blocks(weights: dict, model_id: str, where: str) -> tuple[dict, list[di
     """(scaler, the PCA of each regression block, the regression blocks, whether each block has
     its own PCA), found in a head dict where the manifest's ``head`` entry says. One shared PCA
     holds 'components_' itself; otherwise every block names its own (EEG's 'pca_param/rep-N')."""
-    head = catalog.model_entry(model_id)["head"]
+    head = catalog.model_entry(model_id).head
     problems = []
-    scaler = nested_value(weights, head["scaler"])
+    scaler = nested_value(weights, head.scaler)
     if not isinstance(scaler, dict):
-        problems.append(f"no StandardScaler parameters at {head['scaler']!r}")
-    shared = nested_value(weights, head["shared_pca"])
+        problems.append(f"no StandardScaler parameters at {head.scaler!r}")
+    shared = nested_value(weights, head.shared_pca)
     per_block = isinstance(shared, dict) and "components_" not in shared
     pcas, regressions = [], []
-    for block in head["blocks"]:
-        regression = nested_value(weights, block["regression"])
-        pca = nested_value(weights, block["pca"]) if per_block and "pca" in block else shared
+    for block in head.blocks:
+        regression = nested_value(weights, block.regression)
+        pca = nested_value(weights, block.pca) if per_block and block.pca else shared
         if not isinstance(regression, dict) or not {"coef_", "intercept_"} <= set(regression):
-            problems.append(f"no regression coef_/intercept_ at {block['regression']!r}")
+            problems.append(f"no regression coef_/intercept_ at {block.regression!r}")
         if not isinstance(pca, dict) or not {"components_", "mean_"} <= set(pca):
-            problems.append(f"no PCA components_/mean_ at {block.get('pca') if per_block else head['shared_pca']!r}")
+            problems.append(f"no PCA components_/mean_ at {block.pca if per_block else head.shared_pca!r}")
         pcas.append(pca)
         regressions.append(regression)
     if problems:

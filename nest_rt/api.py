@@ -6,12 +6,12 @@ from typing import Any
 
 from . import catalog, responses, selection as selections
 from .bundle import Bundle
+from .catalog_entries import ModelEntry
+from .response_files import PREGENERATED_DIR
 from .errors import InvalidParameterError, ParameterTypeError, ResponsesNotFoundError, StimulusError
 from .images import Stimulus
 from .models import (Backbone, EncodingModel, FwrfEncodingModel, LinearEncodingModel, LinearHead, StackedModel,
                      encode_models)
-
-FWRF = selections.FWRF
 
 
 class NEST:
@@ -76,7 +76,7 @@ class NEST:
     def get_model_catalog(self, print_format: bool = False) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
         for entry in catalog.models().values():
-            found.setdefault(entry["catalog_modality"], []).append(entry["catalog_dataset"])
+            found.setdefault(entry.catalog_modality, []).append(entry.catalog_dataset)
         # each dataset once, though several models (ViT, AlexNet, untrained AlexNet) share it
         result = {modality: sorted(set(datasets)) for modality, datasets in found.items()}
         if print_format:
@@ -92,13 +92,13 @@ class NEST:
         exported = [s for s in catalog.subjects(model_id) if str(s) in graphs]
         card = {
             "model_id": model_id,
-            "model_info": {"modality": entry["modality"], "training_dataset": entry["catalog_dataset"],
-                           "subjects": entry["subjects"], "exported_subjects": exported},
-            "description": entry["description"],
+            "model_info": {"modality": entry.modality, "training_dataset": entry.catalog_dataset,
+                           "subjects": list(entry.subjects), "exported_subjects": exported},
+            "description": entry.description,
             "input": {"stimulus": "uint8 (or integer 0..255) images [N, 3, S, S] or [N, S, S, 3], PIL "
                                   "images or image paths; square, any size S"},
             "output": catalog.describe_outputs(model_id),
-            "parameters": {"subject": entry["subjects"], "selection": sorted(selections.allowed_keys(model_id)),
+            "parameters": {"subject": list(entry.subjects), "selection": sorted(selections.allowed_keys(model_id)),
                            "device": ["auto", "cpu", "cuda"], **_variant_parameters(entry)},
             "parameters_by_function": {
                 "get_encoding_model": ["model_id", "subject", "selection", "device", *_variant_parameters(entry)],
@@ -106,7 +106,7 @@ class NEST:
             "performance": {"parity_at_export": {  # subject -> ROI, variant or 'all' -> figures
                 subject: {key: graph["parity"] for key, graph in by_key.items()}
                 for subject, by_key in graphs.items()}},
-            "example_usage": entry["example_usage"],
+            "example_usage": entry.example_usage,
         }
         print(f"{model_id}: {card['description']}\n  output: {card['output']}\n"
               f"  exported subjects: {exported or 'none'}")
@@ -141,8 +141,8 @@ class NEST:
     def _load(self, model_id: str, subject, device: str, api: str, roi: str | None = None,
               selection: dict | None = None, variants: tuple[list[str], str | None] = (["all"], None)
               ) -> EncodingModel:
-        if model_id == FWRF:
-            roi = roi or selections.fwrf_roi(selection)
+        if not catalog.is_linear(model_id):
+            roi = roi or selections.fwrf_roi(model_id, selection)
             return FwrfEncodingModel(self.bundle, subject, roi, device, self.num_threads, api=api)
         names, stacked_axis = variants
         for variant in names:  # a clear NotExportedError before anything else
@@ -165,7 +165,7 @@ class NEST:
         self._heads.clear()
 
     def _backbone(self, model_id: str) -> Backbone:
-        name = catalog.model_entry(model_id)["backbone"]
+        name = catalog.model_entry(model_id).backbone
         if name not in self._backbones:
             self._backbones[name] = Backbone(self.bundle, self.num_threads, self.precision, name)
         return self._backbones[name]
@@ -233,10 +233,11 @@ class NEST:
         if subject is None:
             raise InvalidParameterError(f"subject is required; valid subjects: {catalog.subjects(model_id)}")
         subject = catalog.validate_subject(model_id, subject)
-        if model_id == FWRF:
+        if not catalog.is_linear(model_id):  # the fwRF: one model per ROI
             key = catalog.validate_roi(model_id, roi)
         elif roi is not None:
-            raise InvalidParameterError(f"roi applies to {FWRF} only; the metadata of {model_id} is per subject")
+            raise InvalidParameterError(f"roi applies to {', '.join(catalog.models_without_head())} only; "
+                                        f"the metadata of {model_id} is per subject")
         elif train_split is not None:
             key = _variants(model_id, train_split, None)[0][0]
         else:
@@ -262,14 +263,14 @@ class NEST:
         if responses_dir is not None:
             roots = responses.response_roots(responses_dir)
         else:
-            candidates = [self.bundle.root / responses.PREGENERATED_DIR]
+            candidates = [self.bundle.root / PREGENERATED_DIR]
             nest_dir = self.bundle.manifest.get("source", {}).get("nest_dir")
             if nest_dir:
-                candidates.append(Path(nest_dir) / responses.PREGENERATED_DIR)
+                candidates.append(Path(nest_dir) / PREGENERATED_DIR)
             roots = [folder for folder in candidates if folder.is_dir()]
             if not roots:
                 raise ResponsesNotFoundError(
-                    f"no {responses.PREGENERATED_DIR} in the bundle or its toolkit ({[str(c) for c in candidates]}); "
+                    f"no {PREGENERATED_DIR} in the bundle or its toolkit ({[str(c) for c in candidates]}); "
                     "pass responses_dir= (a nest-rt encode output or a legacy toolkit)")
         return responses.load_request(roots, request, self.bundle)
 
@@ -282,13 +283,13 @@ class NEST:
         return model_id, subject, roi
 
 
-def _variant_parameters(entry: dict) -> dict[str, list[str]]:
-    described = entry.get("variants")
+def _variant_parameters(entry: ModelEntry) -> dict[str, list[str]]:
+    described = entry.variants
     if not described:
         return {}
-    found = {described["parameter"]: list(described["values"])}
-    if described.get("stacked"):
-        found[described["stacked"]["parameter"]] = list(described["stacked"]["values"])
+    found = {described.parameter: list(described.values)}
+    if described.stacked:
+        found[described.stacked.parameter] = list(described.stacked.values)
     return found
 
 
@@ -296,22 +297,25 @@ def _variants(model_id: str, train_split: Any, train_splits: Any) -> tuple[list[
     """The variants to load, and the axis they are stacked on (None for one model).
     ``train_split`` names one ('full', 'split1'..); ``train_splits`` is the newest card's
     parameter: 'all' (the full model) or 'single' (the split models stacked)."""
-    described = catalog.model_entry(model_id).get("variants")
+    described = catalog.model_entry(model_id).variants
     if described is None:
         if train_split is not None or train_splits is not None:
             raise InvalidParameterError(f"{model_id} has no training splits; leave train_split out")
         return ["all"], None
-    stacked = described.get("stacked")
+    stacked = described.stacked
     if train_splits is not None:
+        if stacked is None:
+            raise InvalidParameterError(f"{model_id} has no stacked variants; leave train_splits out "
+                                        f"and give {described.parameter}")
         if train_split is not None:
             raise InvalidParameterError("give train_split or train_splits, not both")
-        catalog.require_str(stacked["parameter"], train_splits)
-        catalog.require_choice(stacked["parameter"], train_splits, list(stacked["values"]))
-        chosen = stacked["values"][train_splits]
-        return ([chosen], None) if isinstance(chosen, str) else (list(chosen), stacked["axis"])
+        catalog.require_str(stacked.parameter, train_splits)
+        catalog.require_choice(stacked.parameter, train_splits, list(stacked.values))
+        chosen = stacked.values[train_splits]
+        return ([chosen], None) if isinstance(chosen, str) else (list(chosen), stacked.axis)
     if train_split is None:
-        return [described["default"]], None
-    if stacked and train_split in stacked["values"]:  # 'all' / 'single' given as train_split
+        return [described.default], None
+    if stacked and train_split in stacked.values:  # 'all' / 'single' given as train_split
         return _variants(model_id, None, train_split)
     return [catalog.validate_variant(model_id, train_split)], None
 

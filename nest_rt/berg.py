@@ -49,8 +49,8 @@ class BERG:
 
     def get_model_variants(self, model_id: str) -> list[str]:
         """A model's pretrained variants (MEG: its training splits); [] for the others."""
-        described = catalog.model_entry(model_id).get("variants")
-        return list(described["values"]) if described else []
+        described = catalog.model_entry(model_id).variants
+        return list(described.values) if described else []
 
     def get_encoding_model(self, model_id: str, device: str = "auto", selection: dict | None = None,
                            **kwargs) -> EncodingModel:

@@ -124,9 +124,9 @@ def check_manifest(manifest: dict[str, Any], where: Path) -> None:
         require(model_id in known, f"model {model_id!r} is not one this nest_rt knows (known: {sorted(known)})")
         graphs = model.get("graphs") if isinstance(model, dict) else None
         require(isinstance(graphs, dict), f"models[{model_id!r}] has no 'graphs'")
-        artifacts = known[model_id]["bundle_files"]
-        sizes = ["voxels"] if known[model_id]["family"] == "fwrf" else ["components", "outputs", "pca_blocks"]
-        subjects = [str(s) for s in known[model_id]["subjects"]]
+        artifacts = known[model_id].bundle_files
+        sizes = ["components", "outputs", "pca_blocks"] if known[model_id].is_linear else ["voxels"]
+        subjects = [str(s) for s in known[model_id].subjects]
         for subject, entries in graphs.items():
             require(subject in subjects and isinstance(entries, dict),
                     f"models[{model_id!r}] subject {subject!r} is not one of {subjects}")

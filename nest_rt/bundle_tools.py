@@ -62,17 +62,17 @@ def model_info(bundle: Bundle, model_id: str) -> str:
     source, tools = bundle.manifest.get("source", {}), bundle.manifest.get("tools", {})
     origin = (f"{source['nest_dir']} ({source.get('layout')} layout)" if source.get("nest_dir")
               else source.get("layout", "unknown"))
-    lines = [f"{model_id}  ({entry['catalog_modality']}, {entry['catalog_dataset']})",
+    lines = [f"{model_id}  ({entry.catalog_modality}, {entry.catalog_dataset})",
              "  input:   images uint8 [N, 3, S, S], any square size S (resized inside the graph as upstream)",
              f"  output:  {catalog.describe_outputs(model_id)}",
              f"  source:  {origin}, exported "
              f"{bundle.manifest.get('created_utc')} with "
              + ", ".join(f"{name} {version}" for name, version in tools.items()),
              f"  opset:   {bundle.manifest.get('opset')}"]
-    backbone = bundle.manifest.get("backbones", {}).get(entry.get("backbone", ""), {})
+    backbone = bundle.manifest.get("backbones", {}).get(entry.backbone, {}) if entry.backbone else {}
     if backbone:
         precisions = ", ".join(["fp32", *backbone.get("precisions", {})])
-        lines.append(f"  backbone: {entry['backbone']} ({backbone['features']:,} features; precisions {precisions})")
+        lines.append(f"  backbone: {entry.backbone} ({backbone['features']:,} features; precisions {precisions})")
     lines.append("  exported (subject, roi or split: outputs; parity at export, end to end: min correlation / max "
                  "relative error; the network on identical pixels: max error vs float64):")
     for row in rows:
@@ -121,8 +121,7 @@ def verify_bundle(bundle_dir: str | Path, device: str = "auto", expect_sha256: s
             error = _self_contained_error(bundle, joined, responses, probe, resolve_device(device))
             log(f"ok: {name} self-contained graph (relative difference {error:.1e} from the split graphs)")
     for name, backbone in bundle.manifest.get("backbones", {}).items():
-        user = next((row for row in rows if row["model_id"] != "fmri-nsd-fwrf"
-                     and catalog.model_entry(row["model_id"]).get("backbone") == name), None)
+        user = next((row for row in rows if catalog.model_entry(row["model_id"]).backbone == name), None)
         for precision in backbone.get("precisions", {}):
             if user is None or (precision == "fp16" and resolve_device(device) != "cuda"):
                 why = "no model of the bundle runs on it" if user is None else "it runs on the CUDA provider only"

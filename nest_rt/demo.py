@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from . import catalog
 from .errors import InvalidParameterError, MissingExtraError
 
 EXPORT_MODULES = ("torch", "torchvision", "onnx", "sklearn")
@@ -112,7 +113,7 @@ def _runtime_only_demo(bundle_dir: Path, rois: list[str], log) -> list[str]:
         f"not checked against torch) in {bundle_dir}")
     _replace(bundle_dir)
     demo_bundle.write_demo_bundle(bundle_dir, rois)
-    return [f"fwrf:subjects=1:roi={','.join(rois)}"]
+    return _encode_specs(bundle_dir, rois)
 
 
 def _export_demo(out: Path, nest_dir: Path | None, bundle_dir: Path, rois: list[str], weights, log) -> list[str]:
@@ -131,13 +132,16 @@ def _export_demo(out: Path, nest_dir: Path | None, bundle_dir: Path, rois: list[
     _replace(bundle_dir)
     exporter.export_bundle(nest_dir, bundle_dir, subjects=[1], rois=rois, weights=weights,
                            log=lambda message: log("    " + message))
+    return _encode_specs(bundle_dir, rois)
+
+
+def _encode_specs(bundle_dir: Path, rois: list[str]) -> list[str]:
+    """``--model`` specs of subject 1 of every model in the demo bundle, by short name in the
+    catalog's order (the fwRF, with its ROIs, first)."""
     from .bundle import Bundle
     exported = Bundle(bundle_dir).manifest["models"]
-    specs = [f"fwrf:subjects=1:roi={','.join(rois)}"] if "fmri-nsd-fwrf" in exported else []
-    specs += [f"{name}:subjects=1" for name, model_id in (("eeg", "eeg-things_eeg_2-vit_b_32"),
-                                                          ("fsaverage", "fmri-nsd_fsaverage-vit_b_32"))
-              if model_id in exported]
-    return specs
+    return [f"{entry.alias}:subjects=1" + ("" if entry.is_linear else f":roi={','.join(rois)}")
+            for model_id, entry in catalog.models().items() if model_id in exported]
 
 
 def _replace(bundle_dir: Path) -> None:

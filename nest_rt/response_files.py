@@ -22,13 +22,14 @@ from . import catalog
 PREGENERATED_DIR = "pregenerated_insilico_neural_responses"
 DATASET = "synthetic_neural_responses"
 SINGLE_ARRAY = "responses"  # the array name of a model with one output array
+UPSTREAM_IMAGESETS = ["nsd", "imagenet_val", "things"]  # the image sets upstream pregenerated responses of
 
 
 def folder_triple(model_id: str) -> tuple[str, str, str]:
     """(modality, train_dataset, model) naming a model's response folders: its legacy triple
     where it has one, else the parts of its id (upstream's toolkit folder names)."""
-    legacy = catalog.model_entry(model_id)["legacy"]
-    return (legacy["modality"], legacy["train_dataset"], legacy["model"]) if legacy else catalog.id_parts(model_id)
+    legacy = catalog.model_entry(model_id).legacy
+    return (legacy.modality, legacy.train_dataset, legacy.model) if legacy else catalog.id_parts(model_id)
 
 
 def model_dir(model_id: str) -> str:

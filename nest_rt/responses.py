@@ -15,12 +15,9 @@ from . import catalog
 from .bundle import Bundle, read_nested_npz
 from .errors import (BundleIntegrityError, InvalidParameterError, MissingExtraError,
                      NESTError, ParameterTypeError, ResponsesNotFoundError, RunStateError)
-from .response_files import (DATASET, PREGENERATED_DIR, SINGLE_ARRAY, file_stem, h5_dataset, imageset_dir,
-                             metadata_file, model_dir, npy_suffix, responses_file)
+from .response_files import (DATASET, PREGENERATED_DIR, SINGLE_ARRAY, UPSTREAM_IMAGESETS, file_stem, h5_dataset,
+                             imageset_dir, metadata_file, model_dir, npy_suffix, responses_file)
 from .run_files import RUN_RECORD, read_run_record
-from .selection import EEG, FWRF
-
-UPSTREAM_IMAGESETS = ["nsd", "imagenet_val", "things"]
 
 
 class Request(NamedTuple):
@@ -42,16 +39,16 @@ def parse_request(modality: Any, train_dataset: Any, model: Any, imageset: Any, 
     # upstream pregenerated responses of the legacy models only; nest-rt encode writes those of
     # the others under their own ids' parts
     encode_only = f"{modality}-{train_dataset}-{model}"
-    model_id = (encode_only if encode_only in catalog.models() and not catalog.model_entry(encode_only)["legacy"]
+    model_id = (encode_only if encode_only in catalog.models() and not catalog.model_entry(encode_only).legacy
                 else catalog.model_id_for_legacy(modality, train_dataset, model))
     catalog.require_str("imageset", imageset)
     if imageset in ("", ".", "..") or Path(imageset).name != imageset:
         raise InvalidParameterError(f"imageset must be a plain folder name such as {UPSTREAM_IMAGESETS}, "
                                     f"got {imageset!r}")
     subject = catalog.validate_subject(model_id, subject)
-    if model_id == FWRF or (catalog.rois(model_id) and roi is not None):
-        roi = catalog.validate_roi(model_id, roi)
-    elif model_id == EEG:
+    if not catalog.is_linear(model_id) or (catalog.rois(model_id) and roi is not None):
+        roi = catalog.validate_roi(model_id, roi)  # the fwRF's files are per ROI
+    elif not catalog.rois(model_id):
         roi = None  # upstream ignores roi for EEG
     if not isinstance(return_metadata, bool):
         raise ParameterTypeError(f"return_metadata must be a bool, got {type(return_metadata).__name__}")

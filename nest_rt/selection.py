@@ -27,13 +27,9 @@ from typing import Any, Callable
 import numpy as np
 
 from . import catalog
+from .catalog_entries import SelectionRule
 from .bundle import nested_value
 from .errors import InvalidParameterError, ParameterTypeError, ValidationError
-
-FWRF = "fmri-nsd-fwrf"
-EEG = "eeg-things_eeg_2-vit_b_32"
-FSAVERAGE = "fmri-nsd_fsaverage-vit_b_32"
-
 
 @dataclass
 class OutputPlan:
@@ -79,14 +75,14 @@ def check_keys(model_id: str, selection: Any) -> dict:
 
 def allowed_keys(model_id: str) -> set[str]:
     entry = catalog.model_entry(model_id)
-    return set(entry["selection"]) if "selection" in entry else {"roi"}
+    return set(entry.selection) if entry.is_linear else {"roi"}  # the fwRF: one ROI per model
 
 
-def fwrf_roi(selection: Any) -> str:
-    selection = check_keys(FWRF, selection)
+def fwrf_roi(model_id: str, selection: Any) -> str:
+    selection = check_keys(model_id, selection)
     if "roi" not in selection:
-        raise InvalidParameterError(f"{FWRF} needs selection={{'roi': ...}}; valid ROIs: {catalog.rois(FWRF)}")
-    return catalog.validate_roi(FWRF, selection["roi"])
+        raise InvalidParameterError(f"{model_id} needs selection={{'roi': ...}}; valid ROIs: {catalog.rois(model_id)}")
+    return catalog.validate_roi(model_id, selection["roi"])
 
 
 def plan(model_id: str, selection: Any, metadata: Callable[[], dict]) -> list[OutputPlan]:
@@ -94,31 +90,28 @@ def plan(model_id: str, selection: Any, metadata: Callable[[], dict]) -> list[Ou
     subject's metadata dict; it is called only if a key needs it."""
     selection = check_keys(model_id, selection)
     entry = catalog.model_entry(model_id)
-    specs = entry["selection"]
-    for key, spec in specs.items():
-        clash = [other for other in spec.get("excludes", []) if key in selection and other in selection]
+    rules = entry.selection
+    for key, rule in rules.items():
+        clash = [other for other in rule.excludes if key in selection and other in selection]
         if clash:
             raise ValidationError(f"give selection[{key!r}] or selection[{clash[0]!r}], not both "
                                   "(upstream silently ignored one of them)")
     chosen: dict[tuple[str, str], list[tuple[str, np.ndarray]]] = {}
-    outputs = entry["outputs"]
-    for key, spec in specs.items():  # the manifest's order decides the order of concatenation
+    for key, rule in rules.items():  # the manifest's order decides the order of concatenation
         if key not in selection:
             continue
-        targets = [o for o in outputs if spec.get("output", o["name"]) == o["name"]]
-        for output in targets:
-            size = next(a["size"] for a in output["axes"] if a["name"] == spec["axis"])
-            found = _indices(model_id, key, spec, selection[key], size, output["name"], metadata)
-            chosen.setdefault((output["name"], spec["axis"]), []).append((key, found))
+        for output in entry.outputs:
+            if rule.output in (None, output.name) and output.axis(rule.axis):
+                found = _indices(entry, key, rule, selection[key], output.axis(rule.axis).size, output.name, metadata)
+                chosen.setdefault((output.name, rule.axis), []).append((key, found))
     plans = []
-    for output in outputs:
+    for output in entry.outputs:
         indices = {}
-        for axis in output["axes"]:
-            parts = chosen.get((output["name"], axis["name"]))
-            indices[axis["name"]] = (np.arange(axis["size"]) if parts is None else
-                                     _combine(model_id, axis["name"], parts))
-        plans.append(OutputPlan(output["name"], list(output["blocks"]), output.get("block_axis"),
-                                list(output["axes"]), indices))
+        for axis in output.axes:
+            parts = chosen.get((output.name, axis.name))
+            indices[axis.name] = np.arange(axis.size) if parts is None else _combine(entry, axis.name, parts)
+        plans.append(OutputPlan(output.name, list(output.blocks), output.block_axis,
+                                [axis.as_json() for axis in output.axes], indices))
     if all(min(p.shape) == 0 for p in plans):
         empty = sorted({axis["name"] for p in plans for axis in p.axes if len(p.indices[axis["name"]]) == 0})
         raise ValidationError(f"selection {sorted(selection)} selects nothing of {model_id} for this subject "
@@ -126,8 +119,8 @@ def plan(model_id: str, selection: Any, metadata: Callable[[], dict]) -> list[Ou
     return plans
 
 
-def _combine(model_id: str, axis: str, parts: list[tuple[str, np.ndarray]]) -> np.ndarray:
-    rule = catalog.model_entry(model_id).get("combine", {}).get(axis, "one")
+def _combine(entry, axis: str, parts: list[tuple[str, np.ndarray]]) -> np.ndarray:
+    rule = entry.combine.get(axis, "one")
     if len(parts) == 1 and rule != "union":
         return parts[0][1]
     if rule == "union":
@@ -135,55 +128,52 @@ def _combine(model_id: str, axis: str, parts: list[tuple[str, np.ndarray]]) -> n
     if rule == "concatenate":
         return np.concatenate([found for _, found in parts])
     keys = [key for key, _ in parts]
-    raise ValidationError(f"selection keys {keys} both choose the {axis} of {model_id}; give one of them")
+    raise ValidationError(f"selection keys {keys} both choose the {axis} of {entry.id}; give one of them")
 
 
-def _indices(model_id: str, key: str, spec: dict, value: Any, size: int, output: str,
+def _indices(entry, key: str, rule: SelectionRule, value: Any, size: int, output: str,
              metadata: Callable[[], dict]) -> np.ndarray:
     name = f"selection[{key!r}]"
-    kind = spec["kind"]
-    if kind == "mask":
+    if rule.kind == "mask":
         return np.flatnonzero(binary_mask(name, value, size))
-    entry = catalog.model_entry(model_id)
-    if kind == "names":
-        names = list(entry[spec["names"]])
+    if rule.kind == "names":
+        names = list(entry.names(rule.names))
         chosen = _names(name, value, names, bare_name=False)
         return np.array([names.index(item) for item in chosen], dtype=np.int64)
-    choices = list(entry[spec["choices"]])
-    chosen = _names(name, value, choices + list(spec.get("aliases", {})), bare_name=True)
-    if kind == "metadata_equals":
-        per_position = np.asarray(_metadata_value(metadata(), spec["metadata"], name)).astype(str)
+    chosen = _names(name, value, list(entry.names(rule.choices)) + list(rule.aliases), bare_name=True)
+    if rule.kind == "metadata_equals":
+        per_position = np.asarray(_metadata_value(metadata(), rule.metadata, name)).astype(str)
         return np.flatnonzero(np.isin(per_position, chosen))
-    if kind == "metadata_label":
-        labels = [str(label) for label in _metadata_value(metadata(), spec["labels"], name)]
-        assignments = np.asarray(_metadata_value(metadata(), spec["metadata"], name))
+    if rule.kind == "metadata_label":
+        labels = [str(label) for label in _metadata_value(metadata(), rule.labels, name)]
+        assignments = np.asarray(_metadata_value(metadata(), rule.metadata, name))
         missing = [item for item in chosen if item not in labels]
         if missing:
             raise ValidationError(f"{name}: {missing} not in this subject's labels {labels}")
         return np.flatnonzero(np.isin(assignments, [labels.index(item) for item in chosen]))
-    if kind == "metadata_indices":
-        outputs = [o["name"] for o in entry["outputs"]]
-        parts = [_roi_indices(spec, metadata(), item, output, outputs, name) for item in chosen]
+    if rule.kind == "metadata_indices":
+        outputs = [o.name for o in entry.outputs]
+        parts = [_roi_indices(rule, metadata(), item, output, outputs, name) for item in chosen]
         found = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         if found.size and (found.min() < 0 or found.max() >= size):
             raise ValidationError(f"{name}: the metadata's indices fall outside 0..{size - 1}")
         return found
-    raise AssertionError(f"unknown selection kind {kind!r} in models_manifest.json")
+    raise AssertionError(f"unknown selection kind {rule.kind!r}: catalog_entries checks the kinds")
 
 
-def _roi_indices(spec: dict, metadata: dict, item: str, output: str, outputs: list[str], name: str) -> np.ndarray:
+def _roi_indices(rule: SelectionRule, metadata: dict, item: str, output: str, outputs: list[str], name: str) -> np.ndarray:
     """One ROI's stored indices; an alias (fsaverage's card says 'OVWFA', its metadata 'OWFA')
     is tried when the name itself is not stored. An ROI stored for another output only (one
     hemisphere) is empty here."""
-    candidates = [c for c in (item, spec.get("aliases", {}).get(item)) if c]
+    candidates = [c for c in (item, rule.aliases.get(item)) if c]
     for candidate in candidates:
-        path = spec["metadata"].format(output=output, name=candidate)
+        path = rule.metadata.format(output=output, name=candidate)
         if _has_path(metadata, path):
             return np.asarray(_metadata_value(metadata, path, name), dtype=np.int64).ravel()
-    if any(_has_path(metadata, spec["metadata"].format(output=o, name=c)) for o in outputs for c in candidates):
+    if any(_has_path(metadata, rule.metadata.format(output=o, name=c)) for o in outputs for c in candidates):
         return np.zeros(0, np.int64)
     listed = sorted({roi for o in outputs for roi in
-                     _metadata_value(metadata, spec["metadata"].format(output=o, name="").rstrip("/"), name)})
+                     _metadata_value(metadata, rule.metadata.format(output=o, name="").rstrip("/"), name)})
     raise ValidationError(f"{name}={item!r}: this subject's metadata has no such ROI; it lists {listed}")
 
 

@@ -17,11 +17,11 @@ from nest_rt_export.parity import END_TO_END_TOLERANCE
 
 
 def test_every_backbone_of_the_manifest_has_its_file_and_no_other():
-    listed = catalog.load_manifest()["backbones"]
+    listed = catalog.backbones()
     assert sorted(backbones.names()) == sorted(listed)
     for name in backbones.names():
         backbone = backbones.get(name)
-        assert backbone.name == name and backbone.features == int(listed[name]["features"])
+        assert backbone.name == name and backbone.features == listed[name].features
         assert END_TO_END_TOLERANCE[name] is backbone.end_to_end_tolerance
         assert set(backbone.end_to_end_tolerance) == {"native", "resized"}
     assert backbones.get("alexnet_untrained").takes_weights is False

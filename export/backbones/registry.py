@@ -17,12 +17,12 @@ B = TypeVar("B", bound=Backbone)
 def register(backbone: B) -> B:
     """Add ``backbone`` to the registry; refuses a name registered twice or one that
     models_manifest.json does not list with the same feature count."""
-    listed = catalog.load_manifest()["backbones"]
+    listed = catalog.backbones()
     if backbone.name not in listed:
         raise ValueError(f"backbone {backbone.name!r} is not in models_manifest.json's backbones {sorted(listed)}")
-    if int(listed[backbone.name]["features"]) != backbone.features:
+    if listed[backbone.name].features != backbone.features:
         raise ValueError(f"backbone {backbone.name!r}: its nodes give {backbone.features} features, "
-                         f"models_manifest.json says {listed[backbone.name]['features']}")
+                         f"models_manifest.json says {listed[backbone.name].features}")
     if backbone.name in _REGISTERED:
         raise ValueError(f"backbone {backbone.name!r} is registered twice")
     _REGISTERED[backbone.name] = backbone

@@ -27,7 +27,7 @@ def add_device_option(command: argparse.ArgumentParser) -> None:
 
 def add_weights_options(command: argparse.ArgumentParser, prefix: str) -> None:
     """--weights NAME=PATH (repeatable) and its older aliases, all into args.weights as pairs."""
-    backbones = ", ".join(catalog.load_manifest()["backbones"])
+    backbones = ", ".join(catalog.backbones())
     command.add_argument("--weights", action="append", default=[], type=_backbone_weights, metavar="NAME=PATH",
                          help=f"{prefix}a torchvision state dict for the backbone NAME ({backbones}); repeatable. "
                               "Default: the backbone's own weights (torchvision's ImageNet weights, downloaded or "

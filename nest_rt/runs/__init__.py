@@ -17,13 +17,10 @@ Layout of an output directory (readable without nest_rt: numpy, or h5py for --h5
     OUT/run.json                        the run record: inputs in row order, models, bundle sha256,
                                         versions, status ('running' or 'complete'), file sha256s
     OUT/progress.json                   finished chunks
-    OUT/modality-M/train_dataset-D/model-X/imageset-I/
-        synthetic_neural_responses_<stem>.npy          fwRF [N, V], EEG [N, 4, C, T] (float32)
-        synthetic_neural_responses_<stem>_lh.npy/_rh.npy   fsaverage [N, vertices]
-        synthetic_neural_responses_<stem>.h5           with --h5: upstream's pregenerated layout
-        synthetic_neural_responses_metadata_<stem>.npz the model's metadata (+ the selection)
+    OUT/modality-M/train_dataset-D/model-X/imageset-I/...
+                                        each output's responses (float32 .npy, and .h5 with --h5)
+                                        and metadata (.npz), named as nest_rt.response_files says
 
-``<stem>`` is ``sub-SS`` plus ``_roi-R`` for an ROI or ``_sel-<hash>`` for other selections.
 Response files carry a ``.partial`` suffix until the whole run is complete.
 """
 from .chunks import ChunkDone, chunk_items, progress_record

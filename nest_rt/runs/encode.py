@@ -132,7 +132,7 @@ def _check_precision(bundle: Bundle, precision: str, model_specs: list[str]) -> 
     if precision == "fp32":
         return
     model_ids = sorted({catalog.canonical_id(str(spec).split(":")[0]) for spec in model_specs})
-    backbones = sorted({catalog.model_entry(m)["backbone"] for m in model_ids if catalog.is_linear(m)})
+    backbones = sorted({catalog.model_entry(m).backbone for m in model_ids if catalog.is_linear(m)})
     if not backbones:
         raise InvalidParameterError(f"--precision {precision}: only the backbones of the linear models have other "
                                     f"precisions, and {', '.join(model_ids)} has none; use --precision fp32")

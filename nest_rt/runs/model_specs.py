@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from .. import catalog, selection as selections
 from ..bundle import Bundle
+from ..catalog_entries import ModelEntry, SelectionRule
 from ..errors import InvalidParameterError
 
 
@@ -42,8 +42,9 @@ def parse_model_spec(spec: str, bundle: Bundle) -> list[ModelRequest]:
             raise InvalidParameterError(f"--model {spec!r}: {key} is given twice")
         options[key] = value.split(",")
     variant_keys = set()
-    if entry.get("variants"):
-        variant_keys = {entry["variants"]["parameter"], entry["variants"]["stacked"]["parameter"]}
+    if entry.variants:
+        variant_keys = {entry.variants.parameter} | ({entry.variants.stacked.parameter} if entry.variants.stacked
+                                                     else set())
     allowed = {"subjects"} | selections.allowed_keys(model_id) | variant_keys
     unknown = set(options) - allowed
     if unknown:
@@ -55,22 +56,22 @@ def parse_model_spec(spec: str, bundle: Bundle) -> list[ModelRequest]:
         raise InvalidParameterError(f"--model {spec!r}: the bundle has no {model_id} models")
     subjects = _subjects(spec, options.get("subjects", ["all"]), model_id, exported)
     base: dict[str, Any] = {}
-    specs = entry.get("selection", {})
+    rules = entry.selection
     for key, values in options.items():
-        if key in specs and key != "roi":
-            base[key] = (_index_mask(spec, key, values, _axis_size(entry, specs[key]))
-                         if specs[key]["kind"] == "mask" else values)
+        if key in rules and key != "roi":
+            base[key] = (_index_mask(spec, key, values, _axis_size(entry, rules[key]))
+                         if rules[key].kind == "mask" else values)
     variants = [{key: value} for key in sorted(variant_keys & set(options)) for value in options[key]] or [{}]
     requests = []
     for subject in subjects:
         rois = options.get("roi")
-        if rois == ["all"]:
-            rois = (sorted(bundle.manifest["models"][model_id]["graphs"][str(subject)])
-                    if model_id == selections.FWRF else catalog.rois(model_id))
-        if model_id == selections.FWRF and rois is None:
+        if rois == ["all"]:  # the fwRF: every exported ROI; the others: every catalogued one
+            rois = (catalog.rois(model_id) if entry.is_linear
+                    else sorted(bundle.manifest["models"][model_id]["graphs"][str(subject)]))
+        if not entry.is_linear and rois is None:
             raise InvalidParameterError(f"--model {spec!r}: {model_id} needs roi=NAME[,NAME...] or roi=all")
         for roi in rois or [None]:
-            roi_value = None if roi is None else (roi if model_id == selections.FWRF or "+" not in roi
+            roi_value = None if roi is None else (roi if not entry.is_linear or "+" not in roi
                                                   else roi.split("+"))
             for variant in variants:
                 requests.append(ModelRequest(model_id, subject, {**base, **({"roi": roi_value} if roi else {})},
@@ -107,9 +108,9 @@ def _subject_range(spec: str, value: str, model_id: str) -> list[str]:
     return [str(n) for n in range(first, last + 1)]
 
 
-def _axis_size(entry: dict, key_spec: dict) -> int:
-    return next(axis["size"] for output in entry["outputs"] for axis in output["axes"]
-                if axis["name"] == key_spec["axis"] and key_spec.get("output", output["name"]) == output["name"])
+def _axis_size(entry: ModelEntry, rule: SelectionRule) -> int:
+    return next(output.axis(rule.axis).size for output in entry.outputs
+                if output.axis(rule.axis) and rule.output in (None, output.name))
 
 
 def _index_mask(spec: str, key: str, values: list[str], count: int) -> list[int]:
