@@ -84,12 +84,13 @@ def operator_domains(model) -> list[str]:
 def describe_graph(bundle_root: Path, graph: str, sidecar: str, contract: dict[str, Any], doc: str) -> None:
     """Stamp ``contract`` and ``doc`` into the graph ``graph`` (relative to ``bundle_root``): its
     doc_string and metadata_props (earlier props are kept). The graph's operator domains are
-    added to ``contract`` first (``operator_domains``). Weights stored beside the graph stay where
-    they are: only the graph file is rewritten."""
+    added to ``contract`` first (``operator_domains``); its nodes' build records are dropped
+    (``strip_build_records``). Weights stored beside the graph stay where they are: only the
+    graph file is rewritten."""
     import onnx
     from onnx import helper
 
-    from .onnx_graph import stamp_minimum_ir_version
+    from .onnx_graph import stamp_minimum_ir_version, strip_build_records
     path = bundle_root / graph
     model = onnx.load(str(path), load_external_data=False)
     contract["operator_domains"] = operator_domains(model)
@@ -100,7 +101,9 @@ def describe_graph(bundle_root: Path, graph: str, sidecar: str, contract: dict[s
     props.update({f"nest_rt.{key}": str(contract[key]) for key in _SUMMARY_KEYS if key in contract})
     helper.set_model_props(model, props)
     model.doc_string = doc
-    stamp_minimum_ir_version(model)  # the last write of every graph: loadable by older onnxruntime
+    # the last write of every graph: loadable by older onnxruntime, and no path of this machine inside
+    stamp_minimum_ir_version(model)
+    strip_build_records(model)
     onnx.save(model, str(path))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -59,6 +59,30 @@ def stamp_minimum_ir_version(model: onnx.ModelProto) -> None:
     """The lowest IR version the model's opsets need, instead of the newest the onnx package
     writes (IR 14 with onnx 1.23, which onnxruntime before 1.32 refuses to load)."""
     model.ir_version = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+
+
+def strip_build_records(model: onnx.ModelProto) -> None:
+    """Drop what torch.onnx and onnxscript record in each node about how it was made: its
+    metadata_props (a stack trace naming the exporter's and torch's source files by absolute
+    path, the fx node, module names, rewrite rules) and doc_string. No engine reads them;
+    without them a graph holds no path of the machine that exported it, and exports of the same
+    weights are the same bytes wherever they run."""
+    for node in _every_node(model):
+        del node.metadata_props[:]
+        node.ClearField("doc_string")
+
+
+def _every_node(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    """The nodes of the main graph, of its subgraphs (If, Loop, Scan bodies) and of its functions."""
+    pending = [model.graph]
+    for function in model.functions:
+        yield from function.node
+    while pending:
+        graph = pending.pop()
+        for node in graph.node:
+            yield node
+            for attribute in node.attribute:
+                pending.extend([attribute.g] if attribute.HasField("g") else attribute.graphs)
 
 
 def resized_pixels(g: GraphBuilder, size: tuple[int, int] | int, portable: bool = False) -> str:

@@ -90,6 +90,33 @@ def test_labels_are_the_metadata_in_plain_json(vit_bundle):
     assert voxels["labels"] == np.flatnonzero(mask).tolist()
 
 
+def _build_machine_paths(toolkit: Path) -> set[str]:
+    """Absolute paths of the machine that exports: this checkout, the exporter's and torch's
+    install folders, the interpreter's prefix, the home folder and the toolkit read."""
+    import sys
+    import sysconfig
+
+    import nest_rt_export
+    import torch
+    paths = {Path(__file__).resolve().parents[1], Path(nest_rt_export.__file__).parent,
+             Path(nest_rt_export.__file__).resolve().parent, Path(torch.__file__).parent.parent,
+             Path(sysconfig.get_paths()["purelib"]), Path(sys.prefix), Path.home(), toolkit}
+    return {str(path) for path in paths if str(path) != "/"}
+
+
+@pytest.mark.parametrize("bundle, toolkit", [("vit_bundle", "vit_toolkit"), ("variants_bundle", "variants_toolkit")])
+def test_graphs_hold_no_path_of_the_build_machine(request, bundle, toolkit):
+    """torch.onnx records a stack trace (source files with their absolute paths) in every node it
+    exports; the exporter drops those records, so a bundle does not reveal where it was built.
+    vit_bundle: backbone fp32/int8/fp16, heads, fwRF; variants_bundle: portable, self-contained."""
+    bundle, toolkit = request.getfixturevalue(bundle), request.getfixturevalue(toolkit)
+    forbidden = _build_machine_paths(toolkit)
+    for graph in _graphs(bundle):
+        content = graph.read_bytes()
+        leaked = [path for path in forbidden if path.encode() in content]
+        assert not leaked, (graph, leaked)
+
+
 def test_files_are_readable_by_everyone_whatever_the_umask(toolkit_dir, tmp_path):
     previous = os.umask(0o077)
     try:

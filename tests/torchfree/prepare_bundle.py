@@ -1,9 +1,11 @@
 """Run with torch: write a bundle and torch-reference responses for the torch-free tests.
 
 Usage: python tests/torchfree/prepare_bundle.py WORK_DIR
-Writes WORK_DIR/bundle (fwRF, EEG, fsaverage, MEG, Utah-array and untrained-AlexNet EEG models)
-and WORK_DIR/expected.npz (images and torch reference responses; MEG, Utah array and AlexNet from
-the upstream-style reference of tests/berg_reference.py).
+Writes WORK_DIR/bundle (fwRF, EEG, fsaverage, MEG, Utah-array and untrained-AlexNet EEG models;
+both backbones also in int8 and fp16), WORK_DIR/variants (the untrained-AlexNet EEG model alone,
+--portable --self-contained: the smallest backbone, no weights file) and WORK_DIR/expected.npz
+(images and torch reference responses; MEG, Utah array and AlexNet from the upstream-style
+reference of tests/berg_reference.py).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ FSAVERAGE_ROI = "V1v"
 MEG_SELECTION = {"region": ["Occipital"]}
 TVSD_SELECTION = {"roi": ["V4"]}
 ALEXNET_SELECTION = {"channels": ["O1", "Oz", "O2"]}
+VARIANTS_MODEL = "eeg-things_eeg_2-alexnet_untrained"
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from berg_reference import (alexnet_extractor, upstream_alexnet,  # noqa: E402  (tests/, found through the path above)
@@ -37,7 +40,11 @@ def main(work: Path) -> None:
                                       tvsd_subjects=["F"], alexnet_eeg_subjects=[SUBJECT],
                                       alexnet_backbones=("alexnet_untrained",), components=8, seed=5)
     vit_weights = nest_dir / synthetic_vit.VIT_WEIGHTS_NAME
-    exporter.export_bundle(nest_dir, work / "bundle", vit_weights=vit_weights, overwrite=True)
+    # every graph an export can write, for test_every_graph_loads.py (on the oldest onnxruntime too)
+    exporter.export_bundle(nest_dir, work / "bundle", vit_weights=vit_weights, precisions=("int8", "fp16"),
+                           overwrite=True)
+    exporter.export_bundle(nest_dir, work / "variants", models=[VARIANTS_MODEL], portable=True, self_contained=True,
+                           overwrite=True)
     features = vit_extractor(vit_weights)
     eeg_weights = toolkit.load_head(nest_dir, "eeg-things_eeg_2-vit_b_32", SUBJECT)[0]
     fsaverage_weights = toolkit.load_npy_dict(toolkit.head_files(nest_dir, "fmri-nsd_fsaverage-vit_b_32", SUBJECT)["weights"])
