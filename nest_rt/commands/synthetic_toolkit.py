@@ -48,14 +48,17 @@ def _subject(text: str) -> int | str:
 
 
 def run(args) -> None:
-    _, synthetic = export_stage()
-    synthetic.check_pregenerated(args.pregenerated_images, args.layout)
     chosen = _chosen_models(args)
     fwrf = [model_id for model_id in chosen if "backbone" not in catalog.model_entry(model_id)]
-    if fwrf:
-        synthetic.write_toolkit(args.out, subjects=args.subjects, rois=args.rois, voxels=args.voxels,
-                                seed=args.seed, layout=args.layout, pregenerated_images=args.pregenerated_images)
     linear = {model_id: subjects for model_id, subjects in chosen.items() if model_id not in fwrf}
+    if args.layout == "legacy":
+        _check_legacy(linear)  # before torch is loaded and anything written
+    _, synthetic = export_stage()
+    synthetic.check_pregenerated(args.pregenerated_images, args.layout)
+    for model_id in fwrf:  # its writer refuses --subjects it lacks when it has none of them
+        synthetic.write_toolkit(args.out, subjects=chosen[model_id] or args.subjects, rois=args.rois,
+                                voxels=args.voxels, seed=args.seed, layout=args.layout,
+                                pregenerated_images=args.pregenerated_images)
     if args.layout == "legacy":
         weights = _write_legacy(args, linear)
     else:
@@ -83,13 +86,18 @@ def _chosen_models(args) -> dict[str, list]:
     return chosen
 
 
-def _write_legacy(args, linear: dict[str, list]) -> dict[str, Path]:
-    """The legacy layout's linear model (NEST's EEG), by its own writer; others are refused."""
+def _check_legacy(linear: dict[str, list]) -> None:
+    """Refuses the models that the legacy layout never held (those without a ``legacy`` triple)."""
     legacy = [model_id for model_id in catalog.models() if catalog.model_entry(model_id)["legacy"]]
     for model_id in linear:
         if model_id not in legacy:
             raise ValueError(f"--layout legacy: {catalog.model_entry(model_id)['alias']} exists only in the current "
                              f"layout; the legacy one holds {', '.join(_aliases_of(legacy))}")
+
+
+def _write_legacy(args, linear: dict[str, list]) -> dict[str, Path]:
+    """The legacy layout's linear model (NEST's EEG), by its own writer (the manifest's ``head``
+    describes the current layout's files only)."""
     if not linear:
         return {}
     (model_id, subjects), = linear.items()  # the legacy layout has one linear model
