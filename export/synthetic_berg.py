@@ -39,13 +39,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.decomposition import PCA
-from torchvision.models import alexnet
 
-from . import backbones, synthetic_vit
-from .synthetic_vit import _eeg_metadata, _pca, _regression, _save, _scaler
-from .torch_reference import reference_features
+from . import backbones
+from .synthetic_linear import calibration_features, random_pca, random_regression, random_scaler, save_npy_dict
+from .synthetic_vit import _eeg_metadata
 
 ROOT = "encoding_models"
 EEG_DIR = f"{ROOT}/modality-eeg/train_dataset-things_eeg_2/model-vit_b_32"
@@ -53,7 +51,7 @@ MEG_DIR = f"{ROOT}/modality-meg/train_dataset-things_meg_1/model-vit_b_32"
 THINGS_FMRI_DIR = f"{ROOT}/modality-fmri/train_dataset-things_fmri_1/model-vit_b_32"
 TVSD_DIR = f"{ROOT}/modality-utah_array/train_dataset-tvsd/model-vit_b_32"
 ALEXNET_BACKBONES = ("alexnet", "alexnet_untrained")
-ALEXNET_WEIGHTS_NAME = "alexnet_synthetic.pth"
+ALEXNET_WEIGHTS_NAME = "alexnet_synthetic.pth"  # backbones.get("alexnet").random_weights_name
 FSAVERAGE_VERTICES = 163_842
 # the fsaverage ROIs of the AlexNet card; the metadata names OVWFA 'OWFA' (NSD's colour table)
 FSAVERAGE_ROIS = ("V1d", "V1v", "V2d", "V2v", "V3d", "V3v", "hV4", "OFA", "FFA-1", "FFA-2", "mTL-faces",
@@ -162,43 +160,24 @@ def write_berg_toolkit(berg_dir: Path, *, eeg_subjects=(), eeg_pca_form: str = "
     return berg_dir
 
 
-# ImageNet-trained AlexNet's activations are far larger than a default initialisation's (its
-# logits reach tens); scaling conv1 raises every later activation, so that the trained stand-in
-# and the untrained backbone test the graphs at two different scales.
-_TRAINED_CONV1_SCALE = 30.0
-
-
 def write_alexnet_weights(berg_dir: Path, seed: int = 0) -> Path:
     """A random torchvision alexnet state dict standing in for the ImageNet weights (what
-    --alexnet-weights expects): drawn under another seed than upstream's untrained one, with
-    conv1 scaled by _TRAINED_CONV1_SCALE, so the two backbones differ in values and scale."""
-    path = Path(berg_dir) / ALEXNET_WEIGHTS_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 1)
-        state = alexnet().state_dict()
-    state["features.0.weight"] *= _TRAINED_CONV1_SCALE
-    torch.save(state, path)
-    return path
+    --alexnet-weights expects; backbones/alexnet.py says how it is drawn)."""
+    return backbones.get("alexnet").write_random_weights(berg_dir, seed)
 
 
 def _calibration_features(berg_dir: Path, backbone_name: str, seed: int) -> np.ndarray:
     """Features of a backbone on a few synthetic images, as write_vit_toolkit measures them: the
-    backbone with the random stand-in weights written beside the toolkit (_STAND_IN_WEIGHTS), or,
-    for one that takes no weights file (the untrained AlexNet), as upstream builds it."""
+    backbone with its random stand-in weights written beside the toolkit, or, for one that takes
+    no weights file (the untrained AlexNet), as upstream builds it."""
     backbone = backbones.get(backbone_name)
-    weights_path = _STAND_IN_WEIGHTS[backbone_name](berg_dir, seed) if backbone.takes_weights else None
-    images = synthetic_vit.synthetic_images(synthetic_vit._CALIBRATION_IMAGES, 256, seed)
-    return reference_features(backbone.reference(backbone.network(weights_path)), images, backbone.transform())
-
-
-# what --weights NAME=PATH is given for each backbone's models in the synthetic toolkits
-_STAND_IN_WEIGHTS = {"vit_b_32": synthetic_vit.write_vit_weights, "alexnet": write_alexnet_weights}
+    return calibration_features(backbone, backbone.write_random_weights(berg_dir, seed), seed)
 
 
 def _head(features, rng, components: int, samples: int, outputs: int, dtype) -> dict:
-    return {"scaler_param": _scaler(features, rng), "pca_param": _pca(rng, components, samples, features.shape[1]),
-            "reg_param": _cast_regression(_regression(rng, outputs, components), dtype)}
+    return {"scaler_param": random_scaler(features, rng),
+            "pca_param": random_pca(rng, components, samples, features.shape[1]),
+            "reg_param": _cast_regression(random_regression(rng, outputs, components), dtype)}
 
 
 def _cast_regression(regression: dict, dtype) -> dict:
@@ -219,17 +198,19 @@ def _pca_object(attributes: dict, random_state: int) -> PCA:
 def _write_eeg(paths, subject, pca_form, components, features, rng, dtype) -> None:
     pcas, regressions = {}, {}
     for r in range(1, 5):
-        attributes = _pca(rng, components, 16540, features.shape[1])  # fresh components per repetition
+        attributes = random_pca(rng, components, 16540, features.shape[1])  # fresh components per repetition
         pcas[f"rep-{r}"] = (_pca_object(attributes, 20200220 + 1000 * subject + 10 * r)
                             if pca_form == "object" else attributes)
-        regressions[f"rep-{r}"] = _cast_regression(_regression(rng, EEG_CHANNELS * EEG_TIMES, components), dtype)
-    _save(paths["weights"], {"scaler_param": _scaler(features, rng), "pca_param": pcas, "reg_param": regressions})
+        regression = random_regression(rng, EEG_CHANNELS * EEG_TIMES, components)
+        regressions[f"rep-{r}"] = _cast_regression(regression, dtype)
+    save_npy_dict(paths["weights"], {"scaler_param": random_scaler(features, rng), "pca_param": pcas,
+                                     "reg_param": regressions})
     metadata = _eeg_metadata(rng)
     if subject % 2 == 1:  # the reference leaves the type open: ndarray of str for odd subjects
         metadata["eeg"]["ch_names"] = np.asarray(metadata["eeg"]["ch_names"], dtype=str)
     else:
         metadata["eeg"]["ch_names"] = list(metadata["eeg"]["ch_names"])
-    _save(paths["metadata"], metadata)
+    save_npy_dict(paths["metadata"], metadata)
 
 
 # -- MEG ----------------------------------------------------------------------------------
@@ -277,9 +258,9 @@ def _write_meg(berg_dir, subject, variants, components, features, rng, dtype) ->
     # each train split is its own trained model: its own scaler, PCA and regression
     for split in (None,) if variants is None else variants:
         samples = 22248 if split in (None, "full") else 5562
-        _save(meg_paths(berg_dir, subject, split)["weights"],
+        save_npy_dict(meg_paths(berg_dir, subject, split)["weights"],
               _head(features, rng, components, samples, MEG_SENSORS * MEG_TIMES, dtype))
-    _save(meg_paths(berg_dir, subject, None)["metadata"], _meg_metadata(subject, rng))
+    save_npy_dict(meg_paths(berg_dir, subject, None)["metadata"], _meg_metadata(subject, rng))
 
 
 # -- THINGS-fMRI --------------------------------------------------------------------------
@@ -307,12 +288,12 @@ def _things_fmri_rois(rng) -> dict[str, np.ndarray]:
 def _write_things_fmri(berg_dir, subject, components, features, rng, dtype) -> None:
     paths = things_fmri_paths(berg_dir, subject)
     n = THINGS_FMRI_VOXELS
-    _save(paths["weights"], _head(features, rng, components, 8640, n, dtype))
+    save_npy_dict(paths["weights"], _head(features, rng, components, 8640, n, dtype))
     grid = (72, 91, 75)  # a 2 mm volume; the voxels are a subset of it in C order
     flat = np.sort(rng.choice(int(np.prod(grid)), n, replace=False))
     coords = np.stack(np.unravel_index(flat, grid), axis=1).astype(np.int64)
     concepts = np.asarray([f"concept_{i:04d}" for i in range(720)], dtype=str)
-    _save(paths["metadata"], {
+    save_npy_dict(paths["metadata"], {
         "fmri": {"voxel_coords": coords, "n_voxels": n, "subject_id": f"sub-0{subject}"},
         "encoding_model": {
             "train_stimuli": np.asarray([f"{concepts[i % 720]}_{i // 720:02d}s.jpg" for i in range(8640)], dtype=str),
@@ -336,13 +317,13 @@ def _write_things_fmri(berg_dir, subject, components, features, rng, dtype) -> N
 def _write_tvsd(berg_dir, monkey, components, features, rng, dtype) -> None:
     paths = tvsd_paths(berg_dir, monkey)
     e, t = TVSD_ELECTRODES, TVSD_TIMES
-    _save(paths["weights"], _head(features, rng, components, 22248, e * t, dtype))
+    save_npy_dict(paths["weights"], _head(features, rng, components, 22248, e * t, dtype))
     v4 = int(rng.integers(200, 300))
     it = int(rng.integers(150, 250))
     assignments = np.repeat(np.arange(3, dtype=np.int64), [e - v4 - it, v4, it])
     rng.shuffle(assignments)  # not contiguous blocks
     labels = list(TVSD_ROIS) if monkey == "N" else np.asarray(TVSD_ROIS, dtype=str)
-    _save(paths["metadata"], {
+    save_npy_dict(paths["metadata"], {
         "utah-array": {"times": np.round(-0.1 + 0.001 * np.arange(t), 6),
                        "electrode_order": rng.permutation(e).astype(np.int64) + 1,
                        "monkey_id": monkey, "n_electrodes": e},
@@ -360,10 +341,10 @@ def _write_tvsd(berg_dir, monkey, components, features, rng, dtype) -> None:
 # -- fsaverage (AlexNet) ------------------------------------------------------------------
 def _write_fsaverage(paths, components, features, rng, dtype) -> None:
     n = FSAVERAGE_VERTICES
-    _save(paths["weights"], {"scaler_param": _scaler(features, rng),
-                             "pca_param": _pca(rng, components, 9000, features.shape[1]),
-                             "lh_reg_param": _cast_regression(_regression(rng, n, components), dtype),
-                             "rh_reg_param": _cast_regression(_regression(rng, n, components), dtype)})
+    save_npy_dict(paths["weights"], {"scaler_param": random_scaler(features, rng),
+                                     "pca_param": random_pca(rng, components, 9000, features.shape[1]),
+                                     "lh_reg_param": _cast_regression(random_regression(rng, n, components), dtype),
+                                     "rh_reg_param": _cast_regression(random_regression(rng, n, components), dtype)})
 
     def rois(left: bool) -> dict[str, np.ndarray]:
         found = {}
@@ -377,7 +358,7 @@ def _write_fsaverage(paths, components, features, rng, dtype) -> None:
     accuracy = {f"{h}_{key}_{split}": rng.uniform(0, 0.6, n).astype(np.float32)
                 for h in ("lh", "rh") for key in ("correlation", "r2", "noise_ceiling", "explained_variance")
                 for split in ("nsdcore", "nsdsynthetic")}
-    _save(paths["metadata"], {
+    save_npy_dict(paths["metadata"], {
         "fmri": {"lh_ncsnr": rng.uniform(0, 1, n).astype(np.float32), "rh_ncsnr": rng.uniform(0, 1, n).astype(np.float32),
                  "lh_fsaverage_rois": rois(left=True), "rh_fsaverage_rois": rois(left=False)},
         "encoding_models": {"train_img_num": image_ids[:9000], "val_img_num": image_ids[9000:9485],

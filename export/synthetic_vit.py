@@ -11,29 +11,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
-from torchvision.models import vit_b_32
 
 from nest_rt import catalog
 
 from .backbones.vit_b_32 import VIT_B_32
-from .synthetic import check_pregenerated, synthetic_images, write_pregenerated
+from .synthetic import check_pregenerated, write_pregenerated
+from .synthetic_linear import calibration_features, random_pca, random_regression, random_scaler, save_npy_dict
 from .toolkit import LAYOUT_CURRENT, LAYOUT_LEGACY, eeg_files, head_files
-from .torch_reference import reference_features
 
-VIT_WEIGHTS_NAME = "vit_b_32_synthetic.pth"
+VIT_WEIGHTS_NAME = VIT_B_32.random_weights_name  # vit_b_32_synthetic.pth
 EEG = "eeg-things_eeg_2-vit_b_32"
 FSAVERAGE = "fmri-nsd_fsaverage-vit_b_32"
-_CALIBRATION_IMAGES = 6
 
 
 def write_vit_weights(nest_dir: Path, seed: int = 0) -> Path:
     """A randomly initialised torchvision vit_b_32 state dict (what --vit-weights expects)."""
-    torch.manual_seed(seed)
-    path = Path(nest_dir) / VIT_WEIGHTS_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(vit_b_32().state_dict(), path)
-    return path
+    return VIT_B_32.write_random_weights(nest_dir, seed)
 
 
 def write_vit_toolkit(nest_dir: Path, eeg_subjects: list[int] = (), fsaverage_subjects: list[int] = (),
@@ -44,8 +37,7 @@ def write_vit_toolkit(nest_dir: Path, eeg_subjects: list[int] = (), fsaverage_su
     nest_dir = Path(nest_dir)
     check_pregenerated(pregenerated_images, layout)
     weights_path = write_vit_weights(nest_dir, seed)
-    features = reference_features(VIT_B_32.reference(VIT_B_32.network(weights_path)),
-                                  synthetic_images(_CALIBRATION_IMAGES, 256, seed), VIT_B_32.transform())
+    features = calibration_features(VIT_B_32, weights_path, seed)
     rng = np.random.default_rng(seed)
     if eeg_subjects:
         _write_eeg(nest_dir, list(eeg_subjects), layout, components, legacy_components, features, rng,
@@ -56,36 +48,6 @@ def write_vit_toolkit(nest_dir: Path, eeg_subjects: list[int] = (), fsaverage_su
         for subject in fsaverage_subjects:
             _write_fsaverage(nest_dir, subject, components, features, rng)
     return nest_dir
-
-
-def _scaler(features: np.ndarray, rng) -> dict:
-    """A StandardScaler calibrated on ``features`` [n, F] of the model's own backbone."""
-    count = features.shape[1]
-    mean = features.mean(axis=0).astype(np.float64) + rng.normal(0, 0.01, count)
-    var = features.var(axis=0).astype(np.float64) * rng.uniform(0.8, 1.2, count) + 1e-3
-    scale = np.sqrt(var)
-    scale[var < 1e-2] = 1.0  # sklearn replaces near-zero scales by 1: readers must use scale_
-    return {"mean_": mean, "var_": var, "scale_": scale, "n_features_in_": count,
-            "n_samples_seen_": np.int64(16540)}
-
-
-def _pca(rng, components: int, samples: int, features: int = VIT_B_32.features) -> dict:
-    # Fitted on float32 features (the scaler returns float32 for float32 input), scikit-learn's
-    # PCA keeps float32 for components_, mean_ and the variances. A float64 mean_ here would make
-    # scikit-learn upcast the components on every transform and slow the upstream benchmark path.
-    rows = rng.normal(0, 1, (components, features)).astype(np.float32)
-    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    variance = np.sort(rng.uniform(1, 100, components))[::-1].astype(np.float32)
-    return {"components_": rows, "mean_": rng.normal(0, 0.05, features).astype(np.float32),
-            "explained_variance_": variance, "explained_variance_ratio_": variance / variance.sum() / 2,
-            "singular_values_": np.sqrt(variance * (samples - 1)), "n_components_": components,
-            "n_samples_": samples, "noise_variance_": np.float64(0.5), "n_features_in_": features}
-
-
-def _regression(rng, outputs: int, components: int) -> dict:
-    coef = rng.normal(0, 1 / np.sqrt(components), (outputs, components)).astype(np.float32)
-    return {"coef_": coef, "intercept_": rng.normal(0, 0.1, outputs).astype(np.float32),
-            "n_features_in_": components}
 
 
 def _eeg_metadata(rng) -> dict:
@@ -111,18 +73,19 @@ def _write_eeg(nest_dir, subjects, layout, components, legacy_components, featur
     outputs = 63 * 140
     if layout == LAYOUT_LEGACY:
         files = eeg_files(nest_dir, subjects[0], LAYOUT_LEGACY)
-        _save(files["scaler"], _scaler(features, rng))
-        _save(files["pca"], _pca(rng, legacy_components, 16540))
+        save_npy_dict(files["scaler"], random_scaler(features, rng))
+        save_npy_dict(files["pca"], random_pca(rng, legacy_components, 16540, VIT_B_32.features))
     for subject in subjects:
         files = eeg_files(nest_dir, subject, layout)
-        regressions = {f"rep-{r}": _regression(rng, outputs, components) for r in range(1, 5)}
+        regressions = {f"rep-{r}": random_regression(rng, outputs, components) for r in range(1, 5)}
         if layout == LAYOUT_LEGACY:
-            _save(files["regression"], regressions)
+            save_npy_dict(files["regression"], regressions)
         else:
-            _save(files["weights"], {"scaler_param": _scaler(features, rng),
-                                     "pca_param": _pca(rng, components, 16540), "reg_param": regressions})
+            save_npy_dict(files["weights"], {"scaler_param": random_scaler(features, rng),
+                                             "pca_param": random_pca(rng, components, 16540, VIT_B_32.features),
+                                             "reg_param": regressions})
         metadata = _eeg_metadata(rng)
-        _save(files["metadata"], metadata)
+        save_npy_dict(files["metadata"], metadata)
         if pregenerated_images:
             write_pregenerated(nest_dir, EEG, subject, None, (4, 63, 140), metadata, pregenerated_images,
                                np.random.default_rng([seed, subject, 1]))
@@ -131,9 +94,10 @@ def _write_eeg(nest_dir, subjects, layout, components, legacy_components, featur
 def _write_fsaverage(nest_dir, subject, components, features, rng) -> None:
     vertices = catalog.model_entry(FSAVERAGE).vertices_per_hemisphere
     files = head_files(nest_dir, FSAVERAGE, subject)
-    _save(files["weights"], {"scaler_param": _scaler(features, rng), "pca_param": _pca(rng, components, 9000),
-                             "lh_reg_param": _regression(rng, vertices, components),
-                             "rh_reg_param": _regression(rng, vertices, components)})
+    save_npy_dict(files["weights"], {"scaler_param": random_scaler(features, rng),
+                                     "pca_param": random_pca(rng, components, 9000, VIT_B_32.features),
+                                     "lh_reg_param": random_regression(rng, vertices, components),
+                                     "rh_reg_param": random_regression(rng, vertices, components)})
     names = [("OWFA" if name == "OVWFA" else name) for name in catalog.rois(FSAVERAGE)]  # NSD colour-table name
 
     def rois(left: bool):
@@ -148,15 +112,10 @@ def _write_fsaverage(nest_dir, subject, components, features, rng) -> None:
     image_ids = np.sort(rng.permutation(73000)[:10000])
     per_vertex = {f"{h}_{key}": rng.uniform(0, 0.6, vertices).astype(np.float32)
                   for h in ("lh", "rh") for key in ("correlation", "r2", "noise_ceiling", "explained_variance")}
-    _save(files["metadata"], {
+    save_npy_dict(files["metadata"], {
         "fmri": {"lh_ncsnr": rng.uniform(0, 1, vertices).astype(np.float32),
                  "rh_ncsnr": rng.uniform(0, 1, vertices).astype(np.float32),
                  "lh_fsaverage_rois": rois(left=True), "rh_fsaverage_rois": rois(left=False)},
         "encoding_models": {"train_img_num": image_ids[:9000], "val_img_num": image_ids[9000:9485],
                             "test_img_num": image_ids[9485:], **per_vertex},
     })
-
-
-def _save(path: Path, content: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, content, allow_pickle=True)  # upstream's format: a pickled dict in a 0-d array

@@ -288,9 +288,9 @@ def test_command_line_from_synthetic_toolkit_to_responses(tmp_path):
         assert result.returncode == 0, result.stderr
         return result
     toolkit_dir, bundle = tmp_path / "toolkit", tmp_path / "bundle"
-    made = cli("synthetic-toolkit", "--out", str(toolkit_dir), "--models", "eeg-alexnet", "--subjects", "3",
-               "--components", "4")
-    assert "--alexnet-weights" in made.stdout
+    made = cli("synthetic-toolkit", "--out", str(toolkit_dir), "--models", "eeg-alexnet", "eeg-alexnet_untrained",
+               "--subjects", "3", "--components", "4")
+    assert "--weights alexnet=" in made.stdout
     for backbone in ("alexnet", "alexnet_untrained"):
         assert (toolkit_dir / f"encoding_models/modality-eeg/train_dataset-things_eeg_2/model-{backbone}/"
                 "encoding_models_weights/weights_subject-03.npy").is_file()

@@ -44,7 +44,7 @@ def test_synthetic_toolkits_of_every_family(tmp_path):
                              "--models", "fwrf", "eeg", "fsaverage", "--subjects", "2", "--rois", "V1",
                              "--voxels", "10", "--components", "4"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert "--vit-weights" in result.stdout
+    assert "--weights vit_b_32=" in result.stdout
     assert toolkit.available_fwrf(out) == {2: ["V1"]}
     assert list(toolkit.available_heads(out, "eeg-things_eeg_2-vit_b_32")) == [2]
     assert list(toolkit.available_heads(out, "fmri-nsd_fsaverage-vit_b_32")) == [2]

@@ -47,6 +47,12 @@ TOLERANCE = {"native": {"relative_error": 1e-5, "min_correlation": 0.99999},  # 
              "resized": {"relative_error": 2e-3, "min_correlation": 0.9999}}
 
 
+# ImageNet-trained AlexNet's activations are far larger than a default initialisation's (its
+# logits reach tens); scaling conv1 of the random stand-in raises every later activation, so that
+# the synthetic toolkits test the graphs at two scales (the stand-in and the untrained backbone).
+_TRAINED_CONV1_SCALE = 30.0
+
+
 class AlexNet(Backbone):
     """The trained AlexNet: torchvision's ImageNet weights, or a state dict given by path."""
 
@@ -66,6 +72,18 @@ class AlexNet(Backbone):
         if weights_path is None:
             return {**record, "source": f"torchvision AlexNet_Weights.IMAGENET1K_V1 ({TRAINED_WEIGHTS_FILE})"}
         return {**record, **file_provenance(weights_path)}
+
+    def random_state_dict(self, seed: int) -> dict:
+        """A random stand-in for the ImageNet weights: drawn under another seed than upstream's
+        untrained one, with conv1 scaled by _TRAINED_CONV1_SCALE, so that the trained stand-in and
+        the untrained backbone differ in values and scale. Leaves the caller's random state as it was."""
+        import torch
+        from torchvision.models import alexnet
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            state = alexnet().state_dict()
+        state["features.0.weight"] *= _TRAINED_CONV1_SCALE
+        return state
 
 
 class UntrainedAlexNet(AlexNet):

@@ -106,6 +106,29 @@ class Backbone:
         """Where the weights came from, for bundle.json."""
         raise NotImplementedError
 
+    # -- random stand-in weights, for the synthetic toolkits (nest-rt synthetic-toolkit) --------
+    @property
+    def random_weights_name(self) -> str:
+        """The file name of the random stand-in weights beside a synthetic toolkit."""
+        return f"{self.name}_synthetic.pth"
+
+    def random_state_dict(self, seed: int) -> dict:
+        """A random state dict of the network's architecture, what ``network(weights_path)`` loads:
+        the synthetic toolkits' stand-in for the real weights (same seed, same tensors)."""
+        raise NotImplementedError(f"backbone {self.name!r} has no random_state_dict: the synthetic toolkits "
+                                  "cannot stand in for its weights")
+
+    def write_random_weights(self, folder: str | Path, seed: int) -> Path | None:
+        """``random_state_dict(seed)`` saved as ``folder / random_weights_name`` (what
+        ``--weights NAME=PATH`` takes); None for a backbone that takes no weights file."""
+        if not self.takes_weights:
+            return None
+        import torch
+        path = Path(folder) / self.random_weights_name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.random_state_dict(seed), path)
+        return path
+
 
 def file_provenance(weights_path: str | Path) -> dict[str, Any]:
     """The provenance of a weights file given by path: where it is and its sha256."""

@@ -39,6 +39,14 @@ class VitB32(Backbone):
     def provenance(self, weights_path: str | Path | None, network) -> dict[str, Any]:
         return {"source": DEFAULT_WEIGHTS} if weights_path is None else file_provenance(weights_path)
 
+    def random_state_dict(self, seed: int) -> dict:
+        """torchvision's default initialisation of vit_b_32 after ``torch.manual_seed(seed)`` (on
+        the global generator, as the synthetic toolkits have always drawn it)."""
+        import torch
+        from torchvision.models import vit_b_32
+        torch.manual_seed(seed)
+        return vit_b_32().state_dict()
+
 
 VIT_B_32 = register(VitB32(
     name="vit_b_32", title="ViT-B/32", node_prefix="vit/", fuse=True,
