@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from nest_rt import catalog
+from nest_rt.catalog_entries import ModelEntry
 from nest_rt.demo import synthetic_images
 
 from . import backbones
@@ -89,7 +90,7 @@ def write_linear_models(nest_dir: Path, chosen: dict[str, list], components: int
     weights: dict[str, Path | None] = {}
     features: dict[str, np.ndarray] = {}
     for model_id, subjects in chosen.items():
-        name = catalog.model_entry(model_id)["backbone"]
+        name = catalog.model_entry(model_id).backbone
         if name not in features:
             backbone = backbones.get(name)
             weights[name] = backbone.write_random_weights(nest_dir, seed)
@@ -105,60 +106,59 @@ def write_linear_model(nest_dir: Path, model_id: str, subject, features: np.ndar
     entry = catalog.model_entry(model_id)
     position = catalog.subjects(model_id).index(subject)
     rng = np.random.default_rng([seed, zlib.crc32(model_id.encode()), position])
-    variants = entry["variants"]["values"] if entry["variants"] else [None]
+    variants = entry.variants.values if entry.variants else [None]
     for variant in variants:  # each variant (MEG's train split) is its own trained head
-        path = entry["toolkit_files"]["weights"][0].format(subject=subject, variant=variant)
+        path = entry.toolkit_files["weights"][0].format(subject=subject, variant=variant)
         save_npy_dict(Path(nest_dir) / path, random_head(entry, features, rng, components))
     metadata = random_metadata(entry, rng)
-    for path in {entry["toolkit_files"]["metadata"][0].format(subject=subject, variant=v) for v in variants}:
+    for path in {entry.toolkit_files["metadata"][0].format(subject=subject, variant=v) for v in variants}:
         save_npy_dict(Path(nest_dir) / path, metadata)
 
 
-def random_head(entry: dict, features: np.ndarray, rng, components: int) -> dict:
+def random_head(entry: ModelEntry, features: np.ndarray, rng, components: int) -> dict:
     """The weights dict: the scaler, the PCA, and each block's regression with as many rows as its
     output has values, each where the entry's ``head`` says. One shared PCA where the head may
     have one (a quarter of the size of EEG's four, which current BERG files hold), else one per block."""
-    head, weights = entry["head"], {}
-    rows = {block: math.prod(axis["size"] for axis in output["axes"])
-            for output in entry["outputs"] for block in output["blocks"]}
-    per_block = "shared_pca" not in head
-    _set_path(weights, head["scaler"], random_scaler(features, rng))
+    head, weights = entry.head, {}
+    rows = {block: math.prod(axis.size for axis in output.axes) for output in entry.outputs for block in output.blocks}
+    per_block = head.shared_pca is None
+    _set_path(weights, head.scaler, random_scaler(features, rng))
     if not per_block:
-        _set_path(weights, head["shared_pca"], random_pca(rng, components, _PCA_SAMPLES, features.shape[1]))
-    for index, block in enumerate(head["blocks"]):
+        _set_path(weights, head.shared_pca, random_pca(rng, components, _PCA_SAMPLES, features.shape[1]))
+    for index, block in enumerate(head.blocks):
         if per_block:
-            _set_path(weights, block["pca"], random_pca(rng, components, _PCA_SAMPLES, features.shape[1]))
-        _set_path(weights, block["regression"], random_regression(rng, rows[index], components))
+            _set_path(weights, block.pca, random_pca(rng, components, _PCA_SAMPLES, features.shape[1]))
+        _set_path(weights, block.regression, random_regression(rng, rows[index], components))
     return weights
 
 
-def random_metadata(entry: dict, rng) -> dict:
+def random_metadata(entry: ModelEntry, rng) -> dict:
     """What the runtime reads from a subject's metadata: each labelled axis's labels (the manifest's
     names where a selection picks by them, else the positions) and what each selection kind reads."""
     metadata: dict[str, Any] = {}
-    sizes = {axis["name"]: axis["size"] for output in entry["outputs"] for axis in output["axes"]}
-    named = {spec["axis"]: spec["names"] for spec in entry["selection"].values() if spec["kind"] == "names"}
-    for output in entry["outputs"]:
-        for axis in output["axes"]:
-            if "labels" in axis:
-                labels = (np.asarray(entry[named[axis["name"]]], dtype=str) if axis["name"] in named
-                          else np.arange(axis["size"], dtype=np.int64))
-                _set_path(metadata, axis["labels"], labels)
-    for spec in entry["selection"].values():
-        size = sizes[spec["axis"]]
-        if spec["kind"] == "metadata_equals":  # one of the choices per position
-            _set_path(metadata, spec["metadata"], rng.choice(np.asarray(entry[spec["choices"]], dtype=str), size))
-        elif spec["kind"] == "metadata_label":  # a label list, and each position's index into it
-            _set_path(metadata, spec["labels"], np.asarray(entry[spec["choices"]], dtype=str))
-            _set_path(metadata, spec["metadata"], rng.integers(0, len(entry[spec["choices"]]), size))
-        elif spec["kind"] == "metadata_indices":  # each choice's positions, per output where named
-            outputs = [output["name"] for output in entry["outputs"]
-                       if spec["axis"] in (axis["name"] for axis in output["axes"])]
-            for output in outputs if "{output}" in spec["metadata"] else outputs[:1]:
-                for name in entry[spec["choices"]]:
+    sizes = {axis.name: axis.size for output in entry.outputs for axis in output.axes}
+    named = {rule.axis: rule.names for rule in entry.selection.values() if rule.kind == "names"}
+    for output in entry.outputs:
+        for axis in output.axes:
+            if axis.labels:
+                labels = (np.asarray(entry.names(named[axis.name]), dtype=str) if axis.name in named
+                          else np.arange(axis.size, dtype=np.int64))
+                _set_path(metadata, axis.labels, labels)
+    for rule in entry.selection.values():
+        size = sizes[rule.axis]
+        choices = entry.names(rule.choices) if rule.choices else ()
+        if rule.kind == "metadata_equals":  # one of the choices per position
+            _set_path(metadata, rule.metadata, rng.choice(np.asarray(choices, dtype=str), size))
+        elif rule.kind == "metadata_label":  # a label list, and each position's index into it
+            _set_path(metadata, rule.labels, np.asarray(choices, dtype=str))
+            _set_path(metadata, rule.metadata, rng.integers(0, len(choices), size))
+        elif rule.kind == "metadata_indices":  # each choice's positions, per output where named
+            outputs = [output.name for output in entry.outputs if output.axis(rule.axis)]
+            for output in outputs if "{output}" in rule.metadata else outputs[:1]:
+                for name in choices:
                     count = int(rng.integers(1, max(2, size // 20)))
                     indices = np.sort(rng.choice(size, count, replace=False)).astype(np.int64)
-                    _set_path(metadata, spec["metadata"].format(output=output, name=name), indices)
+                    _set_path(metadata, rule.metadata.format(output=output, name=name), indices)
     return metadata
 
 

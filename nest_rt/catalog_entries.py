@@ -102,8 +102,8 @@ class HeadBlock:
 class Head:
     """Where a linear model's weights dict holds its scaler, PCA and regression blocks."""
     scaler: str
-    shared_pca: str
     blocks: tuple[HeadBlock, ...]
+    shared_pca: str | None = None  # absent where every block names its own PCA
 
 
 @dataclass(frozen=True)
@@ -250,8 +250,8 @@ _axis = _object(lambda f: Axis(f.get("name", _str), f.get("size", _int), f.get("
 _output = _object(lambda f: OutputArray(f.get("name", _str), f.get("blocks", _list_of(_int)),
                                         f.get("axes", _list_of(_axis)), f.get("block_axis", _str, False)))
 _head_block = _object(lambda f: HeadBlock(f.get("regression", _str), f.get("pca", _str, False)))
-_head = _object(lambda f: Head(f.get("scaler", _str), f.get("shared_pca", _str),
-                               f.get("blocks", _list_of(_head_block))))
+_head = _object(lambda f: Head(f.get("scaler", _str), f.get("blocks", _list_of(_head_block)),
+                               f.get("shared_pca", _str, False)))
 _times = _object(lambda f: Times(f.get("start_s", _number), f.get("step_s", _number), f.get("count", _int)))
 _stacked = _object(lambda f: Stacked(f.get("parameter", _str), f.get("axis", _str),
                                      f.get("values", _map_of(lambda p, v: v))))
@@ -311,6 +311,8 @@ def _check_model(path: str, entry: ModelEntry, backbones: Mapping[str, BackboneE
     require(entry.backbone in backbones, ".backbone", f"{entry.backbone!r} is not in 'backbones' ({sorted(backbones)})")
     require(bool(entry.outputs), ".outputs", "missing or empty")
     blocks = len(entry.head.blocks)
+    require(entry.head.shared_pca is not None or all(block.pca for block in entry.head.blocks), ".head",
+            "without a shared_pca every block names its own pca")
     for index, output in enumerate(entry.outputs):
         require(all(0 <= block < blocks for block in output.blocks), f".outputs[{index}].blocks",
                 f"blocks are numbered 0..{blocks - 1} (head.blocks)")

@@ -111,12 +111,19 @@ def _string_constants(path: Path) -> set[str]:
             if isinstance(node, ast.Constant) and isinstance(node.value, str)}
 
 
+# The writers of the ViT toolkits in NEST's own formats, for the tests and the demo: they imitate
+# two particular models' upstream files (EEG in both layouts, fsaverage), which they name.
+IMITATORS = {"export/synthetic_vit.py"}
+
+
 def test_no_production_code_spells_out_a_model_id():
     """Model identity lives in the manifest: code asks the catalog (fwrf_model(), is_linear,
     an entry's alias) instead of comparing with an id."""
     ids = set(catalog.models()) | {alias for entry in catalog.models().values() for alias in entry.aliases}
     found = {}
     for path in sorted([*(REPO / "nest_rt").rglob("*.py"), *(REPO / "export").rglob("*.py")]):
+        if path.relative_to(REPO).as_posix() in IMITATORS:
+            continue
         spelled = _string_constants(path) & ids
         if spelled:
             found[str(path.relative_to(REPO))] = sorted(spelled)

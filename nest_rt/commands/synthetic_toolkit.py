@@ -20,7 +20,7 @@ HELP = "write a random-weight toolkit"
 
 def model_aliases() -> dict[str, str]:
     """Short name -> model id, for every model of the catalog, in its order."""
-    return {entry["alias"]: model_id for model_id, entry in catalog.models().items()}
+    return {entry.alias: model_id for model_id, entry in catalog.models().items()}
 
 
 def add_arguments(parser) -> None:
@@ -49,7 +49,7 @@ def _subject(text: str) -> int | str:
 
 def run(args) -> None:
     chosen = _chosen_models(args)
-    fwrf = [model_id for model_id in chosen if "backbone" not in catalog.model_entry(model_id)]
+    fwrf = [model_id for model_id in chosen if not catalog.is_linear(model_id)]
     linear = {model_id: subjects for model_id, subjects in chosen.items() if model_id not in fwrf}
     if args.layout == "legacy":
         _check_legacy(linear)  # before torch is loaded and anything written
@@ -80,7 +80,7 @@ def _chosen_models(args) -> dict[str, list]:
         model_id = aliases[alias]
         known = catalog.subjects(model_id)
         chosen[model_id] = [s for s in (args.subjects or known) if s in known]
-        if not chosen[model_id] and "backbone" in catalog.model_entry(model_id):
+        if not chosen[model_id] and catalog.is_linear(model_id):
             raise ValueError(f"--subjects {' '.join(map(str, args.subjects))}: {alias} has the subjects "
                              f"{', '.join(map(str, known))}")
     return chosen
@@ -88,10 +88,10 @@ def _chosen_models(args) -> dict[str, list]:
 
 def _check_legacy(linear: dict[str, list]) -> None:
     """Refuses the models that the legacy layout never held (those without a ``legacy`` triple)."""
-    legacy = [model_id for model_id in catalog.models() if catalog.model_entry(model_id)["legacy"]]
+    legacy = [model_id for model_id, entry in catalog.models().items() if entry.legacy]
     for model_id in linear:
         if model_id not in legacy:
-            raise ValueError(f"--layout legacy: {catalog.model_entry(model_id)['alias']} exists only in the current "
+            raise ValueError(f"--layout legacy: {catalog.model_entry(model_id).alias} exists only in the current "
                              f"layout; the legacy one holds {', '.join(_aliases_of(legacy))}")
 
 
@@ -104,8 +104,8 @@ def _write_legacy(args, linear: dict[str, list]) -> dict[str, Path]:
     synthetic_vit = importlib.import_module("nest_rt_export.synthetic_vit")
     synthetic_vit.write_vit_toolkit(args.out, eeg_subjects=subjects, layout="legacy", components=args.components,
                                     seed=args.seed, pregenerated_images=args.pregenerated_images)
-    return {catalog.model_entry(model_id)["backbone"]: args.out / synthetic_vit.VIT_WEIGHTS_NAME}
+    return {catalog.model_entry(model_id).backbone: args.out / synthetic_vit.VIT_WEIGHTS_NAME}
 
 
 def _aliases_of(model_ids: list[str]) -> list[str]:
-    return [catalog.model_entry(model_id)["alias"] for model_id in model_ids]
+    return [catalog.model_entry(model_id).alias for model_id in model_ids]
