@@ -350,7 +350,7 @@ class Encoder:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from .images import Stimulus
-        from .models import as_arrays, encode_models
+        from .encode_loop import as_arrays, encode_models
         if self.image_column not in batch:
             raise InvalidParameterError(f"image_column {self.image_column!r} is not a column of the batch "
                                         f"(columns: {sorted(batch)})")
