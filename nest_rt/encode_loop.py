@@ -12,16 +12,23 @@ import numpy as np
 
 from .errors import BundleIntegrityError, NonFiniteOutputError
 from .images import Stimulus
-from .models import EncodingModel, LinearEncodingModel, StackedModel
+from .models import (FEATURE_BYTES, VIT_B_32_FEATURES, EncodingModel, LinearEncodingModel, StackedModel,
+                     images_within)
 from .sessions import resolve_device
 
 # Head weights (a ViT subject's folded PCA matrix alone is 461 MB) stay in memory while those of
 # the models encoded together fit this budget. Beyond it (ten EEG subjects: 4.6 GB) the features
-# of a chunk of _STREAMED_CHUNK images are kept instead (472 MB) and each head's weights are read
-# from disk when its turn comes, then dropped: memory stays near one subject's, and each read is
-# shared by 256 images.
+# of a chunk of images are kept instead, within _STREAMED_CHUNK_BYTES (472 MB: 256 images of
+# ViT-B/32's 460,800 features, 573 of AlexNet's 205,672; the features of every backbone in use
+# count), and each head's weights are read from disk when its turn comes, then dropped: memory
+# stays near one subject's, and each read is shared by the chunk's images.
 _RESIDENT_WEIGHT_BYTES = 1536 * 2**20
-_STREAMED_CHUNK = 256
+_STREAMED_CHUNK_BYTES = 256 * VIT_B_32_FEATURES * FEATURE_BYTES
+
+
+def streamed_chunk_size(features: int) -> int:
+    """Images per streamed chunk when the backbones in use give ``features`` per image together."""
+    return images_within(_STREAMED_CHUNK_BYTES, features)
 
 
 def encode_models(models: list[EncodingModel], images: Any, device: str = "auto",
@@ -52,8 +59,8 @@ def iter_responses(models: list[EncodingModel], stimulus: Stimulus, device: str 
     stream_heads = _stream_heads(models)
     # Decode at the largest batch size, then run each model on slices of its own batch size,
     # so a large fwRF ROI (batch 1) does not shrink the linear models' batches. Streamed heads
-    # run once over the whole decoded chunk, so that each read of their weights serves 256 images.
-    batch_size = _STREAMED_CHUNK if stream_heads else max(model.batch_size for model in models)
+    # run once over the whole decoded chunk, so that each read of their weights serves all its images.
+    batch_size = _streamed_chunk(models) if stream_heads else max(model.batch_size for model in models)
     shapes = [[array.shape[1:] for array in as_arrays(model.allocate(0))] for model in models]
     for batch in stimulus.batches(batch_size):
         shared: dict = {"stream_heads": stream_heads}
@@ -79,6 +86,12 @@ def _stream_heads(models: list[EncodingModel]) -> bool:
     for model in linear:  # weights kept by earlier calls would defeat the purpose
         model.release_weights()
     return True
+
+
+def _streamed_chunk(models: list[EncodingModel]) -> int:
+    """Images per streamed chunk: the features of a chunk are kept for every backbone in use."""
+    backbones = {id(part.backbone): part.backbone for model in models for part in _linear_parts(model)}
+    return streamed_chunk_size(sum(backbone.features for backbone in backbones.values()))
 
 
 def _linear_parts(model: EncodingModel) -> list[LinearEncodingModel]:

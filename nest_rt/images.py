@@ -41,7 +41,7 @@ _EXPECTED = "expected uint8 (or integer 0..255) images shaped [N, 3, S, S] or [N
 # Decoded images of a batch, and the float copy the graph's resize makes of them, grow with the
 # square of the side: an 8000 x 8000 photo is 192 MB as uint8 and about 1 GB inside the graph.
 # Batches hold at most this many pixels per image plane (64 M: one 8000 x 8000 photo, or 371
-# images of NSD's 425 x 425, more than any batch or streamed chunk of 256 takes at such sizes).
+# images of NSD's 425 x 425; a longer batch or streamed chunk is cut there).
 MAX_BATCH_PIXELS = 64 * 2**20
 
 

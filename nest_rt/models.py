@@ -20,12 +20,29 @@ from .sessions import Sessions, resolve_device
 _READOUT_BYTES_PER_IMAGE_VOXEL = 256 * 4 * 6
 _BATCH_MEMORY_BUDGET = 80 * 2**20
 _MAX_BATCH = 32
-# Linear models: a backbone runs 16 images per call (ViT: 29 MB of features, 460,800 floats per
-# image; AlexNet 205,672). The heads run 64 per call: each call streams the subject's PCA matrix
-# (ViT: 461 MB) through the GEMM once, so more images share that cost (measured, 2 threads:
-# 5.2 ms per image and head at 16, 2.0 at 64).
-BACKBONE_BATCH = 16
+# Linear models. A backbone call's features, float32 [n, features], stay within a byte budget
+# set to 16 images of ViT-B/32 (460,800 features: 29 MB), so each backbone's images per call
+# follow from its own features (AlexNet, 205,672: 35). The heads run 64 per call whatever the
+# backbone: each call streams the subject's PCA matrix [features, components] through the GEMM
+# once, so more images share that cost (ViT, 2 threads: 5.2 ms per image and head at 16, 2.0 at
+# 64); the matrix and the work per image both grow with the features, so the best count does not.
+FEATURE_BYTES = 4  # float32
+VIT_B_32_FEATURES = 460_800  # the backbone the budgets were measured on
+_BACKBONE_CALL_BYTES = 16 * VIT_B_32_FEATURES * FEATURE_BYTES
 HEAD_BATCH = 64
+
+
+def images_within(budget_bytes: int, features: int) -> int:
+    """How many images' float32 features (``features`` per image) fit ``budget_bytes``: at least one."""
+    return int(max(1, budget_bytes // (FEATURE_BYTES * features)))
+
+
+def backbone_batch(features: int) -> int:
+    """Images per call of a backbone giving ``features`` per image (ViT-B/32: 16, AlexNet: 35)."""
+    return images_within(_BACKBONE_CALL_BYTES, features)
+
+
+BACKBONE_BATCH = backbone_batch(VIT_B_32_FEATURES)  # ViT-B/32's: exported graphs recommend it
 
 
 def fwrf_batch_size(voxels: int) -> int:
@@ -137,6 +154,7 @@ class Backbone:
             raise BundleIntegrityError(f"bundle {bundle.root} has no {name} backbone, which its heads on it need; "
                                        "re-export the bundle")
         self.features: int = int(entry["features"])
+        self.batch_size = backbone_batch(self.features)  # images per call
         self.precision = precision
         if precision == "fp32":
             bundle.path(entry["data"])  # verify the weights file too
@@ -166,12 +184,12 @@ class Backbone:
         if key not in shared:
             self.load(device)
             session = self._sessions.get(device)
-            if len(images) <= BACKBONE_BATCH:
+            if len(images) <= self.batch_size:
                 shared[key] = session.run(None, {"images": images})[0]
-            else:  # a head batch (64) or streamed chunk (256): one buffer, filled 16 images at a time
+            else:  # a head batch (64) or streamed chunk: one buffer, filled batch_size images at a time
                 features = np.empty((len(images), self.features), dtype=np.float32)
-                for start in range(0, len(images), BACKBONE_BATCH):
-                    block = images[start:start + BACKBONE_BATCH]
+                for start in range(0, len(images), self.batch_size):
+                    block = images[start:start + self.batch_size]
                     features[start:start + len(block)] = session.run(None, {"images": block})[0]
                 shared[key] = features
         return shared[key]
@@ -234,7 +252,7 @@ class LinearEncodingModel(EncodingModel):
         self.selected_indices = {plan.name: plan.indices for plan in plans}
         self._entry = bundle.entry(model_id, subject, variant)
         self.sidecar: dict[str, Any] = bundle.read_json(self._entry["sidecar"])
-        self._backbone, self.head = backbone, head
+        self.backbone, self.head = backbone, head
         head_width = head.sessions.get(self.device).get_inputs()[0].shape[1]
         if head_width != backbone.features or head.features != backbone.features:
             raise BundleIntegrityError(
@@ -305,7 +323,7 @@ class LinearEncodingModel(EncodingModel):
         return values
 
     def run_batch(self, images: np.ndarray, device: str, shared: dict):
-        features = self._backbone.run(images, device, shared)
+        features = self.backbone.run(images, device, shared)
         keep = not shared.get("stream_heads", False)
         session = self.head.sessions.get(device)
         if device in _DEVICE_BOUND_WEIGHTS:

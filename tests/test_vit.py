@@ -162,7 +162,7 @@ def test_large_heads_are_streamed_per_chunk_with_the_same_results(nest, monkeypa
     resident = nest.encode_many(models, images, show_progress=False)
     assert all(m.head._kept is not None for m in models), "within the budget, weights stay loaded"
     monkeypatch.setattr(encode_loop, "_RESIDENT_WEIGHT_BYTES", 0)
-    monkeypatch.setattr(encode_loop, "_STREAMED_CHUNK", 8)
+    monkeypatch.setattr(encode_loop, "_STREAMED_CHUNK_BYTES", 8 * 460_800 * 4)  # 8 images of the ViT's features
     reads = []
     real_load = np.load
     monkeypatch.setattr(np, "load", lambda path, *a, **k: reads.append(
