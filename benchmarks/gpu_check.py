@@ -156,7 +156,7 @@ def fp16(work: Path, device: str, eeg_subjects: list[int], images: np.ndarray) -
     found = {"recorded_at_export": recorded["fp16"]["fidelity_vs_fp32"]}
     for model_id, subject in ((EEG, eeg_subjects[0]), (FSAVERAGE, 1), (MEG, 1), (TVSD, "F")):
         model = half.get_encoding_model(model_id, subject=subject, device=device)
-        assert model._backbone.precision == "fp16"
+        assert model.backbone.precision == "fp16"
         found[f"{model_id} {subject}"] = compare(
             _flat(fp32.encode(model=fp32.get_encoding_model(model_id, subject=subject, device=device),
                               stimulus=images, show_progress=False)),
@@ -242,7 +242,8 @@ def throughput(work: Path, device: str, eeg_subjects: list[int], images: np.ndar
             if requested[0][0] == "fmri-nsd-fwrf" and precision == "fp16":
                 continue  # the fp16 variant is the ViT backbone's
             for vit_batch, head_batch, fwrf_batch in ((16, 64, 32), (64, 64, 64), (128, 128, 128), (256, 256, 256)):
-                models.BACKBONE_BATCH, models.HEAD_BATCH, models._MAX_BATCH = vit_batch, head_batch, fwrf_batch
+                models._BACKBONE_CALL_BYTES = vit_batch * models.VIT_B_32_FEATURES * models.FEATURE_BYTES
+                models.HEAD_BATCH, models._MAX_BATCH = head_batch, fwrf_batch
                 models.LinearEncodingModel.batch_size = head_batch
                 nest = NEST(work / "bundle", precision=precision)
                 loaded = [nest.get_encoding_model(m, subject=s, selection=sel or None, device=device)

@@ -7,11 +7,11 @@ from typing import Any
 from . import catalog, responses, selection as selections
 from .bundle import Bundle
 from .catalog_entries import ModelEntry
-from .response_files import PREGENERATED_DIR
+from .encode_loop import encode_models
 from .errors import InvalidParameterError, ParameterTypeError, ResponsesNotFoundError, StimulusError
 from .images import Stimulus
-from .models import (Backbone, EncodingModel, FwrfEncodingModel, LinearEncodingModel, LinearHead, StackedModel,
-                     encode_models)
+from .models import Backbone, EncodingModel, FwrfEncodingModel, LinearEncodingModel, LinearHead, StackedModel
+from .response_files import PREGENERATED_DIR
 
 
 class NEST:

@@ -26,13 +26,13 @@ import errno
 import functools
 import os
 import re
-import struct
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from .errors import InvalidParameterError, StimulusError, StimulusFileNotFoundError, StimulusTypeError
+from .exif_orientation import read_orientation, swaps_sides, upright
 from .paths import NotARegularFile, not_regular_kind, open_regular
 
 _EXPECTED = "expected uint8 (or integer 0..255) images shaped [N, 3, S, S] or [N, S, S, 3] with S x S square"
@@ -41,7 +41,7 @@ _EXPECTED = "expected uint8 (or integer 0..255) images shaped [N, 3, S, S] or [N
 # Decoded images of a batch, and the float copy the graph's resize makes of them, grow with the
 # square of the side: an 8000 x 8000 photo is 192 MB as uint8 and about 1 GB inside the graph.
 # Batches hold at most this many pixels per image plane (64 M: one 8000 x 8000 photo, or 371
-# images of NSD's 425 x 425, more than any batch or streamed chunk of 256 takes at such sizes).
+# images of NSD's 425 x 425; a longer batch or streamed chunk is cut there).
 MAX_BATCH_PIXELS = 64 * 2**20
 
 
@@ -345,13 +345,9 @@ def _too_large(error: Exception) -> str:
 
 
 # -- decoding: the one place where images become upright uint8 RGB ------------------------------
-EXIF_ORIENTATION = 0x0112
-_TRANSPOSED = {5, 6, 7, 8}  # orientations that swap width and height
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 _NO_8_BIT_RANGE = {"I", "F"}
 _VIA = {"La": "LA"}  # modes Pillow converts to RGB only through another (premultiplied alpha first undone)
-_UPRIGHT = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
-            7: "TRANSVERSE", 8: "ROTATE_90"}  # EXIF orientation -> the PIL.Image.Transpose that undoes it
 
 
 @dataclass(frozen=True)
@@ -377,9 +373,9 @@ def header_facts(image, name: str, handle=None) -> HeaderFacts:
     if not _converts_to_rgb(image.mode):
         reason = f"has mode {image.mode}, which has no conversion to RGB; convert it to RGB first"
         raise _problem(StimulusTypeError, f"{name} {reason}", reason)
-    orientation = _orientation(image, handle)
+    orientation = read_orientation(image, handle)
     width, height = image.size
-    return HeaderFacts((height, width) if orientation in _TRANSPOSED else (width, height), image.mode, orientation)
+    return HeaderFacts((height, width) if swaps_sides(orientation) else (width, height), image.mode, orientation)
 
 
 @functools.lru_cache(maxsize=None)
@@ -392,56 +388,12 @@ def _converts_to_rgb(mode: str) -> bool:
     return True
 
 
-def _orientation(image, handle=None) -> int:
-    """The image's EXIF orientation (1: upright), wherever the file stores it. A PNG may store its
-    EXIF (eXIf chunk) after the pixels, where Pillow sees it only once the pixels are loaded: a
-    PNG file's chunk list is read (``handle``), so that its header scan and its decoding agree,
-    and a PIL image is asked once it is loaded (pil_to_chw), which gives the same chunk."""
-    from PIL import Image
-    try:
-        if image.format != "PNG":
-            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-        else:  # the eXIf chunk only, never Pillow's getexif (which would decode the pixels to find it)
-            data = _png_exif(handle) if handle is not None else image.info.get("exif")
-            exif = Image.Exif()
-            if data:
-                exif.load(data)
-            orientation = exif.get(EXIF_ORIENTATION, 1)
-        orientation = int(orientation or 1)
-    except Exception:  # Pillow's EXIF parser raises many kinds on a malformed block: treat it as upright
-        return 1
-    return orientation if 1 <= orientation <= 8 else 1
-
-
-def _png_exif(handle) -> bytes | None:
-    """The last eXIf chunk of a PNG file, before or after its pixels (the one Pillow keeps once the
-    pixels are loaded), found by stepping over the chunks by their lengths: nothing is decoded."""
-    handle.seek(8)
-    found = None
-    while True:
-        header = handle.read(8)
-        if len(header) < 8:
-            return found
-        length, kind = struct.unpack(">I4s", header)
-        if kind in (b"IEND", b"fcTL") or length > 2**31 - 1:  # Pillow stops at the next APNG frame too
-            return found
-        if kind == b"eXIf":
-            found = b"Exif\x00\x00" + handle.read(length)
-            handle.seek(4, os.SEEK_CUR)
-        else:
-            handle.seek(length + 4, os.SEEK_CUR)
-
-
 def pil_to_chw(image, name: str = "image", handle=None) -> np.ndarray:
     """A PIL image (of the file ``handle``, if any) as uint8 [3, S, S]: upright by its EXIF
     orientation, reduced to 8-bit RGB, and centre-cropped to its central square (callers check
     squareness where it is required)."""
-    from PIL import Image
-    image.load()  # first: a PNG's EXIF may follow its pixels (see _orientation)
-    orientation = header_facts(image, name, handle).orientation
-    if orientation != 1:  # Pillow's ImageOps.exif_transpose table, with the orientation read above
-        image = image.transpose(Image.Transpose[_UPRIGHT[orientation]])
-    rgb = _to_rgb(image)
+    image.load()  # first: a PNG's EXIF may follow its pixels (see exif_orientation.read_orientation)
+    rgb = _to_rgb(upright(image, header_facts(image, name, handle).orientation))
     top, left, side = square_crop(rgb.height, rgb.width)
     if side != rgb.width or side != rgb.height:
         rgb = rgb.crop((left, top, left + side, top + side))

@@ -1,18 +1,16 @@
-"""Loaded encoding models and the batched encode loop they share.
+"""Loaded encoding models: the fwRF, the shared backbones and heads, and the linear models on them.
 
-Every model turns a batch of uint8 images into a block of responses; ``encode_models`` runs
-one or several models over the same images, decoding each batch once and computing each
-backbone (ViT-B/32, AlexNet, untrained AlexNet) once per batch for all the models on it.
+Every model turns a batch of uint8 images into a block of responses; the batched loop that
+runs several of them over the same images is in encode_loop.py.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 from .bundle import Bundle
-from .errors import BundleIntegrityError, InvalidParameterError, NonFiniteOutputError, NotExportedError
-from .images import Stimulus
+from .errors import BundleIntegrityError, InvalidParameterError, NotExportedError
 from .selection import OutputPlan
 from .sessions import Sessions, resolve_device
 
@@ -22,19 +20,29 @@ from .sessions import Sessions, resolve_device
 _READOUT_BYTES_PER_IMAGE_VOXEL = 256 * 4 * 6
 _BATCH_MEMORY_BUDGET = 80 * 2**20
 _MAX_BATCH = 32
-# Linear models: a backbone runs 16 images per call (ViT: 29 MB of features, 460,800 floats per
-# image; AlexNet 205,672). The heads run 64 per call: each call streams the subject's PCA matrix
-# (ViT: 461 MB) through the GEMM once, so more images share that cost (measured, 2 threads:
-# 5.2 ms per image and head at 16, 2.0 at 64).
-BACKBONE_BATCH = 16
+# Linear models. A backbone call's features, float32 [n, features], stay within a byte budget
+# set to 16 images of ViT-B/32 (460,800 features: 29 MB), so each backbone's images per call
+# follow from its own features (AlexNet, 205,672: 35). The heads run 64 per call whatever the
+# backbone: each call streams the subject's PCA matrix [features, components] through the GEMM
+# once, so more images share that cost (ViT, 2 threads: 5.2 ms per image and head at 16, 2.0 at
+# 64); the matrix and the work per image both grow with the features, so the best count does not.
+FEATURE_BYTES = 4  # float32
+VIT_B_32_FEATURES = 460_800  # the backbone the budgets were measured on
+_BACKBONE_CALL_BYTES = 16 * VIT_B_32_FEATURES * FEATURE_BYTES
 HEAD_BATCH = 64
-# Head weights (a ViT subject's folded PCA matrix alone is 461 MB) stay in memory while those of
-# the models encoded together fit this budget. Beyond it (ten EEG subjects: 4.6 GB) the features
-# of a chunk of _STREAMED_CHUNK images are kept instead (472 MB) and each head's weights are read
-# from disk when its turn comes, then dropped: memory stays near one subject's, and each read is
-# shared by 256 images.
-_RESIDENT_WEIGHT_BYTES = 1536 * 2**20
-_STREAMED_CHUNK = 256
+
+
+def images_within(budget_bytes: int, features: int) -> int:
+    """How many images' float32 features (``features`` per image) fit ``budget_bytes``: at least one."""
+    return int(max(1, budget_bytes // (FEATURE_BYTES * features)))
+
+
+def backbone_batch(features: int) -> int:
+    """Images per call of a backbone giving ``features`` per image (ViT-B/32: 16, AlexNet: 35)."""
+    return images_within(_BACKBONE_CALL_BYTES, features)
+
+
+BACKBONE_BATCH = backbone_batch(VIT_B_32_FEATURES)  # ViT-B/32's: exported graphs recommend it
 
 
 def fwrf_batch_size(voxels: int) -> int:
@@ -79,7 +87,7 @@ class EncodingModel:
 
     def run_batch(self, images: np.ndarray, device: str, shared: dict):
         """Responses for one uint8 batch; ``shared`` caches work that other models reuse for the
-        same images (keys include the batch's position, set by encode_models)."""
+        same images (keys include the batch's position, set by the encode loop)."""
         raise NotImplementedError
 
     def describe_output(self) -> str:
@@ -146,6 +154,7 @@ class Backbone:
             raise BundleIntegrityError(f"bundle {bundle.root} has no {name} backbone, which its heads on it need; "
                                        "re-export the bundle")
         self.features: int = int(entry["features"])
+        self.batch_size = backbone_batch(self.features)  # images per call
         self.precision = precision
         if precision == "fp32":
             bundle.path(entry["data"])  # verify the weights file too
@@ -175,12 +184,12 @@ class Backbone:
         if key not in shared:
             self.load(device)
             session = self._sessions.get(device)
-            if len(images) <= BACKBONE_BATCH:
+            if len(images) <= self.batch_size:
                 shared[key] = session.run(None, {"images": images})[0]
-            else:  # a head batch (64) or streamed chunk (256): one buffer, filled 16 images at a time
+            else:  # a head batch (64) or streamed chunk: one buffer, filled batch_size images at a time
                 features = np.empty((len(images), self.features), dtype=np.float32)
-                for start in range(0, len(images), BACKBONE_BATCH):
-                    block = images[start:start + BACKBONE_BATCH]
+                for start in range(0, len(images), self.batch_size):
+                    block = images[start:start + self.batch_size]
                     features[start:start + len(block)] = session.run(None, {"images": block})[0]
                 shared[key] = features
         return shared[key]
@@ -243,7 +252,7 @@ class LinearEncodingModel(EncodingModel):
         self.selected_indices = {plan.name: plan.indices for plan in plans}
         self._entry = bundle.entry(model_id, subject, variant)
         self.sidecar: dict[str, Any] = bundle.read_json(self._entry["sidecar"])
-        self._backbone, self.head = backbone, head
+        self.backbone, self.head = backbone, head
         head_width = head.sessions.get(self.device).get_inputs()[0].shape[1]
         if head_width != backbone.features or head.features != backbone.features:
             raise BundleIntegrityError(
@@ -314,7 +323,7 @@ class LinearEncodingModel(EncodingModel):
         return values
 
     def run_batch(self, images: np.ndarray, device: str, shared: dict):
-        features = self._backbone.run(images, device, shared)
+        features = self.backbone.run(images, device, shared)
         keep = not shared.get("stream_heads", False)
         session = self.head.sessions.get(device)
         if device in _DEVICE_BOUND_WEIGHTS:
@@ -389,94 +398,3 @@ def _run_bound(session, features: np.ndarray, weights: dict) -> np.ndarray:
     binding.bind_output(session.get_outputs()[0].name, "cpu")
     session.run_with_iobinding(binding)
     return binding.copy_outputs_to_cpu()[0]
-
-
-def encode_models(models: list[EncodingModel], images: Any, device: str = "auto",
-                  show_progress: bool = True) -> list:
-    """Responses of every model for the same images, in preallocated arrays."""
-    stimulus = images if isinstance(images, Stimulus) else Stimulus(images)
-    outputs = [model.allocate(stimulus.count) for model in models]
-    with _progress(stimulus.count, show_progress and stimulus.count > min(m.batch_size for m in models)) as bar:
-        for index, start, stop, block in iter_responses(models, stimulus, device, on_batch=bar.update):
-            for target, values in zip(as_arrays(outputs[index]), as_arrays(block)):
-                target[start:stop] = values
-    return outputs
-
-
-def iter_responses(models: list[EncodingModel], stimulus: Stimulus, device: str = "auto",
-                   on_batch: Callable[[int], Any] | None = None,
-                   name_images: Callable[[np.ndarray], str] = lambda positions: f"images {positions.tolist()}"
-                   ) -> Iterator[tuple[int, int, int, Any]]:
-    """Yield ``(model_index, start, stop, block)``: the responses of model ``model_index`` to images
-    ``start:stop``, checked to be finite.
-
-    Images are decoded once per batch; models that share a backbone share its features
-    for each batch. ``on_batch(n)`` is called after each decoded batch of n images.
-    ``name_images(positions)`` names images of the stimulus in errors (default: their positions,
-    which are the caller's indices when the stimulus is the caller's own list or array).
-    """
-    devices = [model.device if device == "auto" else resolve_device(device) for model in models]
-    stream_heads = _stream_heads(models)
-    # Decode at the largest batch size, then run each model on slices of its own batch size,
-    # so a large fwRF ROI (batch 1) does not shrink the linear models' batches. Streamed heads
-    # run once over the whole decoded chunk, so that each read of their weights serves 256 images.
-    batch_size = _STREAMED_CHUNK if stream_heads else max(model.batch_size for model in models)
-    shapes = [[array.shape[1:] for array in as_arrays(model.allocate(0))] for model in models]
-    for batch in stimulus.batches(batch_size):
-        shared: dict = {"stream_heads": stream_heads}
-        for index, (model, model_device) in enumerate(zip(models, devices)):
-            step = len(batch.images) if stream_heads and _linear_parts(model) else model.batch_size
-            for start in range(0, len(batch.images), step):
-                stop = min(start + step, len(batch.images))
-                shared["position"] = (start, stop)
-                block = model.run_batch(batch.images[start:stop], model_device, shared)
-                _check_block(block, batch.start + start, stop - start, shapes[index], model, name_images)
-                yield index, batch.start + start, batch.start + stop, block
-        if on_batch is not None:
-            on_batch(batch.stop - batch.start)
-
-
-def _stream_heads(models: list[EncodingModel]) -> bool:
-    """Whether the linear models' heads are too large to keep in memory together."""
-    linear = [part for model in models for part in _linear_parts(model)]
-    heads = {id(model.head): model.head for model in linear}
-    total = sum(head.nbytes for head in heads.values()) + sum(model.weight_bytes for model in linear)
-    if len(linear) < 2 or total <= _RESIDENT_WEIGHT_BYTES:
-        return False
-    for model in linear:  # weights kept by earlier calls would defeat the purpose
-        model.release_weights()
-    return True
-
-
-def _linear_parts(model: EncodingModel) -> list[LinearEncodingModel]:
-    if isinstance(model, StackedModel):
-        return model.parts
-    return [model] if isinstance(model, LinearEncodingModel) else []
-
-
-def as_arrays(block) -> tuple:
-    """A model's block (or allocated output) as a tuple of arrays: fsaverage gives (lh, rh)."""
-    return block if isinstance(block, tuple) else (block,)
-
-
-def _check_block(block, start: int, count: int, shapes: list[tuple], model: EncodingModel,
-                 name_images: Callable[[np.ndarray], str]) -> None:
-    """A block must have the model's declared shape (else its rows would land in the wrong place)
-    and only finite values."""
-    found = [values.shape for values in as_arrays(block)]
-    if found != [(count, *shape) for shape in shapes]:
-        raise BundleIntegrityError(f"{model.describe_output()} gave blocks of shape {found} for {count} images, "
-                                   f"the bundle declares {[(count, *shape) for shape in shapes]}; re-export the bundle")
-    for values in as_arrays(block):
-        finite = np.isfinite(values).reshape(len(values), -1).all(axis=1)
-        if not finite.all():
-            bad = np.flatnonzero(~finite) + start
-            raise NonFiniteOutputError(f"{model.describe_output()} produced NaN or infinite responses "
-                                       f"for {name_images(bad[:10])}")
-
-
-def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-    return tqdm(total=total, unit="img", disable=not enabled, desc="encoding")
-
-

@@ -199,85 +199,129 @@ class _RunOnRay:
         has restarted it; a worker that cannot start is left out, and the run stops only when no
         worker is left or none starts in WORKER_START_TIMEOUT_S."""
         from .runs import ChunkDone
-        ray = self.ray
-        lost_worker = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
-        queue = collections.deque(todo)
-        starting = {actor.ready.remote(): actor for actor in self.actors}  # readiness -> worker
-        idle: collections.deque = collections.deque()
-        streams: dict = {}  # a chunk's stream of items -> (chunk, start, stop, worker)
-        attempts: collections.Counter = collections.Counter()  # per chunk
-        losses: collections.Counter = collections.Counter()  # per worker, since its last chunk done
-        lost_on: dict = {}  # chunk -> the workers that lost it
-        last_error: Exception | None = None
+        dispatch = _ChunkDispatch(self.ray, self.actors, todo, self.log)
         try:
-            while queue or streams:
+            while dispatch.queue or dispatch.streams:
                 interrupts.raise_if_stopped()  # a stop Python dropped while waiting on Ray
-                started = set(idle) | {entry[3] for entry in streams.values()}
-                for actor in list(idle):
-                    entry = _next_chunk_for(actor, queue, lost_on, started)
-                    if entry is None:
-                        continue
-                    idle.remove(actor)
-                    chunk, start, stop = entry
-                    attempts[chunk] += 1
-                    stream = actor.encode.options(num_returns="streaming").remote(chunk, start, stop)
-                    streams[stream] = (chunk, start, stop, actor)
-                if not streams and not starting:
-                    raise RunStateError(f"no Ray worker is left, the last failed with: {_reason(last_error)}; "
-                                        "finished chunks are kept")
-                bar.set_postfix(workers_alive=len(idle) + len(streams), refresh=False)
-                ready, _ = ray.wait(list(streams) + list(starting), num_returns=1,
-                                    timeout=None if streams else WORKER_START_TIMEOUT_S)
-                if not ready:
-                    raise RunStateError(f"no Ray worker started in {WORKER_START_TIMEOUT_S} s: can the cluster "
-                                        "place a worker (see --workers, --threads, --gpus-per-worker)? Finished "
-                                        "chunks are kept")
-                if ready[0] in starting:
-                    actor = starting.pop(ready[0])
-                    try:
-                        self.devices.update(ray.get(ready[0]))
-                        idle.append(actor)
-                    except lost_worker as exc:  # its models failed to load, or it died too often
-                        last_error = exc
-                        self.log(f"Ray: a worker could not start and is left out: {_reason(exc)}")
+                dispatch.hand_out_chunks()
+                dispatch.require_a_worker()
+                bar.set_postfix(workers_alive=len(dispatch.idle) + len(dispatch.streams), refresh=False)
+                ready = dispatch.wait()
+                if ready in dispatch.starting:
+                    self.devices.update(dispatch.worker_started(ready))
                     continue
-                chunk, start, stop, actor = streams[ready[0]]
-                try:
-                    reference = next(ready[0], None)
-                    if reference is None:
-                        raise RunStateError(f"chunk {chunk}: its Ray worker ended it without finishing it")
-                    item = ray.get(reference)
-                except lost_worker as exc:
-                    del streams[ready[0]]
-                    last_error = exc
-                    if attempts[chunk] >= MAX_CHUNK_ATTEMPTS:
-                        raise RunStateError(f"chunk {chunk} (images {start}:{stop}) lost its worker "
-                                            f"{attempts[chunk]} times ({_reason(exc)}); finished chunks are kept") from None
-                    queue.appendleft((chunk, start, stop))  # see _next_chunk_for; its rows are written again
-                    lost_on.setdefault(chunk, set()).add(actor)
-                    losses[actor] += 1
-                    if losses[actor] < MAX_CHUNK_ATTEMPTS:
-                        starting[actor.ready.remote()] = actor  # free again once Ray has restarted it
-                        self.log(f"Ray: a worker was lost ({type(exc).__name__}); chunk {chunk} is done again")
-                    else:
-                        ray.kill(actor, no_restart=True)
-                        self.log(f"Ray: a worker lost {losses[actor]} chunks in a row and is left out; chunk "
-                                 f"{chunk} is done again")
+                item = dispatch.next_item(ready)
+                if item is None:  # its worker was lost: the chunk is queued again
                     continue
-                except ray.exceptions.RayTaskError as exc:  # the worker's own error, e.g. a StimulusError
-                    cause = getattr(exc, "cause", None)
-                    raise (cause if isinstance(cause, Exception) else exc) from None  # as a local run reports it
                 if isinstance(item, ChunkDone):  # the chunk's last item: its worker is free
-                    del streams[ready[0]]
-                    losses[actor] = 0
-                    idle.append(actor)
-                    bar.update(stop - start)
+                    bar.update(dispatch.chunk_done(ready))
                 yield item
         finally:
             for actor in self.actors:
-                ray.kill(actor)
+                self.ray.kill(actor)
             if self.started_here:
-                ray.shutdown()
+                self.ray.shutdown()
+
+
+class _ChunkDispatch:
+    """The driver's bookkeeping of one run on Ray: which chunks wait, which worker streams which
+    chunk, which workers are starting or idle, and how often each chunk and worker was lost."""
+
+    def __init__(self, ray, actors: list, todo, log):
+        self.ray, self.log = ray, log
+        self.lost_worker = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
+        self.queue = collections.deque(todo)
+        self.starting = {actor.ready.remote(): actor for actor in actors}  # readiness -> worker
+        self.idle: collections.deque = collections.deque()
+        self.streams: dict = {}  # a chunk's stream of items -> (chunk, start, stop, worker)
+        self.attempts: collections.Counter = collections.Counter()  # per chunk
+        self.losses: collections.Counter = collections.Counter()  # per worker, since its last chunk done
+        self.lost_on: dict = {}  # chunk -> the workers that lost it
+        self.last_error: Exception | None = None
+
+    def hand_out_chunks(self) -> None:
+        """Start a chunk on every idle worker that may take one (see _next_chunk_for)."""
+        started = set(self.idle) | {entry[3] for entry in self.streams.values()}
+        for actor in list(self.idle):
+            entry = _next_chunk_for(actor, self.queue, self.lost_on, started)
+            if entry is None:
+                continue
+            self.idle.remove(actor)
+            chunk, start, stop = entry
+            self.attempts[chunk] += 1
+            stream = actor.encode.options(num_returns="streaming").remote(chunk, start, stop)
+            self.streams[stream] = (chunk, start, stop, actor)
+
+    def require_a_worker(self) -> None:
+        if not self.streams and not self.starting:
+            raise RunStateError(f"no Ray worker is left, the last failed with: {_reason(self.last_error)}; "
+                                "finished chunks are kept")
+
+    def wait(self):
+        """The first stream with an item, or worker readiness, to come; with no chunk in flight,
+        a worker must start within WORKER_START_TIMEOUT_S."""
+        ready, _ = self.ray.wait(list(self.streams) + list(self.starting), num_returns=1,
+                                 timeout=None if self.streams else WORKER_START_TIMEOUT_S)
+        if not ready:
+            raise RunStateError(f"no Ray worker started in {WORKER_START_TIMEOUT_S} s: can the cluster "
+                                "place a worker (see --workers, --threads, --gpus-per-worker)? Finished "
+                                "chunks are kept")
+        return ready[0]
+
+    def worker_started(self, readiness) -> list[str]:
+        """A worker answered: idle if it started (its devices returned), left out if it could not."""
+        actor = self.starting.pop(readiness)
+        try:
+            devices = self.ray.get(readiness)
+        except self.lost_worker as exc:  # its models failed to load, or it died too often
+            self.last_error = exc
+            self.log(f"Ray: a worker could not start and is left out: {_reason(exc)}")
+            return []
+        self.idle.append(actor)
+        return devices
+
+    def next_item(self, stream):
+        """The stream's next item; None if its worker was lost (the chunk is queued again). The
+        worker's own error (e.g. a StimulusError) is raised as a local run raises it."""
+        chunk = self.streams[stream][0]
+        try:
+            reference = next(stream, None)
+            if reference is None:
+                raise RunStateError(f"chunk {chunk}: its Ray worker ended it without finishing it")
+            return self.ray.get(reference)
+        except self.lost_worker as exc:
+            self._chunk_lost(stream, exc)
+            return None
+        except self.ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            raise (cause if isinstance(cause, Exception) else exc) from None
+
+    def _chunk_lost(self, stream, exc: Exception) -> None:
+        """The chunk goes back to the queue (its rows are written again), unless it has been lost
+        MAX_CHUNK_ATTEMPTS times; its worker waits to be restarted, or after MAX_CHUNK_ATTEMPTS
+        losses in a row is left out."""
+        chunk, start, stop, actor = self.streams.pop(stream)
+        self.last_error = exc
+        if self.attempts[chunk] >= MAX_CHUNK_ATTEMPTS:
+            raise RunStateError(f"chunk {chunk} (images {start}:{stop}) lost its worker "
+                                f"{self.attempts[chunk]} times ({_reason(exc)}); finished chunks are kept") from None
+        self.queue.appendleft((chunk, start, stop))  # see _next_chunk_for
+        self.lost_on.setdefault(chunk, set()).add(actor)
+        self.losses[actor] += 1
+        if self.losses[actor] < MAX_CHUNK_ATTEMPTS:
+            self.starting[actor.ready.remote()] = actor  # free again once Ray has restarted it
+            self.log(f"Ray: a worker was lost ({type(exc).__name__}); chunk {chunk} is done again")
+        else:
+            self.ray.kill(actor, no_restart=True)
+            self.log(f"Ray: a worker lost {self.losses[actor]} chunks in a row and is left out; chunk "
+                     f"{chunk} is done again")
+
+    def chunk_done(self, stream) -> int:
+        """The chunk's last item came: its worker is free. Returns the chunk's image count."""
+        _, start, stop, actor = self.streams.pop(stream)
+        self.losses[actor] = 0
+        self.idle.append(actor)
+        return stop - start
 
 
 def _next_chunk_for(actor, queue: collections.deque, lost_on: dict, started: set) -> tuple[int, int, int] | None:
@@ -350,7 +394,7 @@ class Encoder:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from .images import Stimulus
-        from .models import as_arrays, encode_models
+        from .encode_loop import as_arrays, encode_models
         if self.image_column not in batch:
             raise InvalidParameterError(f"image_column {self.image_column!r} is not a column of the batch "
                                         f"(columns: {sorted(batch)})")

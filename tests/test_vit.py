@@ -155,14 +155,14 @@ def test_encode_many_shares_the_backbone(nest, monkeypatch):
 def test_large_heads_are_streamed_per_chunk_with_the_same_results(nest, monkeypatch):
     """Heads too large to keep together (here: a budget of 0 bytes) are read per chunk of images
     whose features are kept, run once per chunk, and dropped; the responses do not change."""
-    from nest_rt import models as model_module
+    from nest_rt import encode_loop
     images = synthetic.synthetic_images(13, 256, seed=5)
     models = [nest.get_encoding_model(EEG, subject=s) for s in (1, 2)]
     models.append(nest.get_encoding_model(FSAVERAGE, subject=1, selection={"roi": "V2d"}))
     resident = nest.encode_many(models, images, show_progress=False)
     assert all(m.head._kept is not None for m in models), "within the budget, weights stay loaded"
-    monkeypatch.setattr(model_module, "_RESIDENT_WEIGHT_BYTES", 0)
-    monkeypatch.setattr(model_module, "_STREAMED_CHUNK", 8)
+    monkeypatch.setattr(encode_loop, "_RESIDENT_WEIGHT_BYTES", 0)
+    monkeypatch.setattr(encode_loop, "_STREAMED_CHUNK_BYTES", 8 * 460_800 * 4)  # 8 images of the ViT's features
     reads = []
     real_load = np.load
     monkeypatch.setattr(np, "load", lambda path, *a, **k: reads.append(

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from .. import interrupts
-from ..models import EncodingModel, as_arrays, iter_responses
+from ..encode_loop import as_arrays, iter_responses
+from ..models import EncodingModel
 from ..run_files import PROGRESS, NpyRows, write_json_atomically
 from .inputs import RunInputs
 from .outputs import Output
