@@ -143,7 +143,7 @@ class NEST:
               ) -> EncodingModel:
         if not catalog.is_linear(model_id):
             roi = roi or selections.fwrf_roi(model_id, selection)
-            return FwrfEncodingModel(self.bundle, subject, roi, device, self.num_threads, api=api)
+            return FwrfEncodingModel(self.bundle, model_id, subject, roi, device, self.num_threads, api=api)
         names, stacked_axis = variants
         for variant in names:  # a clear NotExportedError before anything else
             self.bundle.entry(model_id, subject, variant)

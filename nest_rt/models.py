@@ -42,8 +42,6 @@ def backbone_batch(features: int) -> int:
     return images_within(_BACKBONE_CALL_BYTES, features)
 
 
-BACKBONE_BATCH = backbone_batch(VIT_B_32_FEATURES)  # ViT-B/32's: exported graphs recommend it
-
 
 def fwrf_batch_size(voxels: int) -> int:
     """Images per fwRF call: as many as keep the readout's temporaries within the budget."""
@@ -108,14 +106,12 @@ class EncodingModel:
 
 
 class FwrfEncodingModel(EncodingModel):
-    """fwRF encoder of one subject and ROI (`fmri-nsd-fwrf`): responses [N, voxels]."""
+    """fwRF encoder of one subject and ROI: responses [N, voxels]."""
 
-    model_id = "fmri-nsd-fwrf"
-
-    def __init__(self, bundle: Bundle, subject: int, roi: str, device: str,
+    def __init__(self, bundle: Bundle, model_id: str, subject: int, roi: str, device: str,
                  num_threads: int | None = None, api: str = "legacy"):
         super().__init__(bundle, subject, device, api)
-        self.roi = roi
+        self.model_id, self.roi = model_id, roi
         self._entry = bundle.entry(self.model_id, subject, roi)
         self.voxels: int = int(self._entry["voxels"])
         self.sidecar: dict[str, Any] = bundle.read_json(self._entry["sidecar"])

@@ -195,6 +195,9 @@ def test_formats_are_detected_per_file(alexnet_bundle):
         assert graphs["1"]["all"]["pca_blocks"] == 4 and graphs["1"]["all"]["backbone"] == model_id.split("-")[-1]
     assert manifest["models"][FSAVERAGE]["graphs"]["1"]["all"]["pca_blocks"] == 1
     assert sorted(manifest["backbones"]) == ["alexnet", "alexnet_untrained", "vit_b_32"]
+    recommended = {name: json.loads((alexnet_bundle / entry["sidecar"]).read_text())["contract"]["recommended_batch"]
+                   for name, entry in manifest["backbones"].items()}
+    assert recommended == {"alexnet": 35, "alexnet_untrained": 35, "vit_b_32": 16}, "as many as the runtime runs"
 
 
 def test_backbone_batches_and_streamed_chunks_follow_each_backbones_features():
@@ -202,9 +205,8 @@ def test_backbone_batches_and_streamed_chunks_follow_each_backbones_features():
     ViT-B/32 (460,800 features per image) runs 16 per call and 256 per chunk: a smaller backbone
     gets more images, a larger one fewer, never none."""
     from nest_rt.encode_loop import streamed_chunk_size
-    from nest_rt.models import BACKBONE_BATCH, backbone_batch
+    from nest_rt.models import backbone_batch
     assert (backbone_batch(460_800), streamed_chunk_size(460_800)) == (16, 256)
-    assert BACKBONE_BATCH == 16, "the ViT's figure, which exported graphs recommend"
     assert (backbone_batch(205_672), streamed_chunk_size(205_672)) == (35, 573)  # AlexNet
     assert (backbone_batch(1_000_000), streamed_chunk_size(1_000_000)) == (7, 117)
     assert (backbone_batch(10**9), streamed_chunk_size(10**9)) == (1, 1)

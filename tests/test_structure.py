@@ -19,7 +19,7 @@ LAYERS = {
     "runs": ["runs", "h5_copy", "image_files", "interrupts", "ray"],
     "API": ["api", "berg", "responses"],
     "models": ["models", "encode_loop", "selection", "sessions"],
-    "data": ["bundle", "catalog", "catalog_entries", "images", "image_decoding", "run_files", "paths",
+    "data": ["bundle", "catalog", "catalog_entries", "images", "exif_orientation", "run_files", "paths",
              "response_files", "records"],
     "base": ["errors", "limits"],
 }

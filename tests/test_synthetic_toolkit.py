@@ -30,7 +30,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_models_offered_are_the_catalogs_short_names():
-    aliases = [entry["alias"] for entry in catalog.models().values()]
+    aliases = [entry.alias for entry in catalog.models().values()]
     assert offered_models() == aliases
     assert {"fwrf", "eeg", "fsaverage", "eeg-alexnet", "fsaverage-alexnet"} <= set(aliases)  # the older names
 
@@ -39,7 +39,7 @@ def test_the_models_offered_are_the_catalogs_short_names():
 def linear_toolkit(tmp_path_factory):
     """One subject of every linear model the command offers, in one run (about 20 s)."""
     out = tmp_path_factory.mktemp("synthetic") / "toolkit"
-    linear = [alias for alias in offered_models() if "backbone" in catalog.model_entry(alias)]
+    linear = [alias for alias in offered_models() if catalog.model_entry(alias).is_linear]
     made = cli("synthetic-toolkit", "--out", str(out), "--models", *linear, "--subjects", "1", "N",
                "--components", str(COMPONENTS))
     assert made.returncode == 0, made.stderr
@@ -47,7 +47,7 @@ def linear_toolkit(tmp_path_factory):
 
 
 def linear_models() -> list[str]:
-    return [model_id for model_id, entry in catalog.models().items() if "backbone" in entry]
+    return [model_id for model_id, entry in catalog.models().items() if entry.is_linear]
 
 
 @pytest.mark.parametrize("model_id", linear_models())
@@ -64,11 +64,11 @@ def test_every_linear_model_written_is_read_and_checked_by_the_export(linear_too
         metadata = toolkit.load_npy_dict(toolkit.head_files(out, model_id, subject, variant)["metadata"])
         scaler, pcas, regressions, _ = toolkit.head_blocks(weights, model_id, where)
         assert linear_export._check_head(model_id, where, scaler, pcas, regressions, metadata) == COMPONENTS
-    for key, spec in catalog.model_entry(model_id)["selection"].items():
-        if spec["kind"] == "mask":
+    entry = catalog.model_entry(model_id)
+    for key, rule in entry.selection.items():
+        if rule.kind == "mask":
             continue
-        entry = catalog.model_entry(model_id)
-        first = entry[spec["names"]][0] if spec["kind"] == "names" else entry[spec["choices"]][0]
+        first = entry.names(rule.names if rule.kind == "names" else rule.choices)[0]
         plans = selection.plan(model_id, {key: [first]}, lambda: metadata)
         assert sum(np.prod(plan.shape) for plan in plans) > 0, (key, first)
 
