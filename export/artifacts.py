@@ -26,3 +26,10 @@ def record_sources(nest_dir: Path, paths: list[Path], manifest: dict) -> list[di
         manifest["sources"][relative] = record
         records.append({"path": relative, **record})
     return records
+
+
+def record_graph(manifest: dict, model_id: str, subject, key: str, record: dict[str, Any]) -> None:
+    """Enter one exported graph in bundle.json: models[model_id].graphs[subject][key] (key: the
+    fwRF's ROI, or a linear model's variant)."""
+    graphs = manifest["models"].setdefault(model_id, {"graphs": {}})["graphs"]
+    graphs.setdefault(str(subject), {})[key] = record

@@ -83,7 +83,7 @@ def operator_domains(model) -> list[str]:
 
 def describe_graph(bundle_root: Path, graph: str, sidecar: str, contract: dict[str, Any], doc: str) -> None:
     """Stamp ``contract`` and ``doc`` into the graph ``graph`` (relative to ``bundle_root``): its
-    doc_string and metadata_props (earlier props are kept). The graph's operator domains are
+    doc_string (``doc`` and where the contract is) and metadata_props (earlier props are kept). The graph's operator domains are
     added to ``contract`` first (``operator_domains``); its nodes' build records are dropped
     (``strip_build_records``). Weights stored beside the graph stay where they are: only the
     graph file is rewritten."""
@@ -100,7 +100,7 @@ def describe_graph(bundle_root: Path, graph: str, sidecar: str, contract: dict[s
                   "nest_rt.sidecar": Path(sidecar).name, "nest_rt.contract": json.dumps(contract)})
     props.update({f"nest_rt.{key}": str(contract[key]) for key in _SUMMARY_KEYS if key in contract})
     helper.set_model_props(model, props)
-    model.doc_string = doc
+    model.doc_string = f"{doc} Contract: metadata_props nest_rt.contract, or {Path(sidecar).name} beside it."
     # the last write of every graph: loadable by older onnxruntime, and no path of this machine inside
     stamp_minimum_ir_version(model)
     strip_build_records(model)

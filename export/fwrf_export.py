@@ -11,7 +11,7 @@ from nest_rt.bundle import nested_value
 from nest_rt.models import fwrf_batch_size, fwrf_working_bytes
 
 from . import toolkit
-from .artifacts import record_sources, save_flat_npz
+from .artifacts import record_graph, record_sources, save_flat_npz
 from .errors import ExportError
 from .checks import check_resize, refuse_network
 from .contract import IMAGES_INPUT, contract_header, write_sidecar
@@ -104,11 +104,9 @@ def write_fwrf_model(staging: Path, manifest: dict, subject: int, roi: str, part
     write_sidecar(staging, names["graph"], names["sidecar"], sidecar,
                    f"NEST fwRF encoding model (NSD fMRI), subject {subject}, ROI {roi}: uint8 images "
                    f"[N, 3, S, S] -> responses [N, {sum(split_voxels)}] (z-scored betas of the ROI's voxels, "
-                   f"in the order of the True voxels of metadata fmri/roi_mask_volume). Contract: "
-                   f"metadata_props nest_rt.contract, or {Path(names['sidecar']).name} beside it.")
-    graphs = manifest["models"].setdefault(FWRF, {"graphs": {}})["graphs"]
-    graphs.setdefault(str(subject), {})[roi] = {**names, "voxels": sum(split_voxels), "parity": parity,
-                                                "resize_parity": resize_parity}
+                   f"in the order of the True voxels of metadata fmri/roi_mask_volume).")
+    record_graph(manifest, FWRF, subject, roi, {**names, "voxels": sum(split_voxels), "parity": parity,
+                                                "resize_parity": resize_parity})
 
 
 def _fwrf_contract(names: dict, subject: int, roi: str, voxels: int, metadata: dict, graph_bytes: int) -> dict:

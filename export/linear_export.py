@@ -22,7 +22,7 @@ from nest_rt.bundle import nested_value
 from nest_rt.models import HEAD_BATCH, backbone_batch
 
 from . import backbones, toolkit
-from .artifacts import record_sources, save_flat_npz
+from .artifacts import record_graph, record_sources, save_flat_npz
 from .backbones import Backbone
 from .checks import check_resize, refuse_network
 from .contract import (IMAGES_INPUT, contract_header, describe_graph, file_input, graph_output_input,
@@ -169,8 +169,7 @@ def _describe_backbone(staging: Path, entry: dict, backbone: Backbone) -> None:
     entry["sidecar"] = sidecar_name
     for precision, graph in graphs.items():
         doc = (f"nest_rt {title} backbone ({precision}): uint8 images [N, 3, S, S] -> features float32 "
-               f"[N, {features}], shared by every model on it; its heads take these features. "
-               f"Contract: metadata_props nest_rt.contract, or backbone.json beside it.")
+               f"[N, {features}], shared by every model on it; its heads take these features.")
         if precision == "fp32":
             write_sidecar(staging, graph, sidecar_name, sidecar, doc)
         else:
@@ -387,12 +386,10 @@ def _export_head(nest_dir, staging, manifest, model_id, subject, variant, probes
     write_sidecar(staging, names["head"], names["sidecar"], sidecar,
                    f"nest_rt head of {catalog.model_entry(model_id).description}; {where.split(' (')[0]}. "
                    f"Features of {backbone_graph} -> responses; its weights are inputs, read from the .npy "
-                   f"files the contract names. Contract: metadata_props nest_rt.contract, or "
-                   f"{Path(names['sidecar']).name} beside it.")
-    graphs = manifest["models"].setdefault(model_id, {"graphs": {}})["graphs"]
-    graphs.setdefault(str(subject), {})[variant] = {
+                   f"files the contract names.")
+    record_graph(manifest, model_id, subject, variant, {
         **names, "backbone": backbone_of(model_id), "components": int(used), "pca_blocks": int(blocks),
-        "outputs": int(outputs), "toolkit_format": sidecar["toolkit_format"], "parity": parity}
+        "outputs": int(outputs), "toolkit_format": sidecar["toolkit_format"], "parity": parity})
 
     def responses_from_files(features: np.ndarray) -> np.ndarray:
         # read back when needed: holding every head's weights until the precision checks would

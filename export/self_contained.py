@@ -108,6 +108,5 @@ def export_self_contained(staging: Path, backbone_graph: str, head_names: dict[s
                "parity_vs_split": parity}
     write_sidecar(staging, names["graph"], names["sidecar"], sidecar,
                   f"nest_rt self-contained graph: {where}. uint8 images [N, 3, H, W] -> responses [N, R], "
-                  f"backbone and head in one graph, weights in {Path(names['data']).name}. "
-                  f"Contract: metadata_props nest_rt.contract, or {Path(names['sidecar']).name} beside it.")
+                  f"backbone and head in one graph, weights in {Path(names['data']).name}.")
     return {**names, "parity_vs_split": parity, "tolerance": SPLIT_TOLERANCE}

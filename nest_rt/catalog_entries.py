@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from .errors import ModelLoadError
 
@@ -25,8 +25,7 @@ class ManifestError(ModelLoadError, ValueError):
     """The models manifest is malformed; the message names the key's path."""
 
 
-@dataclass(frozen=True)
-class Legacy:
+class Legacy(NamedTuple):
     """The (modality, train_dataset, model) triple of NEST's legacy API and folder names."""
     modality: str
     train_dataset: str
@@ -108,6 +107,7 @@ class Head:
 
 @dataclass(frozen=True)
 class Times:
+    """EEG's time points: the first (seconds from stimulus onset), the step between two, how many."""
     start_s: float
     step_s: float
     count: int

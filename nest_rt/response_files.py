@@ -29,7 +29,7 @@ def folder_triple(model_id: str) -> tuple[str, str, str]:
     """(modality, train_dataset, model) naming a model's response folders: its legacy triple
     where it has one, else the parts of its id (upstream's toolkit folder names)."""
     legacy = catalog.model_entry(model_id).legacy
-    return (legacy.modality, legacy.train_dataset, legacy.model) if legacy else catalog.id_parts(model_id)
+    return tuple(legacy) if legacy else catalog.id_parts(model_id)
 
 
 def model_dir(model_id: str) -> str:
