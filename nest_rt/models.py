@@ -42,7 +42,6 @@ def backbone_batch(features: int) -> int:
     return images_within(_BACKBONE_CALL_BYTES, features)
 
 
-
 def fwrf_batch_size(voxels: int) -> int:
     """Images per fwRF call: as many as keep the readout's temporaries within the budget."""
     return int(max(1, min(_MAX_BATCH, _BATCH_MEMORY_BUDGET // (_READOUT_BYTES_PER_IMAGE_VOXEL * voxels))))
