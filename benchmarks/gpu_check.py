@@ -242,12 +242,13 @@ def throughput(work: Path, device: str, eeg_subjects: list[int], images: np.ndar
             if requested[0][0] == "fmri-nsd-fwrf" and precision == "fp16":
                 continue  # the fp16 variant is the ViT backbone's
             for vit_batch, head_batch, fwrf_batch in ((16, 64, 32), (64, 64, 64), (128, 128, 128), (256, 256, 256)):
-                models._BACKBONE_CALL_BYTES = vit_batch * models.VIT_B_32_FEATURES * models.FEATURE_BYTES
                 models.HEAD_BATCH, models._MAX_BATCH = head_batch, fwrf_batch
                 models.LinearEncodingModel.batch_size = head_batch
                 nest = NEST(work / "bundle", precision=precision)
                 loaded = [nest.get_encoding_model(m, subject=s, selection=sel or None, device=device)
                           for m, s, sel in requested]
+                for backbone in nest._backbones.values():  # images per backbone call, as swept
+                    backbone.batch_size = vit_batch
                 nest.encode_many(loaded, images[:2], show_progress=False)
                 with GpuMemory() as memory:
                     started = time.perf_counter()

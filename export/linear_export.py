@@ -19,7 +19,7 @@ import numpy as np
 
 from nest_rt import catalog
 from nest_rt.bundle import nested_value
-from nest_rt.models import HEAD_BATCH, backbone_batch
+from nest_rt.models import HEAD_BATCH
 
 from . import backbones, toolkit
 from .artifacts import record_graph, record_sources, save_flat_npz
@@ -160,7 +160,7 @@ def _describe_backbone(staging: Path, entry: dict, backbone: Backbone) -> None:
                   "layout": "each node's output flattened in C order, the nodes concatenated in this order",
                   "nodes": backbone.layout()}],
         preprocessing=backbone.preprocessing.steps(),
-        recommended_batch=backbone_batch(features),
+        recommended_batch=catalog.backbone(name).images_per_call,
         memory={"weights_bytes": sum((staging / f).stat().st_size for f in weight_files if f),
                 "output_bytes_per_image": 4 * features},
         precisions=graphs)

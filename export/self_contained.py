@@ -18,7 +18,6 @@ from typing import Any, Callable
 import numpy as np
 
 from nest_rt import catalog
-from nest_rt.models import backbone_batch
 
 from .contract import IMAGES_INPUT, contract_header, write_sidecar
 from .errors import ExportError
@@ -93,7 +92,7 @@ def export_self_contained(staging: Path, backbone_graph: str, head_names: dict[s
         outputs=[{**head_contract["outputs"][0], "name": RESPONSES_NAME}],
         preprocessing=preprocessing,
         selection="every output is computed; keep the columns you need (the split layout's head computes fewer)",
-        recommended_batch=backbone_batch(catalog.backbone(head_contract["backbone"]).features),
+        recommended_batch=catalog.backbone(head_contract["backbone"]).images_per_call,
         memory={"weights_bytes": (staging / names["data"]).stat().st_size,
                 "working_bytes_per_image": head_contract["memory"]["working_bytes_per_image"]})
     session = ort.InferenceSession(str(staging / names["graph"]), providers=["CPUExecutionProvider"])

@@ -163,6 +163,7 @@ class BackboneEntry:
     name: str
     graph: str  # its graph's path inside a bundle
     features: int  # features per image
+    images_per_call: int  # measured: the images per run of its graph that encode fastest
     torchvision_weights: str | None = None
     torch_seed: int | None = None
 
@@ -267,7 +268,8 @@ _selection_rule = _object(lambda f: SelectionRule(
 
 def _backbone(name: str):
     return _object(lambda f: BackboneEntry(name, f.get("graph", _str), f.get("features", _int),
-                                           f.get("torchvision_weights", _str, False), f.get("torch_seed", _int, False)))
+                                           f.get("images_per_call", _int), f.get("torchvision_weights", _str, False),
+                                           f.get("torch_seed", _int, False)))
 
 
 def _model_entry(model_id: str, path: str, value: Any) -> ModelEntry:

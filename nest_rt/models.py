@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from . import catalog
 from .bundle import Bundle
 from .errors import BundleIntegrityError, InvalidParameterError, NotExportedError
 from .selection import OutputPlan
@@ -20,26 +21,21 @@ from .sessions import Sessions, resolve_device
 _READOUT_BYTES_PER_IMAGE_VOXEL = 256 * 4 * 6
 _BATCH_MEMORY_BUDGET = 80 * 2**20
 _MAX_BATCH = 32
-# Linear models. A backbone call's features, float32 [n, features], stay within a byte budget
-# set to 16 images of ViT-B/32 (460,800 features: 29 MB), so each backbone's images per call
-# follow from its own features (AlexNet, 205,672: 35). The heads run 64 per call whatever the
-# backbone: each call streams the subject's PCA matrix [features, components] through the GEMM
-# once, so more images share that cost (ViT, 2 threads: 5.2 ms per image and head at 16, 2.0 at
-# 64); the matrix and the work per image both grow with the features, so the best count does not.
+# Linear models. Each backbone runs the images per call that the catalog gives for it
+# (images_per_call, measured per backbone: not a size of its features, since a network's own
+# activations, not its output, decide its working memory and speed). The heads run 64 per call
+# whatever the backbone: each call streams the subject's PCA matrix [features, components]
+# through the GEMM once, so more images share that cost (ViT, 2 threads: 5.2 ms per image and
+# head at 16, 2.0 at 64); the matrix and the work per image both grow with the features, so the
+# best count does not.
 FEATURE_BYTES = 4  # float32
-VIT_B_32_FEATURES = 460_800  # the backbone the budgets were measured on
-_BACKBONE_CALL_BYTES = 16 * VIT_B_32_FEATURES * FEATURE_BYTES
+VIT_B_32_FEATURES = 460_800  # the backbone the memory budgets were measured on
 HEAD_BATCH = 64
 
 
 def images_within(budget_bytes: int, features: int) -> int:
     """How many images' float32 features (``features`` per image) fit ``budget_bytes``: at least one."""
     return int(max(1, budget_bytes // (FEATURE_BYTES * features)))
-
-
-def backbone_batch(features: int) -> int:
-    """Images per call of a backbone giving ``features`` per image (ViT-B/32: 16, AlexNet: 35)."""
-    return images_within(_BACKBONE_CALL_BYTES, features)
 
 
 def fwrf_batch_size(voxels: int) -> int:
@@ -149,7 +145,7 @@ class Backbone:
             raise BundleIntegrityError(f"bundle {bundle.root} has no {name} backbone, which its heads on it need; "
                                        "re-export the bundle")
         self.features: int = int(entry["features"])
-        self.batch_size = backbone_batch(self.features)  # images per call
+        self.batch_size = catalog.backbone(name).images_per_call
         self.precision = precision
         if precision == "fp32":
             bundle.path(entry["data"])  # verify the weights file too

@@ -197,25 +197,24 @@ def test_formats_are_detected_per_file(alexnet_bundle):
     assert sorted(manifest["backbones"]) == ["alexnet", "alexnet_untrained", "vit_b_32"]
     recommended = {name: json.loads((alexnet_bundle / entry["sidecar"]).read_text())["contract"]["recommended_batch"]
                    for name, entry in manifest["backbones"].items()}
-    assert recommended == {"alexnet": 35, "alexnet_untrained": 35, "vit_b_32": 16}, "as many as the runtime runs"
+    assert recommended == {name: catalog.backbone(name).images_per_call for name in recommended}, "as the runtime runs"
 
 
-def test_backbone_batches_and_streamed_chunks_follow_each_backbones_features():
-    """The images per backbone call and per streamed chunk come from byte budgets set so that
-    ViT-B/32 (460,800 features per image) runs 16 per call and 256 per chunk: a smaller backbone
-    gets more images, a larger one fewer, never none."""
+def test_streamed_chunks_follow_each_backbones_features():
+    """The images whose features are kept while heads stream come from a byte budget set so
+    that ViT-B/32 (460,800 features per image) keeps 256: a smaller backbone gets more images, a
+    larger one fewer, never none."""
     from nest_rt.encode_loop import streamed_chunk_size
-    from nest_rt.models import backbone_batch
-    assert (backbone_batch(460_800), streamed_chunk_size(460_800)) == (16, 256)
-    assert (backbone_batch(205_672), streamed_chunk_size(205_672)) == (35, 573)  # AlexNet
-    assert (backbone_batch(1_000_000), streamed_chunk_size(1_000_000)) == (7, 117)
-    assert (backbone_batch(10**9), streamed_chunk_size(10**9)) == (1, 1)
+    assert streamed_chunk_size(460_800) == 256
+    assert streamed_chunk_size(205_672) == 573  # AlexNet
+    assert streamed_chunk_size(1_000_000) == 117
+    assert streamed_chunk_size(10**9) == 1
     assert streamed_chunk_size(460_800 + 205_672) == 176, "a chunk keeps the features of every backbone in use"
 
 
 def test_each_backbone_runs_once_per_batch_in_a_mixed_run(berg, monkeypatch):
     """ViT and AlexNet models together: images decoded once per batch, each backbone run once
-    per batch for all the models on it, in calls of its own size (ViT 16 images, AlexNet 35)."""
+    per batch for all the models on it, in calls of the size the catalog gives for it."""
     images = synthetic.synthetic_images(20, 256, seed=3)
     nest = berg._nest
     models = [nest.get_encoding_model(VIT_EEG, subject=1), nest.get_encoding_model(EEG, subject=1),
@@ -225,8 +224,9 @@ def test_each_backbone_runs_once_per_batch_in_a_mixed_run(berg, monkeypatch):
     separate = [nest.encode(model=m, stimulus=images, show_progress=False) for m in models]
     calls = {model_id: count_backbone_calls(nest, monkeypatch, model_id) for model_id in (VIT_EEG, EEG, EEG_UNTRAINED)}
     together = berg.encode_many(models, images, show_progress=False)
-    assert [nest._backbone(m).batch_size for m in (VIT_EEG, EEG, EEG_UNTRAINED)] == [16, 35, 35]
-    assert calls == {VIT_EEG: [16, 4], EEG: [20], EEG_UNTRAINED: [20]}
+    assert [nest._backbone(m).batch_size for m in (VIT_EEG, EEG, EEG_UNTRAINED)] == [
+        catalog.backbone(name).images_per_call for name in ("vit_b_32", "alexnet", "alexnet_untrained")] == [16, 16, 16]
+    assert calls == {VIT_EEG: [16, 4], EEG: [16, 4], EEG_UNTRAINED: [16, 4]}
     for a, b in zip(together, separate):
         for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
             np.testing.assert_array_equal(x, y)
