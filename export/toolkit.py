@@ -20,6 +20,7 @@ import numpy as np
 from nest_rt import catalog
 from nest_rt.bundle import nested_value
 from nest_rt.catalog_entries import ModelEntry
+from nest_rt.response_files import PREGENERATED_DIR
 
 LAYOUT_CURRENT = "current"
 LAYOUT_LEGACY = "legacy"
@@ -128,7 +129,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def detect_layout(nest_dir: Path) -> str:
     """'legacy' when the legacy-only EEG files or pregenerated responses exist, else 'current'."""
     if (nest_dir / legacy_eeg_model().toolkit_files["legacy_scaler"]).exists() or (
-            nest_dir / "pregenerated_insilico_neural_responses").exists():
+            nest_dir / PREGENERATED_DIR).exists():
         return LAYOUT_LEGACY
     return LAYOUT_CURRENT
 
@@ -249,7 +250,9 @@ def head_blocks(weights: dict, model_id: str, where: str) -> tuple[dict, list[di
     if not isinstance(scaler, dict):
         problems.append(f"no StandardScaler parameters at {head.scaler!r}")
     shared = nested_value(weights, head.shared_pca)
-    per_block = isinstance(shared, dict) and "components_" not in shared
+    # each block has its own PCA where the head names no shared one, or where the shared key
+    # holds the blocks' PCAs rather than one (EEG's pca_param/rep-N)
+    per_block = head.shared_pca is None or (isinstance(shared, dict) and "components_" not in shared)
     pcas, regressions = [], []
     for block in head.blocks:
         regression = nested_value(weights, block.regression)

@@ -92,3 +92,23 @@ def test_a_model_without_the_subjects_asked_for_is_refused(tmp_path):
     result = cli("synthetic-toolkit", "--out", str(tmp_path / "t"), "--models", "tvsd", "--subjects", "1")
     assert result.returncode == 2 and "tvsd has the subjects N, F" in result.stderr
     assert not (tmp_path / "t").exists()
+
+
+def test_a_head_without_a_shared_pca_is_written_and_read_with_one_pca_per_block(monkeypatch):
+    """The catalog admits a head whose blocks each name their own PCA and no shared one: the
+    generic writer writes one PCA per block there, and the export's reader finds them."""
+    import json
+    from pathlib import Path
+
+    from nest_rt.catalog_entries import parse_manifest
+    from nest_rt_export import synthetic_linear
+    model_id = "eeg-things_eeg_2-alexnet"
+    edited = json.loads(Path(catalog.__file__).with_name(catalog.MANIFEST_NAME).read_text(encoding="utf-8"))
+    del edited["models"][model_id]["head"]["shared_pca"]
+    monkeypatch.setattr(catalog, "load_manifest", lambda: parse_manifest(edited))
+    entry = catalog.model_entry(model_id)
+    features = np.random.default_rng(0).normal(size=(3, catalog.backbone(entry.backbone).features)).astype(np.float32)
+    weights = synthetic_linear.random_head(entry, features, np.random.default_rng(1), COMPONENTS)
+    _, pcas, regressions, per_block = toolkit.head_blocks(weights, model_id, "edited catalog")
+    assert per_block and len(pcas) == len(regressions) == 4
+    assert len({id(pca) for pca in pcas}) == 4, "each block its own PCA"
