@@ -83,9 +83,9 @@ def operator_domains(model) -> list[str]:
 
 def describe_graph(bundle_root: Path, graph: str, sidecar: str, contract: dict[str, Any], doc: str) -> None:
     """Stamp ``contract`` and ``doc`` into the graph ``graph`` (relative to ``bundle_root``): its
-    doc_string (``doc`` and where the contract is) and metadata_props (earlier props are kept). The graph's operator domains are
-    added to ``contract`` first (``operator_domains``); its nodes' build records are dropped
-    (``strip_build_records``). Weights stored beside the graph stay where they are: only the
+    doc_string (``doc`` and where the contract is) and metadata_props (earlier props are kept).
+    The graph's operator domains are added to ``contract`` first (``operator_domains``); its
+    nodes' build records are dropped (``strip_build_records``). Weights stored beside the graph stay where they are: only the
     graph file is rewritten."""
     import onnx
     from onnx import helper

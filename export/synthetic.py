@@ -99,7 +99,7 @@ def write_pregenerated(nest_dir: Path, model_id: str, subject: int, roi: str | N
 def _write_layout_markers(nest_dir: Path, layout: str) -> None:
     nest_dir.mkdir(parents=True, exist_ok=True)
     if layout == LAYOUT_LEGACY:
-        (nest_dir / "pregenerated_insilico_neural_responses").mkdir(exist_ok=True)
+        (nest_dir / response_files.PREGENERATED_DIR).mkdir(exist_ok=True)
     else:
         for name in ("LICENSE.txt", "TERMS.txt"):
             (nest_dir / name).write_text("Synthetic NEST toolkit written by nest-rt: random weights, "

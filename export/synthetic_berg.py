@@ -51,7 +51,7 @@ MEG_DIR = f"{ROOT}/modality-meg/train_dataset-things_meg_1/model-vit_b_32"
 THINGS_FMRI_DIR = f"{ROOT}/modality-fmri/train_dataset-things_fmri_1/model-vit_b_32"
 TVSD_DIR = f"{ROOT}/modality-utah_array/train_dataset-tvsd/model-vit_b_32"
 ALEXNET_BACKBONES = ("alexnet", "alexnet_untrained")
-ALEXNET_WEIGHTS_NAME = "alexnet_synthetic.pth"  # backbones.get("alexnet").random_weights_name
+ALEXNET_WEIGHTS_NAME = backbones.get("alexnet").random_weights_name  # alexnet_synthetic.pth
 FSAVERAGE_VERTICES = 163_842
 # the fsaverage ROIs of the AlexNet card; the metadata names OVWFA 'OWFA' (NSD's colour table)
 FSAVERAGE_ROIS = ("V1d", "V1v", "V2d", "V2v", "V3d", "V3v", "hV4", "OFA", "FFA-1", "FFA-2", "mTL-faces",
@@ -158,12 +158,6 @@ def write_berg_toolkit(berg_dir: Path, *, eeg_subjects=(), eeg_pca_form: str = "
     for monkey in tvsd_subjects:
         _write_tvsd(berg_dir, monkey, components, features, rng, dtype)
     return berg_dir
-
-
-def write_alexnet_weights(berg_dir: Path, seed: int = 0) -> Path:
-    """A random torchvision alexnet state dict standing in for the ImageNet weights (what
-    --alexnet-weights expects; backbones/alexnet.py says how it is drawn)."""
-    return backbones.get("alexnet").write_random_weights(berg_dir, seed)
 
 
 def _calibration_features(berg_dir: Path, backbone_name: str, seed: int) -> np.ndarray:

@@ -236,7 +236,7 @@ class NEST:
         if not catalog.is_linear(model_id):  # the fwRF: one model per ROI
             key = catalog.validate_roi(model_id, roi)
         elif roi is not None:
-            raise InvalidParameterError(f"roi applies to {', '.join(catalog.models_without_head())} only; "
+            raise InvalidParameterError(f"roi applies to {catalog.fwrf_model().id} only; "
                                         f"the metadata of {model_id} is per subject")
         elif train_split is not None:
             key = _variants(model_id, train_split, None)[0][0]

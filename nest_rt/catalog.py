@@ -43,14 +43,10 @@ def backbone(name: str) -> BackboneEntry:
     return backbones()[name]
 
 
-def models_without_head() -> list[str]:
-    """The models that are not a backbone and a head: the fwRF."""
-    return [model_id for model_id, entry in models().items() if not entry.is_linear]
-
-
 def fwrf_model() -> ModelEntry:
-    """The feature-weighted receptive field model, whose export and toolkit files are its own."""
-    (entry,) = [entry for entry in models().values() if entry.family == "fwrf"]
+    """The feature-weighted receptive field model: the one model that is not a backbone and a
+    head (is_linear), whose export and toolkit files are its own."""
+    (entry,) = [entry for entry in models().values() if not entry.is_linear]
     return entry
 
 

@@ -12,8 +12,7 @@ import numpy as np
 
 from .errors import BundleIntegrityError, NonFiniteOutputError
 from .images import Stimulus
-from .models import (FEATURE_BYTES, VIT_B_32_FEATURES, EncodingModel, LinearEncodingModel, StackedModel,
-                     images_within)
+from .models import EncodingModel, LinearEncodingModel, StackedModel
 from .sessions import resolve_device
 
 # Head weights (a ViT subject's folded PCA matrix alone is 461 MB) stay in memory while those of
@@ -23,12 +22,14 @@ from .sessions import resolve_device
 # count), and each head's weights are read from disk when its turn comes, then dropped: memory
 # stays near one subject's, and each read is shared by the chunk's images.
 _RESIDENT_WEIGHT_BYTES = 1536 * 2**20
-_STREAMED_CHUNK_BYTES = 256 * VIT_B_32_FEATURES * FEATURE_BYTES
+_FEATURE_BYTES = 4  # float32
+_STREAMED_CHUNK_BYTES = 256 * 460_800 * _FEATURE_BYTES  # 256 images of ViT-B/32, where it was measured
 
 
 def streamed_chunk_size(features: int) -> int:
-    """Images per streamed chunk when the backbones in use give ``features`` per image together."""
-    return images_within(_STREAMED_CHUNK_BYTES, features)
+    """Images per streamed chunk when the backbones in use give ``features`` per image together:
+    as many as fit the budget, at least one."""
+    return max(1, _STREAMED_CHUNK_BYTES // (_FEATURE_BYTES * features))
 
 
 def encode_models(models: list[EncodingModel], images: Any, device: str = "auto",

@@ -28,14 +28,7 @@ _MAX_BATCH = 32
 # through the GEMM once, so more images share that cost (ViT, 2 threads: 5.2 ms per image and
 # head at 16, 2.0 at 64); the matrix and the work per image both grow with the features, so the
 # best count does not.
-FEATURE_BYTES = 4  # float32
-VIT_B_32_FEATURES = 460_800  # the backbone the memory budgets were measured on
 HEAD_BATCH = 64
-
-
-def images_within(budget_bytes: int, features: int) -> int:
-    """How many images' float32 features (``features`` per image) fit ``budget_bytes``: at least one."""
-    return int(max(1, budget_bytes // (FEATURE_BYTES * features)))
 
 
 def fwrf_batch_size(voxels: int) -> int:
